@@ -1,0 +1,36 @@
+"""
+art-some: certified robustness by randomized smoothing, as ART estimators and trainers.
+
+Public names: :class:`SmoothedClassifier`, the trainers, the engine's :func:`certify` / :func:`predict`,
+and plugin access through :mod:`art_some.plugins`.
+"""
+__version__ = "0.1.0"
+
+from art_some.hookspecs import hookimpl  # noqa: E402
+
+__all__ = [
+    "ConsistencyTrainer",
+    "GaussianAugmentationTrainer",
+    "SmoothedClassifier",
+    "__version__",
+    "certify",
+    "hookimpl",
+    "predict",
+]
+
+
+def __getattr__(name):
+    # Lazy: importing art_some (e.g. for plugin hooks) must not import ART or torch.
+    if name == "SmoothedClassifier":
+        from art_some.estimators import SmoothedClassifier
+
+        return SmoothedClassifier
+    if name in ("ConsistencyTrainer", "GaussianAugmentationTrainer"):
+        from art_some import trainers
+
+        return getattr(trainers, name)
+    if name in ("certify", "predict"):
+        from art_some.core import certify as certify_module
+
+        return getattr(certify_module, name)
+    raise AttributeError(f"module 'art_some' has no attribute {name!r}")

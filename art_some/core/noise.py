@@ -1,0 +1,200 @@
+"""
+Streaming Monte-Carlo vote counting on the device: the hot loop of every smoothing method.
+
+Noise is drawn per batch from explicit generators seeded from ``(seed, stage, input index)``, the vote function
+runs under :func:`torch.inference_mode`, and votes are accumulated with :func:`torch.bincount`; only the
+``(inputs, classes)`` count matrix leaves the device. Memory is O(batch_size), never O(n).
+
+Reproducibility contract: input ``i`` always sees the same noise sequence for a given ``(seed, stage, indices[i],
+num)``, whatever the batch size, the other inputs in the call, or how inputs are sharded across processes. Each
+input's standard-normal draws come from its own :class:`torch.Generator` in fixed-size blocks (the block size
+depends only on ``num`` and the input size), so cutting the stream into batches differently cannot change it.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# Stages keep the selection (n0) and estimation (n) draws of CERTIFY independent of each other and of PREDICT.
+SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
+# A block holds at most this many floats (16 MB in float32); it bounds the memory one stream caches.
+NOISE_BLOCK_ELEMENTS = 2**22
+
+VoteFunction = Callable[["torch.Tensor"], "torch.Tensor"]
+
+
+def seed_for(seed: int, stage: int, index: int) -> int:
+    """
+    A 63-bit generator seed derived from ``(seed, stage, index)`` with :class:`numpy.random.SeedSequence`, so
+    nearby seeds and indices give statistically independent streams.
+    """
+    words = np.random.SeedSequence([int(seed), int(stage), int(index)]).generate_state(2, np.uint32)
+    return int((int(words[0]) << 31) ^ int(words[1])) & (2**63 - 1)
+
+
+class GaussianNoise:
+    """
+    Isotropic Gaussian noise N(0, sigma^2 I) added in raw input space (before any preprocessing).
+
+    ``sigma`` may be a scalar or one value per input (data-dependent smoothing); ``perturb`` picks each row's
+    sigma through ``owner``, the position of the input the row belongs to.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, sigma):
+        sigma_arr = np.asarray(sigma, dtype=np.float64)
+        if not np.all(np.isfinite(sigma_arr)) or np.any(sigma_arr <= 0):
+            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+        self.sigma = float(sigma_arr) if sigma_arr.ndim == 0 else sigma_arr
+
+    def perturb(self, x_rows: "torch.Tensor", eps: "torch.Tensor", owner: "torch.Tensor") -> "torch.Tensor":
+        """Noisy rows ``x_rows + sigma * eps``; ``owner[j]`` is the input position of row ``j``."""
+        import torch
+
+        if isinstance(self.sigma, float):
+            return x_rows + self.sigma * eps
+        sigma = torch.as_tensor(self.sigma, dtype=eps.dtype, device=eps.device)[owner]
+        return x_rows + sigma.view(-1, *([1] * (eps.dim() - 1))) * eps
+
+    def __repr__(self) -> str:
+        return f"GaussianNoise(sigma={self.sigma!r})"
+
+
+class NoiseStream:
+    """Standard-normal draws for one input, served in any chunk sizes from fixed-size generator blocks."""
+
+    def __init__(self, shape: Sequence[int], seed: int, block: int, device: "torch.device"):
+        import torch
+
+        self._generator = torch.Generator(device=device)
+        self._generator.manual_seed(seed)
+        self._shape = tuple(shape)
+        self._block = block
+        self._device = device
+        self._cache = None
+
+    def take(self, k: int) -> "torch.Tensor":
+        """The next ``k`` draws, shape ``(k, *shape)``."""
+        import torch
+
+        parts, have = [], 0
+        while have < k:
+            if self._cache is None or len(self._cache) == 0:
+                self._cache = torch.randn(
+                    (self._block, *self._shape), generator=self._generator, device=self._device
+                )
+            part = self._cache[: k - have]
+            self._cache = self._cache[len(part):]
+            parts.append(part)
+            have += len(part)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def block_size(num: int, input_numel: int) -> int:
+    """Draws per generator block: depends only on ``num`` and the input size, never on the batch size."""
+    return int(max(1, min(num, NOISE_BLOCK_ELEMENTS // max(1, input_numel))))
+
+
+def _plan_batches(num_inputs: int, num: int, batch_size: int) -> Iterator[list[tuple[int, int]]]:
+    """Cut the flat sequence of (input, draw) pairs into batches: lists of (input position, draws)."""
+    batch, room = [], batch_size
+    for i in range(num_inputs):
+        left = num
+        while left > 0:
+            k = min(left, room)
+            batch.append((i, k))
+            left -= k
+            room -= k
+            if room == 0:
+                yield batch
+                batch, room = [], batch_size
+    if batch:
+        yield batch
+
+
+def _checked_votes(votes: "torch.Tensor", expected: int, num_classes: int) -> "torch.Tensor":
+    """Reject vote functions that return scores, wrong lengths or out-of-range classes (they would miscount)."""
+    import torch
+
+    if votes.dtype.is_floating_point or votes.dtype == torch.bool or votes.shape != (expected,):
+        raise ValueError(
+            f"a vote function must return class indices of shape ({expected},) and an integer dtype, "
+            f"got shape {tuple(votes.shape)} and dtype {votes.dtype}"
+        )
+    votes = votes.to(torch.long)
+    if bool(((votes < 0) | (votes >= num_classes)).any()):
+        raise ValueError(f"a vote function returned a class outside 0..{num_classes - 1}")
+    return votes
+
+
+def count_votes(
+    vote_fn: VoteFunction,
+    x: "torch.Tensor",
+    num: int,
+    noise,
+    *,
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+    stage: int,
+    indices: Sequence[int] | None = None,
+    device: "torch.device | str | None" = None,
+) -> np.ndarray:
+    """
+    Count the votes of ``vote_fn`` on ``num`` noisy copies of each input.
+
+    :param vote_fn: Maps a batch of noisy inputs ``(B, *input_shape)`` to class indices ``(B,)`` (long).
+    :param x: Inputs ``(N, *input_shape)`` (tensor or array), in raw input space.
+    :param num: Noisy draws per input.
+    :param noise: A noise model with ``perturb(x_rows, eps, owner)`` (e.g. :class:`GaussianNoise`).
+    :param num_classes: Number of classes C.
+    :param batch_size: Noisy inputs per forward pass; inputs are packed together when ``num`` is small.
+    :param seed: Base seed.
+    :param stage: ``SELECTION``, ``ESTIMATION`` or ``PREDICTION`` (independent streams).
+    :param indices: Global index of each input (defaults to ``0..N-1``); keys the noise stream.
+    :param device: Device for noise and forward passes (defaults to ``x``'s).
+    :return: int64 array ``(N, C)`` of vote counts; each row sums to ``num``.
+    """
+    import torch
+
+    if num < 1:
+        raise ValueError(f"the number of noise draws must be >= 1, got {num}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    x = torch.as_tensor(x)
+    device = torch.device(device) if device is not None else x.device
+    x = x.to(device=device, dtype=torch.float32)
+    n_inputs = x.shape[0]
+    indices = np.arange(n_inputs) if indices is None else np.asarray(indices)
+    if len(indices) != n_inputs:
+        raise ValueError(f"indices has {len(indices)} entries for {n_inputs} inputs")
+
+    block = block_size(num, int(np.prod(x.shape[1:])))
+    streams: dict[int, NoiseStream] = {}
+    counts = torch.zeros((n_inputs, num_classes), dtype=torch.long, device=device)
+    with torch.inference_mode():
+        for batch in _plan_batches(n_inputs, num, batch_size):
+            eps, owner = [], []
+            for i, k in batch:
+                if i not in streams:
+                    streams[i] = NoiseStream(x.shape[1:], seed_for(seed, stage, indices[i]), block, device)
+                eps.append(streams[i].take(k))
+                owner.append(torch.full((k,), i, dtype=torch.long, device=device))
+            eps_t = torch.cat(eps) if len(eps) > 1 else eps[0]
+            owner_t = torch.cat(owner) if len(owner) > 1 else owner[0]
+            votes = _checked_votes(vote_fn(noise.perturb(x[owner_t], eps_t, owner_t)), len(owner_t), num_classes)
+            # Count per batch over just the inputs it touches: a few rows of C bins, whatever N is.
+            first, last = batch[0][0], batch[-1][0]
+            span = last - first + 1
+            local = torch.bincount((owner_t - first) * num_classes + votes, minlength=span * num_classes)
+            counts[first : last + 1] += local.view(span, num_classes)
+            # Streams of finished inputs are dropped so cached blocks do not pile up.
+            for i in list(streams):
+                if i < last:
+                    del streams[i]
+    return counts.cpu().numpy()

@@ -1,0 +1,127 @@
+"""
+Datasets: scikit-learn's digits are embedded (no download); CIFAR-10, ImageNet and ImageFolder come through
+torchvision from a local ``root`` (nothing is downloaded at run time).
+
+Every loader returns ``(dataset, info)``: a torch Dataset of ``(image tensor in [0, 1], label)`` and a dict with
+``num_classes``, ``input_shape``, ``mean`` and ``std`` (the standardisation the smoothing literature applies
+*after* the noise).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from art_some.hookspecs import hookimpl
+
+SPLITS = ("train", "test")
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+
+
+def digits_arrays(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """
+    scikit-learn's 8x8 digits as float32 ``(N, 1, 8, 8)`` in [0, 1] and int64 labels; a fixed stratified
+    80/20 split (1437 train, 360 test).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    _check_split(split)
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]
+    y = bunch.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def digits(root=None, split: str = "test"):
+    """The embedded digits data set (``root`` is ignored)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    x, y = digits_arrays(split)
+    info = {"num_classes": 10, "input_shape": (1, 8, 8), "mean": (0.0,), "std": (1.0,)}
+    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), info
+
+
+def _need_root(name: str, root) -> Path:
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs a data root (--data-root); nothing is downloaded")
+    path = Path(root)
+    if not path.is_dir():
+        raise ValueError(f"data root {str(path)!r} for dataset {name!r} is not a directory")
+    return path
+
+
+def cifar10(root=None, split: str = "test"):
+    """CIFAR-10 from ``root`` (the folder holding ``cifar-10-batches-py``), as tensors in [0, 1]."""
+    from torchvision import datasets, transforms
+
+    _check_split(split)
+    path = _need_root("cifar10", root)
+    try:
+        dataset = datasets.CIFAR10(str(path), train=split == "train", download=False, transform=transforms.ToTensor())
+    except RuntimeError as err:
+        raise ValueError(f"CIFAR-10 not found under {str(path)!r}: {err}") from None
+    return dataset, {"num_classes": 10, "input_shape": (3, 32, 32), "mean": CIFAR10_MEAN, "std": CIFAR10_STD}
+
+
+def _imagenet_transform():
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+
+
+def imagenet(root=None, split: str = "test"):
+    """ImageNet (ILSVRC2012) from ``root``; the "test" split is the validation set (Resize 256, CenterCrop 224)."""
+    from torchvision import datasets
+
+    _check_split(split)
+    path = _need_root("imagenet", root)
+    try:
+        dataset = datasets.ImageNet(str(path), split="train" if split == "train" else "val", transform=_imagenet_transform())
+    except (RuntimeError, FileNotFoundError) as err:
+        raise ValueError(f"ImageNet not found under {str(path)!r}: {err}") from None
+    return dataset, {"num_classes": 1000, "input_shape": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
+def imagefolder(root=None, split: str = "test"):
+    """
+    A folder of class sub-folders (``root/<split>/<class>/*.png`` if ``root/<split>`` exists, else
+    ``root/<class>/*``); images must share one size.
+    """
+    from torchvision import datasets, transforms
+
+    _check_split(split)
+    path = _need_root("imagefolder", root)
+    if (path / split).is_dir():
+        path = path / split
+    try:
+        dataset = datasets.ImageFolder(str(path), transform=transforms.ToTensor())
+    except (FileNotFoundError, RuntimeError) as err:
+        raise ValueError(f"no image folder under {str(path)!r}: {err}") from None
+    first, _ = dataset[0]
+    n = len(dataset.classes)
+    return dataset, {"num_classes": n, "input_shape": tuple(first.shape), "mean": (0.0,), "std": (1.0,)}
+
+
+@hookimpl
+def register_datasets(register):
+    register("digits", digits, description="scikit-learn digits, 1x8x8, 10 classes (embedded)")
+    register("cifar10", cifar10, description="CIFAR-10 via torchvision from --data-root")
+    register("imagenet", imagenet, description="ImageNet via torchvision from --data-root")
+    register("imagefolder", imagefolder, description="torchvision ImageFolder from --data-root")
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "test"):
+    """Load the registered dataset ``name``: returns ``(dataset, info)``."""
+    from art_some.plugins import get
+
+    return get("datasets", name)(root=root, split=split)

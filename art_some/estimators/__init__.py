@@ -1,0 +1,10 @@
+"""ART-facing smoothed estimators, one module per method."""
+from art_some.estimators.smoothed import SmoothedClassifier
+from art_some.hookspecs import hookimpl
+
+__all__ = ["SmoothedClassifier"]
+
+
+@hookimpl
+def register_estimators(register):
+    register("smoothed", SmoothedClassifier, description="Gaussian randomized smoothing (Cohen et al. 2019)")

@@ -1,0 +1,428 @@
+"""
+SmoothedClassifier: Cohen et al.'s Gaussian randomized smoothing as a drop-in ART estimator, on the shared
+streaming engine of :mod:`art_some.core`.
+
+| Paper link: https://arxiv.org/abs/1902.02918
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+from art.config import ART_NUMPY_DTYPE
+from art.estimators.certification.randomized_smoothing.pytorch import PyTorchRandomizedSmoothing
+
+from art_some.core.certify import CertifyResult, certify as certify_votes, cohen_rule, predict_from_counts
+from art_some.core.noise import PREDICTION, GaussianNoise, count_votes, seed_for
+from art_some.core.stats import _check_alpha
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+GRADIENT_STAGE = 3
+
+
+class SmoothedClassifier(PyTorchRandomizedSmoothing):
+    """
+    Gaussian randomized smoothing g(x) = argmax_c P(f(x + delta) = c), delta ~ N(0, scale^2 I), with a fast
+    streaming CERTIFY/PREDICT and gradients of the smoothed soft classifier, so that ART's attacks attack g.
+
+    A subclass of ART's :class:`PyTorchRandomizedSmoothing` with the same leading arguments. Differences that
+    matter:
+
+    - noise is added in raw input space, before ``preprocessing``, in ``fit``, ``predict`` and ``certify``
+      alike (ART adds it after preprocessing in ``fit``, so it trains and certifies different sigmas);
+    - ``certify`` streams noise batches on the device and only counts leave it (ART materialises n copies);
+    - ``predict`` returns, per row, the vote counts out of ``sample_size`` draws (all zeros = abstain). The
+      argmax and the abstain rows are exactly ART's one-hot convention (``output="onehot"`` gives that
+      form); counts also give score-based attacks a signal and are not mistaken for probabilities by APGD;
+    - ``loss_gradient``, ``compute_loss`` and ``class_gradient`` are Monte-Carlo (EOT) estimates over
+      ``gradient_samples`` noise draws of the soft smoothed classifier G(x) = E[softmax f(x + delta)]
+      (Salman et al. 2019): the loss is -log G_y(x), and ``class_gradient`` is the gradient of
+      ``sample_size * G_c(x)``, the soft relaxation of the vote counts that ``predict`` returns;
+    - all noise comes from generators seeded from ``(seed, stage, input position)``, so calls are reproducible
+      (``predict`` uses common random numbers across calls; verify attacks with a fresh seed).
+
+    | Paper link: https://arxiv.org/abs/1902.02918
+    """
+
+    estimator_params = PyTorchRandomizedSmoothing.estimator_params + [
+        "noise_batch_size",
+        "seed",
+        "gradient_samples",
+    ]
+
+    def __init__(
+        self,
+        model: "torch.nn.Module",
+        loss: "torch.nn.modules.loss._Loss",
+        input_shape: tuple[int, ...],
+        nb_classes: int,
+        optimizer: "torch.optim.Optimizer" | None = None,
+        channels_first: bool = True,
+        clip_values=None,
+        preprocessing_defences=None,
+        postprocessing_defences=None,
+        preprocessing=(0.0, 1.0),
+        device_type: str = "gpu",
+        sample_size: int = 32,
+        scale: float = 0.1,
+        alpha: float = 0.001,
+        noise_batch_size: int = 1000,
+        seed: int = 0,
+        gradient_samples: int | None = None,
+    ):
+        """
+        Create a smoothed classifier.
+
+        :param model: PyTorch model returning logits; it is the base classifier f.
+        :param loss: Loss used by ``fit`` (with integer class targets), e.g. ``torch.nn.CrossEntropyLoss()``.
+        :param input_shape: Shape of one input.
+        :param nb_classes: Number of classes.
+        :param optimizer: Optimizer for ``fit`` and the trainers.
+        :param channels_first: Whether inputs are channels first.
+        :param clip_values: ``(min, max)`` of valid inputs; read by attacks, never applied to noisy inputs.
+        :param preprocessing_defences: ART preprocessing defences (applied after the noise).
+        :param postprocessing_defences: ART postprocessing defences applied to base predictions before voting.
+        :param preprocessing: ``(subtrahend, divisor)`` standardisation applied after the noise.
+        :param device_type: ``"gpu"`` (CUDA if available) or ``"cpu"``.
+        :param sample_size: n for ``predict`` and n0 (selection draws) for ``certify``.
+        :param scale: sigma, the standard deviation of the Gaussian noise (> 0).
+        :param alpha: Failure probability of ``predict`` and ``certify``, in (0, 1).
+        :param noise_batch_size: Noisy inputs per forward pass (the engine's batch size).
+        :param seed: Base seed of every noise stream.
+        :param gradient_samples: Noise draws per input for EOT gradients and losses (default: ``sample_size``).
+        """
+        _check_positive_int("sample_size", sample_size)
+        _check_positive_int("noise_batch_size", noise_batch_size)
+        if gradient_samples is not None:
+            _check_positive_int("gradient_samples", gradient_samples)
+        GaussianNoise(scale)  # validates scale
+        _check_alpha(alpha)
+        if int(nb_classes) < 2:
+            raise ValueError(f"nb_classes must be >= 2, got {nb_classes!r}")
+        super().__init__(
+            model=model,
+            loss=loss,
+            input_shape=input_shape,
+            nb_classes=nb_classes,
+            optimizer=optimizer,
+            channels_first=channels_first,
+            clip_values=clip_values,
+            preprocessing_defences=preprocessing_defences,
+            postprocessing_defences=postprocessing_defences,
+            preprocessing=preprocessing,
+            device_type=device_type,
+            sample_size=sample_size,
+            scale=scale,
+            alpha=alpha,
+        )
+        self.noise_batch_size = int(noise_batch_size)
+        self.seed = int(seed)
+        self.gradient_samples = None if gradient_samples is None else int(gradient_samples)
+        self._gradient_generator = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The three parts every method supplies: noise model, vote function, certificate rule.
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def noise_model(self) -> GaussianNoise:
+        """The noise model: isotropic Gaussian with sigma = ``scale`` in raw input space."""
+        return GaussianNoise(self.scale)
+
+    def certificate_rule(self, selection_counts, estimation_counts, alpha, noise):
+        """The certificate rule: Cohen et al.'s Clopper-Pearson bound and radius sigma * Phi^-1(pA_lower)."""
+        return cohen_rule(selection_counts, estimation_counts, alpha, noise)
+
+    def logits(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
+        """
+        The base classifier's logits on raw inputs ``x`` (a tensor on the estimator's device): preprocessing,
+        then the model. Differentiable when called outside ``inference_mode``.
+        """
+        import torch
+
+        self._model.train(mode=training_mode)
+        if self.all_framework_preprocessing:
+            x_pre, _ = self._apply_preprocessing(x, y=None, fit=training_mode, no_grad=not torch.is_grad_enabled())
+        else:
+            if torch.is_grad_enabled() and x.requires_grad:
+                raise ValueError(
+                    "gradients of the smoothed classifier need torch-native preprocessing; the configured "
+                    "preprocessing_defences are numpy-only"
+                )
+            x_np, _ = self._apply_preprocessing(x.detach().cpu().numpy(), y=None, fit=training_mode)
+            x_pre = torch.from_numpy(np.asarray(x_np, dtype=np.float32)).to(self._device)
+        return self._model(x_pre)[-1]
+
+    def vote(self, z: "torch.Tensor") -> "torch.Tensor":
+        """The vote function: the base classifier's class index for each noisy input in ``z``."""
+        import torch
+
+        out = self.logits(z)
+        if self.postprocessing_defences:
+            post = self._apply_postprocessing(preds=out.float().cpu().numpy(), fit=False)
+            return torch.from_numpy(np.argmax(post, axis=1)).to(z.device)
+        return out.argmax(dim=1)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # PREDICT and CERTIFY
+    # ----------------------------------------------------------------------------------------------------------
+    def _as_input_tensor(self, x) -> "torch.Tensor":
+        import torch
+
+        x_t = torch.as_tensor(np.asarray(x, dtype=ART_NUMPY_DTYPE) if not isinstance(x, torch.Tensor) else x)
+        if tuple(x_t.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x_t.shape)}")
+        return x_t.to(self._device, dtype=torch.float32)
+
+    def predict_counts(self, x, n: int | None = None, batch_size: int | None = None, indices=None) -> np.ndarray:
+        """
+        Vote counts ``(N, nb_classes)`` of the base classifier over ``n`` noisy draws per input (default
+        ``sample_size``), from the PREDICT stream.
+        """
+        n = self.sample_size if n is None else n
+        _check_positive_int("n", n)
+        return count_votes(
+            self.vote, self._as_input_tensor(x), int(n), self.noise_model, num_classes=self.nb_classes,
+            batch_size=batch_size or self.noise_batch_size, seed=self.seed, stage=PREDICTION,
+            indices=indices,
+        )
+
+    def predict(  # type: ignore[override]
+        self, x: np.ndarray, batch_size: int = 128, verbose: bool = False, **kwargs
+    ) -> np.ndarray:
+        """
+        Cohen et al.'s PREDICT with ``sample_size`` draws per input: the top class if a two-sided binomial test
+        of the top two vote counts rejects a tie at level ``alpha``, otherwise abstain.
+
+        Guarantee: a returned class differs from the smoothed classifier's prediction with probability at
+        most ``alpha``.
+
+        :param x: Inputs ``(N, *input_shape)``.
+        :param batch_size: Inputs per call of the engine (noisy batches use ``noise_batch_size``).
+        :param verbose: Unused; kept for ART compatibility.
+        :param is_abstain: If False, never abstain (rows always hold the votes).
+        :param output: ``"counts"`` (default): each row holds the vote counts, all zeros where it abstains;
+                       ``"onehot"``: ART's exact form, a one-hot row of the predicted class or all zeros.
+        :return: float32 array ``(N, nb_classes)``.
+        """
+        is_abstain = kwargs.get("is_abstain", True)
+        output = kwargs.get("output", "counts")
+        if output not in ("counts", "onehot"):
+            raise ValueError(f"output must be 'counts' or 'onehot', got {output!r}")
+        x_t = self._as_input_tensor(x)
+        counts = self.predict_counts(x_t)
+        classes = predict_from_counts(counts, self.alpha)
+        if not is_abstain:
+            classes = counts.argmax(axis=1)
+        if output == "onehot":
+            scores = np.zeros(counts.shape, dtype=ART_NUMPY_DTYPE)
+            keep = classes >= 0
+            scores[np.flatnonzero(keep), classes[keep]] = 1.0
+        else:
+            scores = np.where((classes >= 0)[:, None], counts, 0).astype(ART_NUMPY_DTYPE)
+        n_abstain = int(np.sum(classes < 0))
+        if n_abstain:
+            logger.info("%d of %d predictions abstained", n_abstain, len(classes))
+        return scores
+
+    def certify_detailed(
+        self,
+        x,
+        n: int,
+        n0: int | None = None,
+        alpha: float | None = None,
+        batch_size: int | None = None,
+        indices=None,
+    ) -> CertifyResult:
+        """
+        CERTIFY with the full per-input outcome: class, radius, pA_lower, the selection and estimation counts,
+        n0, n, alpha, sigma and seconds.
+
+        Guarantee: for each input, the probability that the returned class is not the smoothed classifier's
+        prediction everywhere within the returned L2 radius is at most ``alpha``.
+
+        :param x: Inputs ``(N, *input_shape)`` in raw input space.
+        :param n: Estimation draws.
+        :param n0: Selection draws (default ``sample_size``).
+        :param alpha: Failure probability (default the estimator's ``alpha``).
+        :param batch_size: Noisy inputs per forward pass (default ``noise_batch_size``).
+        :param indices: Global indices that key each input's noise (default ``0..N-1``).
+        :return: a :class:`~art_some.core.certify.CertifyResult`.
+        """
+        return certify_votes(
+            self.vote,
+            self.noise_model,
+            self._as_input_tensor(x),
+            n0=self.sample_size if n0 is None else n0,
+            n=n,
+            alpha=self.alpha if alpha is None else alpha,
+            num_classes=self.nb_classes,
+            batch_size=batch_size or self.noise_batch_size,
+            seed=self.seed,
+            indices=indices,
+            rule=self.certificate_rule,
+        )
+
+    def certify(self, x: np.ndarray, n: int, batch_size: int = 32, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Cohen et al.'s CERTIFY in ART's form: ``sample_size`` selection draws, ``n`` estimation draws.
+
+        :param x: Inputs ``(N, *input_shape)``.
+        :param n: Estimation draws per input.
+        :param batch_size: Noisy inputs per forward pass.
+        :param kwargs: ``n0``, ``alpha`` and ``indices`` as in :meth:`certify_detailed`.
+        :return: ``(prediction, radius)``: int array with -1 for abstain, float array with 0.0 for abstain.
+        """
+        result = self.certify_detailed(x, n, batch_size=batch_size, **kwargs)
+        return result.predict, result.radius
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Gradients of the soft smoothed classifier (EOT)
+    # ----------------------------------------------------------------------------------------------------------
+    def _gradient_noise(self, shape, device) -> "torch.Tensor":
+        import torch
+
+        if self._gradient_generator is None or self._gradient_generator.device != torch.device(device):
+            self._gradient_generator = torch.Generator(device=device)
+            self._gradient_generator.manual_seed(seed_for(self.seed, GRADIENT_STAGE, 0))
+        return torch.randn(shape, generator=self._gradient_generator, device=device)
+
+    def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
+        """
+        log G(x), with G(x) = E[softmax f(x + delta)] estimated from ``gradient_samples`` draws per input;
+        differentiable with respect to ``x`` (a tensor on the estimator's device).
+        """
+        import torch
+
+        m = self.gradient_samples or self.sample_size
+        chunk = max(1, self.noise_batch_size // m)
+        out = []
+        for start in range(0, len(x), chunk):
+            xs = x[start : start + chunk]
+            rows = xs.repeat_interleave(m, dim=0)
+            owner = torch.arange(len(xs), device=x.device).repeat_interleave(m)
+            z = self.noise_model.perturb(rows, self._gradient_noise(rows.shape, x.device), owner)
+            probs = torch.softmax(self.logits(z, training_mode=training_mode).float(), dim=1)
+            out.append(torch.log(probs.view(len(xs), m, -1).mean(dim=1).clamp_min(1e-20)))
+        return torch.cat(out)
+
+    def _to_torch(self, x) -> tuple["torch.Tensor", bool]:
+        import torch
+
+        is_tensor = isinstance(x, torch.Tensor)
+        x_t = x.detach() if is_tensor else torch.from_numpy(np.asarray(x, dtype=ART_NUMPY_DTYPE))
+        return x_t.to(self._device, dtype=torch.float32).clone().requires_grad_(True), is_tensor
+
+    def _labels(self, y, n: int) -> "torch.Tensor":
+        import torch
+
+        y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        if y.ndim == 2:
+            y = y.argmax(axis=1)
+        if y.shape != (n,):
+            raise ValueError(f"y must be {n} class indices or one-hot rows, got shape {y.shape}")
+        return torch.as_tensor(y.astype(np.int64), device=self._device)
+
+    def compute_loss(self, x, y, reduction: str = "none", **kwargs):
+        """
+        The smoothed cross-entropy -log G_y(x) (EOT estimate).
+
+        :param x: Inputs (numpy or torch).
+        :param y: Labels, indices or one-hot.
+        :param reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        :return: Loss values, numpy or torch matching ``x``.
+        """
+        import torch
+
+        if reduction not in ("none", "mean", "sum"):
+            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        x_t, is_tensor = self._to_torch(x)
+        with torch.no_grad():
+            loss = torch.nn.functional.nll_loss(self.smoothed_log_proba(x_t), self._labels(y, len(x_t)), reduction=reduction)
+        return loss if is_tensor else loss.cpu().numpy()
+
+    def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):  # type: ignore[override]
+        """
+        Gradient with respect to ``x`` of the smoothed cross-entropy -log G_y(x) (EOT over
+        ``gradient_samples`` draws; summed over inputs, so each row is that input's own gradient).
+
+        :param x: Inputs (numpy or torch).
+        :param y: Labels, indices or one-hot.
+        :param training_mode: Model in training mode while differentiating.
+        :return: Gradients of the same shape and type as ``x``.
+        """
+        import torch
+
+        x_t, is_tensor = self._to_torch(x)
+        loss = torch.nn.functional.nll_loss(
+            self.smoothed_log_proba(x_t, training_mode=training_mode), self._labels(y, len(x_t)), reduction="sum"
+        )
+        (grad,) = torch.autograd.grad(loss, x_t)
+        return grad if is_tensor else grad.cpu().numpy()
+
+    def class_gradient(self, x, label=None, training_mode: bool = False, **kwargs):  # type: ignore[override]
+        """
+        Gradient of ``sample_size * G_c(x)`` (the soft relaxation of the vote counts ``predict`` returns) with
+        respect to ``x``, by EOT.
+
+        :param x: Inputs (numpy or torch).
+        :param label: None for all classes, an int for one class, or one class per input.
+        :param training_mode: Model in training mode while differentiating.
+        :return: ``(N, nb_classes, *input_shape)`` for ``label=None``, else ``(N, 1, *input_shape)``.
+        """
+        import torch
+
+        x_t, is_tensor = self._to_torch(x)
+        n = len(x_t)
+        if label is None:
+            classes = None
+        elif isinstance(label, (int, np.integer)):
+            if not 0 <= int(label) < self.nb_classes:
+                raise ValueError(f"label must lie in 0..{self.nb_classes - 1}, got {label}")
+            classes = torch.full((n,), int(label), device=self._device)
+        else:
+            label_arr = np.asarray(label).reshape(-1)
+            if label_arr.shape != (n,) or label_arr.min() < 0 or label_arr.max() >= self.nb_classes:
+                raise ValueError(f"label must hold one class in 0..{self.nb_classes - 1} per input")
+            classes = torch.as_tensor(label_arr.astype(np.int64), device=self._device)
+        scores = self.sample_size * self.smoothed_log_proba(x_t, training_mode=training_mode).exp()
+        if classes is not None:
+            (grad,) = torch.autograd.grad(scores.gather(1, classes[:, None]).sum(), x_t)
+            grads = grad[:, None]
+        else:
+            grads = torch.stack(
+                [torch.autograd.grad(scores[:, c].sum(), x_t, retain_graph=True)[0] for c in range(self.nb_classes)],
+                dim=1,
+            )
+        return grads if is_tensor else grads.cpu().numpy()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Training
+    # ----------------------------------------------------------------------------------------------------------
+    def fit(  # type: ignore[override]
+        self, x, y, batch_size: int = 128, nb_epochs: int = 10, **kwargs
+    ) -> None:
+        """
+        Train the base classifier with Gaussian noise augmentation at sigma = ``scale`` in raw input space
+        (Cohen et al.), through :class:`~art_some.trainers.GaussianAugmentationTrainer`.
+
+        :param x: Training inputs (ART coerces them to numpy; for a torch ``DataLoader`` use the trainer).
+        :param y: Labels, indices or one-hot.
+        :param batch_size: Batch size.
+        :param nb_epochs: Epochs.
+        :param kwargs: ``scheduler``, ``verbose``, ``seed`` for the trainer.
+        """
+        from art_some.trainers.gaussian import GaussianAugmentationTrainer
+
+        GaussianAugmentationTrainer(self, seed=kwargs.pop("seed", self.seed)).fit(
+            x, y, batch_size=batch_size, nb_epochs=nb_epochs, **kwargs
+        )
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

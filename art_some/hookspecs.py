@@ -1,0 +1,46 @@
+"""
+The extension points of art-some (pluggy project ``art_some``).
+
+Each hook is called with a ``register(name, obj, **meta)`` callback; a plugin calls it once per thing it adds.
+Built-ins use these same hooks. Third-party packages expose a module with ``@hookimpl`` functions under the
+``art_some`` entry-point group.
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("art_some")
+hookimpl = pluggy.HookimplMarker("art_some")
+
+
+@hookspec
+def register_estimators(register):
+    """Register estimator classes (subclasses of ART's BaseEstimator, ClassifierMixin and LossGradientsMixin)."""
+
+
+@hookspec
+def register_trainers(register):
+    """Register trainer classes (subclasses of ``art.defences.trainer.Trainer``)."""
+
+
+@hookspec
+def register_denoisers(register):
+    """Register denoiser factories ``factory(**config) -> torch.nn.Module`` (no weight loading at registration)."""
+
+
+@hookspec
+def register_aggregations(register):
+    """Register vote-aggregation rules for heads or patches; say in ``description`` whether they stay sound."""
+
+
+@hookspec
+def register_attacks(register):
+    """Register attack recipes ``recipe(estimator, **budget) -> art.attacks.EvasionAttack`` for the audit."""
+
+
+@hookspec
+def register_models(register):
+    """Register model constructors ``constructor(num_classes=..., **kwargs) -> torch.nn.Module``."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register dataset loaders ``loader(root=None, split="test") -> (torch Dataset, info dict)``."""

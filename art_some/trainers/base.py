@@ -1,0 +1,126 @@
+"""
+The training loop shared by every smoothing trainer: batches from numpy arrays or a torch DataLoader, noise in
+raw input space, the estimator's preprocessing and model, and one optimizer step per batch. A trainer only
+defines :meth:`SmoothingTrainer.training_loss`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING
+
+import numpy as np
+from art.defences.trainer import Trainer
+from tqdm.auto import trange
+
+from art_some.core.noise import seed_for
+
+if TYPE_CHECKING:
+    import torch
+
+TRAINING_STAGE = 4
+
+
+class SmoothingTrainer(Trainer, abc.ABC):
+    """
+    Base class of the noise-augmented trainers (ART's :class:`~art.defences.trainer.Trainer` API).
+
+    :param classifier: A :class:`~art_some.SmoothedClassifier` (or subclass) with an optimizer.
+    :param sigma: Training noise level (default: the classifier's ``scale``).
+    :param seed: Seed of the training noise and the shuffling.
+    """
+
+    def __init__(self, classifier, sigma: float | None = None, seed: int = 0):
+        super().__init__(classifier)
+        if getattr(classifier, "optimizer", None) is None:
+            raise ValueError("the classifier needs an optimizer to be trained (pass optimizer=...)")
+        self.sigma = float(classifier.scale if sigma is None else sigma)
+        if not np.isfinite(self.sigma) or self.sigma <= 0:
+            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+        self.seed = int(seed)
+        self._generator = None
+        self.epoch = 0
+
+    @property
+    def device(self) -> "torch.device":
+        return self._classifier.device
+
+    def noise_like(self, x: "torch.Tensor") -> "torch.Tensor":
+        """Standard-normal noise shaped like ``x`` from the trainer's seeded generator."""
+        import torch
+
+        if self._generator is None:
+            self._generator = torch.Generator(device=x.device)
+            self._generator.manual_seed(seed_for(self.seed, TRAINING_STAGE, 0))
+        return torch.randn(x.shape, generator=self._generator, device=x.device)
+
+    @abc.abstractmethod
+    def training_loss(self, x: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+        """The scalar loss on a clean batch ``x`` (raw input space, on the device) with class indices ``y``."""
+
+    def _loader(self, x, y, batch_size: int, drop_last: bool):
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        if isinstance(x, DataLoader):
+            if y is not None:
+                raise ValueError("y must be None when x is a DataLoader (it yields the labels)")
+            return x
+        if y is None:
+            raise ValueError("y is required when x is an array")
+        x = np.asarray(x, dtype=np.float32)
+        y = np.asarray(y)
+        if y.ndim == 2:
+            y = y.argmax(axis=1)
+        if len(x) != len(y):
+            raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
+        if tuple(x.shape[1:]) != tuple(self._classifier.input_shape):
+            raise ValueError(f"x must have shape (N, {self._classifier.input_shape}), got {x.shape}")
+        shuffle = torch.Generator().manual_seed(seed_for(self.seed, TRAINING_STAGE, 1))
+        dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)))
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=shuffle, drop_last=drop_last)
+
+    def fit(self, x, y=None, batch_size: int = 128, nb_epochs: int = 10, **kwargs) -> list[float]:
+        """
+        Train the classifier's model.
+
+        :param x: Training inputs ``(N, *input_shape)`` in raw input space, or a torch ``DataLoader`` of
+                  ``(x, y)`` batches.
+        :param y: Labels (indices or one-hot) when ``x`` is an array; None for a DataLoader.
+        :param batch_size: Batch size for arrays.
+        :param nb_epochs: Number of epochs.
+        :param kwargs: ``scheduler`` (stepped once per epoch), ``verbose`` (progress bar), ``drop_last``.
+        :return: The mean training loss of each epoch.
+        """
+        if int(nb_epochs) != nb_epochs or nb_epochs < 1:
+            raise ValueError(f"nb_epochs must be an integer >= 1, got {nb_epochs!r}")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        loader = self._loader(x, y, int(batch_size), kwargs.get("drop_last", False))
+        scheduler = kwargs.get("scheduler")
+        optimizer = self._classifier.optimizer
+        history = []
+        for _ in trange(int(nb_epochs), desc=type(self).__name__, disable=not kwargs.get("verbose", False)):
+            self.epoch += 1
+            total, batches = 0.0, 0
+            for x_batch, y_batch in loader:
+                x_batch = x_batch.to(self.device, dtype=self._float_dtype())
+                y_batch = y_batch.to(self.device).long()
+                if y_batch.dim() == 2:
+                    y_batch = y_batch.argmax(dim=1)
+                optimizer.zero_grad()
+                loss = self.training_loss(x_batch, y_batch)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                batches += 1
+            if scheduler is not None:
+                scheduler.step()
+            history.append(total / max(1, batches))
+        self._classifier.model.eval()
+        return history
+
+    @staticmethod
+    def _float_dtype():
+        import torch
+
+        return torch.float32
