@@ -1,0 +1,236 @@
+"""
+The ``art-some`` command: certify a data set, run the demo, report on certification logs, list plugins.
+
+Bad input ends with a one-line error naming the argument and exit code 2; output files are only created once
+the inputs have been checked.
+"""
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from art_some import __version__
+
+DEFAULT_RADII = "0,0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"
+
+
+def _fail_cleanly(command):
+    """Turn expected errors (bad values, missing or corrupt files) into a one-line message and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError, KeyError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is available")
+    return name
+
+
+def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batch_size, seed, device, optimizer=None):
+    """Wrap ``model`` in the registered estimator ``estimator`` with the data set's conventions."""
+    import numpy as np
+    import torch
+
+    from art_some.plugins import get
+
+    cls = get("estimators", estimator)
+    mean = np.asarray(info["mean"], dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(info["std"], dtype=np.float32).reshape(-1, 1, 1)
+    return cls(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        tuple(info["input_shape"]),
+        int(info["num_classes"]),
+        optimizer=optimizer,
+        clip_values=(0.0, 1.0),
+        preprocessing=(mean, std),
+        device_type="gpu" if device == "cuda" else "cpu",
+        sample_size=n0,
+        scale=sigma,
+        alpha=alpha,
+        noise_batch_size=batch_size,
+        seed=seed,
+    )
+
+
+def _parse_radii(text: str):
+    try:
+        radii = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise ValueError(f"--radii must be comma-separated numbers, got {text!r}") from None
+    if not radii or min(radii) < 0:
+        raise ValueError(f"--radii must hold non-negative numbers, got {text!r}")
+    return radii
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="art-some")
+def cli():
+    """art-some: certified robustness by randomized smoothing on ART."""
+
+
+@cli.command()
+@click.option("--model", "model_ref", required=True, help="A registered model name or a checkpoint file.")
+@click.option("--dataset", default="digits", show_default=True, help="A registered dataset name.")
+@click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--estimator", default="smoothed", show_default=True, help="A registered estimator name.")
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Noise level (default: the checkpoint's sigma).")
+@click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection draws.")
+@click.option("--n", type=click.IntRange(min=1), default=100_000, show_default=True, help="Estimation draws.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Noisy inputs per forward pass.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True, help="Certify every skip-th input.")
+@click.option("--max-inputs", type=click.IntRange(min=1), default=None, help="Stop after this many inputs.")
+@click.option("--output", type=click.Path(dir_okay=False), required=True, help="JSONL records (resumed if present).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
+@_fail_cleanly
+def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
+            output, device, radii):
+    """Certify a dataset with CERTIFY (Cohen et al.), writing JSONL and TSV records and a summary table."""
+    from art_some.core.results import summary_table
+    from art_some.data import load_dataset
+    from art_some.evaluation import certify_dataset
+    from art_some.models import create_model, load_checkpoint
+
+    radii = _parse_radii(radii)
+    device = _device(device)
+    data, info = load_dataset(dataset, root=data_root, split=split)
+    if Path(model_ref).suffix in (".safetensors", ".pt", ".pth") or Path(model_ref).exists():
+        model, meta = load_checkpoint(model_ref, device=device)
+        for key in ("num_classes", "input_shape"):
+            if key in meta and str(list(meta[key]) if key == "input_shape" else meta[key]) != str(
+                list(info[key]) if key == "input_shape" else info[key]
+            ):
+                raise ValueError(f"--model checkpoint has {key} {meta[key]} but dataset {dataset!r} has {info[key]}")
+        sigma = sigma if sigma is not None else meta.get("sigma")
+    else:
+        from art_some.plugins import registered
+
+        if model_ref not in registered("models"):
+            known = ", ".join(sorted(registered("models")))
+            raise ValueError(f"--model {model_ref!r} is neither a checkpoint file nor a registered model ({known})")
+        click.echo(f"Warning: {model_ref!r} is randomly initialised (no checkpoint given)", err=True)
+        model = create_model(model_ref, num_classes=info["num_classes"])
+    if sigma is None:
+        raise ValueError("--sigma is required (the checkpoint records none)")
+    clf = build_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed,
+                          device=device)
+    indices = list(range(0, len(data), skip))[:max_inputs]
+    records = certify_dataset(clf, data, indices, output, n=n, method=estimator)
+    click.echo(summary_table(records, radii))
+    click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')}")
+
+
+@cli.command()
+@click.option("--output-dir", type=click.Path(file_okay=False), default="art_some_demo", show_default=True)
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-inputs", type=click.IntRange(min=1), default=None, help="Certify only the first inputs.")
+@click.option("--retrain", is_flag=True, help="Discard earlier outputs in --output-dir and start over.")
+@_fail_cleanly
+def demo(output_dir, sigma, epochs, n0, n, alpha, seed, max_inputs, retrain):
+    """Train a small CNN on the embedded digits with Gaussian noise, certify the test split, plot and report."""
+    import torch
+
+    from art_some.core.results import summary_table
+    from art_some.data import digits, digits_arrays
+    from art_some.evaluation import certify_dataset, plot_certified_accuracy
+    from art_some.models import DigitsCNN, load_checkpoint, save_checkpoint
+    from art_some.trainers import GaussianAugmentationTrainer
+
+    out = Path(output_dir)
+    if retrain and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, records_path = out / "model.safetensors", out / "records.jsonl"
+    test_data, info = digits(split="test")
+    if checkpoint.exists():
+        model, meta = load_checkpoint(checkpoint)
+        if meta.get("sigma") != sigma:
+            raise ValueError(f"--sigma {sigma} differs from the model in {out} (sigma {meta.get('sigma')}); use --retrain")
+        click.echo(f"Reusing {checkpoint} (pass --retrain to train again)")
+        clf = build_estimator("smoothed", model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=1000, seed=seed,
+                              device="cpu")
+    else:
+        torch.manual_seed(seed)
+        model = DigitsCNN(num_classes=10)
+        clf = build_estimator("smoothed", model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=1000, seed=seed,
+                              device="cpu", optimizer=torch.optim.Adam(model.parameters(), lr=1e-3))
+        x, y = digits_arrays("train")
+        click.echo(f"Training DigitsCNN on {len(x)} digits with Gaussian noise (sigma={sigma}, {epochs} epochs)...")
+        losses = GaussianAugmentationTrainer(clf, seed=seed).fit(x, y, batch_size=64, nb_epochs=epochs, verbose=True)
+        click.echo(f"final training loss {losses[-1]:.3f}")
+        save_checkpoint(checkpoint, model, "digits_cnn", {"num_classes": 10}, sigma=sigma, dataset="digits",
+                        num_classes=10, input_shape=[1, 8, 8])
+    indices = list(range(len(test_data)))[:max_inputs]
+    click.echo(f"Certifying {len(indices)} test digits (n0={n0}, n={n}, alpha={alpha})...")
+    records = certify_dataset(clf, test_data, indices, records_path, n=n, method="smoothed")
+    plot = out / "certified_accuracy.png"
+    plot_certified_accuracy({f"digits, sigma={sigma}": records}, plot, title="art-some demo")
+    click.echo(summary_table(records, _parse_radii(DEFAULT_RADII)))
+    click.echo(f"records: {records_path}, {records_path.with_suffix('.tsv')}; plot: {plot}; model: {checkpoint}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Comma-separated radii.")
+@_fail_cleanly
+def report(files, radii):
+    """Print certified accuracy at radii, ACR and abstention rate for JSONL records or community TSV logs."""
+    from art_some.core.results import read_records, summary_table
+
+    radii = _parse_radii(radii)
+    for path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        click.echo(f"== {path}")
+        click.echo(summary_table(read_records(path), radii))
+
+
+@cli.command()
+@_fail_cleanly
+def plugins():
+    """List registered estimators, trainers, models, datasets, ... and the distribution providing each."""
+    from art_some.plugins import KINDS, entries
+
+    for kind in KINDS:
+        found = entries(kind)
+        click.echo(f"{kind}:" + ("" if found else " (none)"))
+        for name, entry in sorted(found.items()):
+            description = entry.meta.get("description", "")
+            click.echo(f"  {name:<18} {entry.distribution:<24} {description}")
+
+
+def main(argv=None):
+    """Entry point of the ``art-some`` console script."""
+    cli.main(args=argv, prog_name="art-some")
+
+
+if __name__ == "__main__":
+    main()
