@@ -131,7 +131,10 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
         if model_ref not in registered("models"):
             known = ", ".join(sorted(registered("models")))
             raise ValueError(f"--model {model_ref!r} is neither a checkpoint file nor a registered model ({known})")
-        click.echo(f"Warning: {model_ref!r} is randomly initialised (no checkpoint given)", err=True)
+        import torch
+
+        click.echo(f"Warning: {model_ref!r} is randomly initialised from --seed (no checkpoint given)", err=True)
+        torch.manual_seed(seed)
         model = create_model(model_ref, num_classes=info["num_classes"])
     if sigma is None:
         raise ValueError("--sigma is required (the checkpoint records none)")

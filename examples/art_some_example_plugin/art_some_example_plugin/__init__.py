@@ -1,0 +1,38 @@
+"""
+An example art-some plugin. It adds, through the same hooks the built-ins use:
+
+- estimator ``flip_smoothed``: Gaussian smoothing whose base classifier averages the logits of the noisy input
+  and its horizontal mirror image (a deterministic base classifier, so Cohen's certificate still holds);
+- model ``example_mlp``: a two-layer perceptron.
+"""
+import torch
+
+from art_some import hookimpl
+from art_some.estimators import SmoothedClassifier
+
+
+class FlipSmoothedClassifier(SmoothedClassifier):
+    """SmoothedClassifier whose vote averages the logits of z and of z flipped along the last axis."""
+
+    def vote(self, z):
+        return (self.logits(z) + self.logits(torch.flip(z, dims=[-1]))).argmax(dim=1)
+
+
+class ExampleMLP(torch.nn.Module):
+    def __init__(self, num_classes=10, in_features=64, hidden=32):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_features, hidden), torch.nn.ReLU(),
+                                       torch.nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@hookimpl
+def register_estimators(register):
+    register("flip_smoothed", FlipSmoothedClassifier, description="smoothing over a flip-averaged base classifier")
+
+
+@hookimpl
+def register_models(register):
+    register("example_mlp", ExampleMLP, description="two-layer perceptron (example plugin)")

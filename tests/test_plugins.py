@@ -1,0 +1,124 @@
+import os
+import shutil
+import sys
+
+import pluggy
+import pytest
+import torch
+from click.testing import CliRunner
+
+from art_some import hookimpl, plugins
+from art_some.cli import cli
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "art_some_example_plugin")
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
+def example_installed(tmp_path, monkeypatch):
+    """The example package made discoverable through a real entry point: a dist-info folder on sys.path."""
+    shutil.copytree(os.path.join(EXAMPLE, "art_some_example_plugin"), tmp_path / "art_some_example_plugin")
+    info = tmp_path / "art_some_example_plugin-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: art-some-example-plugin\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[art_some]\nexample = art_some_example_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("art_some_example_plugin", None)
+
+
+def test_builtins_are_registered():
+    assert "smoothed" in plugins.registered("estimators")
+    assert {"gaussian", "consistency"} <= set(plugins.registered("trainers"))
+    assert {"digits_cnn", "cifar_resnet110", "resnet50"} <= set(plugins.registered("models"))
+    assert {"digits", "cifar10", "imagenet", "imagefolder"} <= set(plugins.registered("datasets"))
+    assert plugins.entries("estimators")["smoothed"].distribution.startswith("art-some ")
+    for kind in plugins.KINDS:
+        assert isinstance(plugins.registered(kind), dict)
+
+
+def test_unknown_kind_and_name():
+    with pytest.raises(ValueError, match="unknown plugin kind"):
+        plugins.registered("widgets")
+    with pytest.raises(ValueError, match="registered: .*smoothed"):
+        plugins.get("estimators", "nope")
+
+
+def test_loading_is_lazy_and_idempotent():
+    pm = plugins.get_plugin_manager()
+    assert plugins.get_plugin_manager() is pm
+    assert plugins.registered("models") == plugins.registered("models")
+
+
+def test_name_clash_names_both_plugins():
+    class Clash:
+        @hookimpl
+        def register_estimators(self, register):
+            register("smoothed", object)
+
+    pm = plugins.get_plugin_manager()
+    pm.register(Clash(), name="clashing-plugin")
+    try:
+        with pytest.raises(ValueError, match="art_some.estimators.*clashing-plugin"):
+            plugins.registered("estimators")
+    finally:
+        pm.unregister(name="clashing-plugin")
+
+
+def test_misspelt_hook_is_caught():
+    class Typo:
+        @hookimpl
+        def register_estimater(self, register):
+            pass
+
+    pm = plugins.get_plugin_manager()
+    pm.register(Typo(), name="typo")
+    try:
+        with pytest.raises(pluggy.PluginValidationError):
+            pm.check_pending()
+    finally:
+        pm.unregister(name="typo")
+
+
+def test_example_plugin_arrives_through_its_entry_point(example_installed, digits):
+    entry = plugins.entries("estimators")["flip_smoothed"]
+    assert entry.plugin == "example" and entry.distribution == "art-some-example-plugin 0.1.0"
+    # Usable by name: build its model and estimator from the registry and certify.
+    model = plugins.get("models", "example_mlp")(num_classes=10)
+    cls = plugins.get("estimators", "flip_smoothed")
+    clf = cls(model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, device_type="cpu", scale=0.25)
+    _, (x, _) = digits
+    pred, radius = clf.certify(x[:3], n=50)
+    assert pred.shape == (3,) and radius.shape == (3,)
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0 and "flip_smoothed" in result.output and "art-some-example-plugin" in result.output
+
+
+def test_entry_points_can_be_disabled(example_installed, monkeypatch):
+    monkeypatch.setenv(plugins.DISABLE_ENV, "1")
+    assert "flip_smoothed" not in plugins.registered("estimators")
+    assert "smoothed" in plugins.registered("estimators")
+
+
+def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("raise ImportError('boom')\n")
+    info = tmp_path / "broken_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[art_some]\nbroken = broken_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match="broken"):
+        assert "smoothed" in plugins.registered("estimators")
+
+
+def test_each_kind_has_a_registration_hook():
+    from art_some import hookspecs
+
+    names = [n for n in dir(hookspecs) if n.startswith("register_")]
+    assert sorted(n[len("register_"):] for n in names) == sorted(plugins.KINDS)
