@@ -176,7 +176,9 @@ def demo(output_dir, sigma, epochs, n0, n, alpha, seed, max_inputs, retrain):
     if checkpoint.exists():
         model, meta = load_checkpoint(checkpoint)
         if meta.get("sigma") != sigma:
-            raise ValueError(f"--sigma {sigma} differs from the model in {out} (sigma {meta.get('sigma')}); use --retrain")
+            raise ValueError(
+                f"--sigma {sigma} differs from the model in {out} (sigma {meta.get('sigma')}); use --retrain"
+            )
         click.echo(f"Reusing {checkpoint} (pass --retrain to train again)")
         clf = build_estimator("smoothed", model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=1000, seed=seed,
                               device="cpu")

@@ -86,7 +86,8 @@ def imagenet(root=None, split: str = "test"):
     _check_split(split)
     path = _need_root("imagenet", root)
     try:
-        dataset = datasets.ImageNet(str(path), split="train" if split == "train" else "val", transform=_imagenet_transform())
+        folder = "train" if split == "train" else "val"
+        dataset = datasets.ImageNet(str(path), split=folder, transform=_imagenet_transform())
     except (RuntimeError, FileNotFoundError) as err:
         raise ValueError(f"ImageNet not found under {str(path)!r}: {err}") from None
     return dataset, {"num_classes": 1000, "input_shape": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}

@@ -122,3 +122,11 @@ def test_each_kind_has_a_registration_hook():
 
     names = [n for n in dir(hookspecs) if n.startswith("register_")]
     assert sorted(n[len("register_"):] for n in names) == sorted(plugins.KINDS)
+
+
+def test_importing_the_package_and_hookspecs_does_not_import_art():
+    import subprocess
+    import sys
+
+    code = "import sys, art_some, art_some.hookspecs; sys.exit(1 if 'art' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

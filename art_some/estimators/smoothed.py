@@ -13,7 +13,8 @@ import numpy as np
 from art.config import ART_NUMPY_DTYPE
 from art.estimators.certification.randomized_smoothing.pytorch import PyTorchRandomizedSmoothing
 
-from art_some.core.certify import CertifyResult, certify as certify_votes, cohen_rule, predict_from_counts
+from art_some.core.certify import CertifyResult, cohen_rule, predict_from_counts
+from art_some.core.certify import certify as certify_votes
 from art_some.core.noise import PREDICTION, GaussianNoise, count_votes, seed_for
 from art_some.core.stats import _check_alpha
 
@@ -342,7 +343,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
         x_t, is_tensor = self._to_torch(x)
         with torch.no_grad():
-            loss = torch.nn.functional.nll_loss(self.smoothed_log_proba(x_t), self._labels(y, len(x_t)), reduction=reduction)
+            log_proba = self.smoothed_log_proba(x_t)
+            loss = torch.nn.functional.nll_loss(log_proba, self._labels(y, len(x_t)), reduction=reduction)
         return loss if is_tensor else loss.cpu().numpy()
 
     def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):  # type: ignore[override]

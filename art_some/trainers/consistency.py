@@ -40,8 +40,6 @@ class ConsistencyTrainer(SmoothingTrainer):
         self.eta = float(eta)
 
     def training_loss(self, x, y):
-        import torch
-        import torch.nn.functional as F
 
         m = self.num_noise_vec
         # Copy j of the whole batch is chunk j, so chunk j lines up with y.
