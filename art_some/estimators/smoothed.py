@@ -203,7 +203,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         most ``alpha``.
 
         :param x: Inputs ``(N, *input_shape)``.
-        :param batch_size: Inputs per call of the engine (noisy batches use ``noise_batch_size``).
+        :param batch_size: Kept for ART compatibility; noisy batches use ``noise_batch_size``.
         :param verbose: Unused; kept for ART compatibility.
         :param is_abstain: If False, never abstain (rows always hold the votes).
         :param output: ``"counts"`` (default): each row holds the vote counts, all zeros where it abstains;
