@@ -143,3 +143,18 @@ def test_per_input_sigma():
     eps = torch.ones(2, 3)
     z = noise.perturb(x, eps, torch.tensor([0, 1]))
     assert torch.allclose(z, torch.tensor([[0.5] * 3, [1.0] * 3]))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(num=st.integers(1, 300), batch_size=st.integers(1, 400), n_inputs=st.integers(1, 4))
+def test_property_counts_invariant_to_batching(num, batch_size, n_inputs):
+    x = torch.from_numpy(np.random.default_rng(n_inputs).normal(size=(n_inputs, 12)).astype(np.float32))
+    vote, noise = make_vote(), GaussianNoise(1.0)
+    a = count_votes(vote, x, num, noise, num_classes=C, batch_size=batch_size, seed=2, stage=ESTIMATION)
+    b = count_votes(vote, x, num, noise, num_classes=C, batch_size=10_000, seed=2, stage=ESTIMATION)
+    np.testing.assert_array_equal(a, b)
+    assert np.all(a.sum(axis=1) == num)
