@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from art_some.core.certify import certify, cohen_rule, predict
 from art_some.core.noise import ESTIMATION, SELECTION, GaussianNoise, block_size, count_votes, seed_for
@@ -143,10 +145,6 @@ def test_per_input_sigma():
     eps = torch.ones(2, 3)
     z = noise.perturb(x, eps, torch.tensor([0, 1]))
     assert torch.allclose(z, torch.tensor([[0.5] * 3, [1.0] * 3]))
-
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=25, deadline=None)
