@@ -72,11 +72,10 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             if ep.group != ENTRY_POINT_GROUP or pm.has_plugin(ep.name):
                 continue
             try:
-                plugin = ep.load()
+                pm.register(ep.load(), name=ep.name)
             except Exception as err:  # a broken third-party plugin must not break art-some
                 warnings.warn(f"art-some plugin {ep.name!r} from {dist.metadata['Name']} failed to load: {err}")
                 continue
-            pm.register(plugin, name=ep.name)
             _distributions[ep.name] = f"{dist.metadata['Name']} {dist.version}"
 
 
@@ -94,6 +93,8 @@ def _build(kind: str) -> dict[str, Entry]:
     registry: dict[str, Entry] = {}
     # Call each implementation on its own so every name is attributed to the plugin that registered it.
     for impl in hook.get_hookimpls():
+        if impl.hookwrapper or impl.wrapper:
+            continue  # wrappers decorate calls; they register nothing themselves
 
         def register(name: str, obj: object, _plugin: str = impl.plugin_name, **meta) -> None:
             if not isinstance(name, str) or not name:
@@ -105,7 +106,7 @@ def _build(kind: str) -> dict[str, Entry]:
                 )
             registry[name] = Entry(name, obj, _plugin, _distributions.get(_plugin, "?"), meta)
 
-        impl.function(register=register)
+        impl.function(**({"register": register} if "register" in impl.argnames else {}))
     return registry
 
 

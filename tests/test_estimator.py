@@ -201,3 +201,38 @@ def test_pgd_beats_the_trained_smoothed_classifier(trained_digits_classifier, di
         x[:10], y=y[:10])
     after = clf.predict(x_adv).argmax(1)
     assert np.sum(after != y[:10]) > np.sum(before != y[:10])
+
+
+def test_certify_streams_at_noise_batch_size_by_default(monkeypatch):
+    clf = make_classifier(Linear2(np.ones(4), 0.0), (4,), 2, scale=0.5, noise_batch_size=500, clip_values=None)
+    sizes = []
+    original = SmoothedClassifier.vote
+
+    def spy(self, z):
+        sizes.append(len(z))
+        return original(self, z)
+
+    monkeypatch.setattr(SmoothedClassifier, "vote", spy)
+    clf.certify(np.zeros((1, 4), np.float32), n=2000)
+    assert max(sizes) == 500
+
+
+def test_label_column_is_read_as_class_indices():
+    clf = make_classifier(Linear2(np.ones(4), 0.0), (4,), 2, scale=0.5, gradient_samples=64, clip_values=None)
+    x = np.full((2, 4), 0.3, np.float32)
+    a = clf.compute_loss(x, np.array([[1], [0]]))
+    clf_b = make_classifier(Linear2(np.ones(4), 0.0), (4,), 2, scale=0.5, gradient_samples=64, clip_values=None)
+    b = clf_b.compute_loss(x, np.array([1, 0]))
+    np.testing.assert_allclose(a, b)
+    with pytest.raises(ValueError, match="columns"):
+        clf.compute_loss(x, np.zeros((2, 3)))
+
+
+def test_set_params_seed_reseeds_gradient_noise():
+    x, y = np.full((1, 4), 0.3, np.float32), np.array([1])
+    a = make_classifier(Linear2(np.ones(4), 0.0), (4,), 2, scale=0.5, gradient_samples=8, clip_values=None)
+    a.loss_gradient(x, y)
+    a.set_params(seed=123)
+    b = make_classifier(Linear2(np.ones(4), 0.0), (4,), 2, scale=0.5, gradient_samples=8, clip_values=None,
+                        seed=123)
+    np.testing.assert_array_equal(a.loss_gradient(x, y), b.loss_gradient(x, y))

@@ -130,3 +130,36 @@ def test_importing_the_package_and_hookspecs_does_not_import_art():
 
     code = "import sys, art_some, art_some.hookspecs; sys.exit(1 if 'art' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_hookimpls_without_arguments_and_wrappers_are_handled():
+    class NoArgs:
+        @hookimpl
+        def register_attacks(self):
+            pass
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def register_attacks(self, register):
+            return (yield)
+
+    pm = plugins.get_plugin_manager()
+    pm.register(NoArgs(), name="no-args")
+    pm.register(Wrapper(), name="wrapper")
+    try:
+        assert plugins.registered("attacks") == {}
+    finally:
+        pm.unregister(name="no-args")
+        pm.unregister(name="wrapper")
+
+
+def test_a_plugin_with_a_bad_hook_signature_is_skipped(tmp_path, monkeypatch):
+    (tmp_path / "bad_sig_plugin.py").write_text(
+        "from art_some import hookimpl\n\n@hookimpl\ndef register_models(register, extra):\n    pass\n")
+    info = tmp_path / "bad_sig_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-sig-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[art_some]\nbadsig = bad_sig_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match="badsig"):
+        assert "digits_cnn" in plugins.registered("models")

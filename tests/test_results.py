@@ -116,3 +116,22 @@ def test_tsv_with_wrong_header_is_rejected(tmp_path):
     (tmp_path / "x.tsv").write_text("a\tb\n1\t2\n")
     with pytest.raises(ValueError, match="header"):
         read_tsv(tmp_path / "x.tsv")
+
+
+def test_duplicate_records_in_a_file_are_an_error(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text(json.dumps(record(0)) + "\n" + json.dumps(record(0)) + "\n")
+    with pytest.raises(ValueError, match="repeats idx 0"):
+        read_jsonl(path)
+    with pytest.raises(ValueError, match="repeats idx 0"):
+        RecordWriter(path)
+
+
+def test_tsv_times_beyond_a_day_and_radii_rounded_down(tmp_path):
+    records = [record(0, radius=0.49951), record(1, radius=0.25)]
+    records[0]["seconds"] = 90061.5
+    write_tsv(records, tmp_path / "r.tsv")
+    back = read_tsv(tmp_path / "r.tsv")
+    assert back[0]["seconds"] == pytest.approx(90061.5)
+    assert back[0]["radius"] == 0.499 and back[1]["radius"] == 0.25
+    assert certified_accuracy(back, [0.5]).tolist() == [0.0]

@@ -9,8 +9,8 @@ the papers that followed.
 """
 from __future__ import annotations
 
-import datetime
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -104,7 +104,7 @@ def _read_jsonl_resumable(path: Path) -> list[dict]:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read records from a JSONL file, with a clear error naming the first bad line."""
-    records = []
+    records, seen = [], set()
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -115,12 +115,20 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
             if not isinstance(record, dict) or not {"idx", "radius", "correct"} <= record.keys():
                 raise ValueError(f"{path}: line {number} is not a certificate record")
+            if record["idx"] in seen:
+                raise ValueError(f"{path}: line {number} repeats idx {record['idx']}; the file is corrupt")
+            seen.add(record["idx"])
             records.append(record)
     return records
 
 
 def _format_time(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=float(seconds)))
+    """H:MM:SS.ffffff as ``str(timedelta)`` writes it below a day, with hours beyond 24 instead of days."""
+    micro = int(round(float(seconds) * 1e6))
+    hours, rest = divmod(micro, 3_600_000_000)
+    minutes, rest = divmod(rest, 60_000_000)
+    secs, micro = divmod(rest, 1_000_000)
+    return f"{hours}:{minutes:02d}:{secs:02d}" + (f".{micro:06d}" if micro else "")
 
 
 def _parse_time(text: str) -> float:
@@ -128,25 +136,31 @@ def _parse_time(text: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(secs)
 
 
+def _radius_text(radius: float) -> str:
+    """Three decimals rounded *down*, so a log read back never claims a larger radius than was certified."""
+    return f"{math.floor(float(radius) * 1000 + 1e-9) / 1000:.3f}"
+
+
 def write_tsv(records: Iterable[dict], path: str | os.PathLike) -> None:
     """Write records in the community TSV format (``idx label predict radius correct time``)."""
     with open(path, "w", encoding="utf-8") as f:
         f.write("\t".join(TSV_COLUMNS) + "\n")
         for r in sorted(records, key=lambda r: r["idx"]):
-            row = (r["idx"], r["label"], r["predict"], f"{r['radius']:.3f}", r["correct"], _format_time(r["seconds"]))
+            radius, time = _radius_text(r["radius"]), _format_time(r["seconds"])
+            row = (r["idx"], r["label"], r["predict"], radius, r["correct"], time)
             f.write("\t".join(str(v) for v in row) + "\n")
 
 
 def read_tsv(path: str | os.PathLike) -> list[dict]:
     """Read a community TSV log into records (``idx, label, predict, radius, correct, seconds``)."""
     with open(path, encoding="utf-8") as f:
-        header = f.readline().split()
+        header = f.readline().rstrip("\n").split("\t")
         if tuple(header[:5]) != TSV_COLUMNS[:5]:
             raise ValueError(f"{path}: not a certification log; header must start with {' '.join(TSV_COLUMNS[:5])}")
         records = []
         for number, line in enumerate(f, 2):
-            fields = line.split()
-            if not fields:
+            fields = line.rstrip("\n").split("\t")
+            if not line.strip():
                 continue
             try:
                 records.append(

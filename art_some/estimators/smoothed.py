@@ -44,8 +44,10 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
       ``gradient_samples`` noise draws of the soft smoothed classifier G(x) = E[softmax f(x + delta)]
       (Salman et al. 2019): the loss is -log G_y(x), and ``class_gradient`` is the gradient of
       ``sample_size * G_c(x)``, the soft relaxation of the vote counts that ``predict`` returns;
-    - all noise comes from generators seeded from ``(seed, stage, input position)``, so calls are reproducible
-      (``predict`` uses common random numbers across calls; verify attacks with a fresh seed).
+    - ``predict`` and ``certify`` draw noise from generators seeded from ``(seed, stage, input index)``, so they
+      are reproducible and ``predict`` uses common random numbers across calls (verify attacks with a fresh
+      seed); gradients draw fresh noise on each call from one generator seeded from ``seed``, so a sequence of
+      calls is reproducible and EOT averages over new draws at every attack step.
 
     | Paper link: https://arxiv.org/abs/1902.02918
     """
@@ -268,13 +270,16 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             rule=self.certificate_rule,
         )
 
-    def certify(self, x: np.ndarray, n: int, batch_size: int = 32, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    def certify(  # type: ignore[override]
+        self, x: np.ndarray, n: int, batch_size: int | None = None, **kwargs
+    ) -> tuple[np.ndarray, np.ndarray]:
         """
         Cohen et al.'s CERTIFY in ART's form: ``sample_size`` selection draws, ``n`` estimation draws.
 
         :param x: Inputs ``(N, *input_shape)``.
         :param n: Estimation draws per input.
-        :param batch_size: Noisy inputs per forward pass.
+        :param batch_size: Noisy inputs per forward pass (default ``noise_batch_size``; ART's default of 32 would
+                           only slow the stream down, the results do not depend on it).
         :param kwargs: ``n0``, ``alpha`` and ``indices`` as in :meth:`certify_detailed`.
         :return: ``(prediction, radius)``: int array with -1 for abstain, float array with 0.0 for abstain.
         """
@@ -287,10 +292,13 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
     def _gradient_noise(self, shape, device) -> "torch.Tensor":
         import torch
 
-        if self._gradient_generator is None or self._gradient_generator.device != torch.device(device):
-            self._gradient_generator = torch.Generator(device=device)
-            self._gradient_generator.manual_seed(seed_for(self.seed, GRADIENT_STAGE, 0))
-        return torch.randn(shape, generator=self._gradient_generator, device=device)
+        key = (self.seed, str(torch.device(device)))
+        if self._gradient_generator is None or self._gradient_generator[0] != key:
+            # (Re)seeded whenever the seed or device changes, e.g. through set_params(seed=...).
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed_for(self.seed, GRADIENT_STAGE, 0))
+            self._gradient_generator = (key, generator)
+        return torch.randn(shape, generator=self._gradient_generator[1], device=device)
 
     def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
         """
@@ -322,7 +330,11 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         import torch
 
         y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        if y.ndim == 2:
+        if y.ndim == 2 and y.shape[1] == 1:  # a column of class indices, as ART accepts
+            y = y[:, 0]
+        elif y.ndim == 2:
+            if y.shape[1] != self.nb_classes:
+                raise ValueError(f"one-hot y must have {self.nb_classes} columns, got {y.shape[1]}")
             y = y.argmax(axis=1)
         if y.shape != (n,):
             raise ValueError(f"y must be {n} class indices or one-hot rows, got shape {y.shape}")
