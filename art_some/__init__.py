@@ -11,6 +11,7 @@ from art_some.hookspecs import hookimpl  # noqa: E402
 __all__ = [
     "ConsistencyTrainer",
     "GaussianAugmentationTrainer",
+    "MultiHeadSmoothedClassifier",
     "SmoothedClassifier",
     "__version__",
     "certify",
@@ -21,10 +22,10 @@ __all__ = [
 
 def __getattr__(name):
     # Lazy: importing art_some (e.g. for plugin hooks) must not import ART or torch.
-    if name == "SmoothedClassifier":
-        from art_some.estimators import SmoothedClassifier
+    if name in ("SmoothedClassifier", "MultiHeadSmoothedClassifier"):
+        from art_some import estimators
 
-        return SmoothedClassifier
+        return getattr(estimators, name)
     if name in ("ConsistencyTrainer", "GaussianAugmentationTrainer"):
         from art_some import trainers
 

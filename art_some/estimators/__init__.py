@@ -1,10 +1,12 @@
 """ART-facing smoothed estimators, one module per method."""
+from art_some.estimators.multihead import MultiHeadSmoothedClassifier
 from art_some.estimators.smoothed import SmoothedClassifier
 from art_some.hookspecs import hookimpl
 
-__all__ = ["SmoothedClassifier"]
+__all__ = ["MultiHeadSmoothedClassifier", "SmoothedClassifier"]
 
 
 @hookimpl
 def register_estimators(register):
     register("smoothed", SmoothedClassifier, description="Gaussian randomized smoothing (Cohen et al. 2019)")
+    register("some", MultiHeadSmoothedClassifier, description="smoothed multi-head ensemble (SOME, Fang et al.)")

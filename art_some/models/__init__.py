@@ -13,9 +13,24 @@ from pathlib import Path
 
 from art_some.hookspecs import hookimpl
 from art_some.models.cifar_resnet import CifarResNet
+from art_some.models.multihead import (
+    MultiHeadNet,
+    cifar_resnet_multihead,
+    cosine_loss,
+    digits_cnn_multihead,
+    resnet50_multihead,
+)
 from art_some.models.small import DigitsCNN
 
-__all__ = ["CifarResNet", "DigitsCNN", "create_model", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CifarResNet",
+    "DigitsCNN",
+    "MultiHeadNet",
+    "cosine_loss",
+    "create_model",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 METADATA_KEY = "art_some"
 
@@ -44,6 +59,12 @@ def register_models(register):
     register("cifar_resnet20", _cifar_resnet(20), description="CIFAR ResNet-20")
     register("cifar_resnet110", _cifar_resnet(110), description="CIFAR ResNet-110 (Cohen et al.)")
     register("resnet50", _torchvision("resnet50"), description="torchvision ResNet-50 for ImageNet")
+    register("some_digits_cnn", digits_cnn_multihead, description="multi-head DigitsCNN (SOME), num_heads=5")
+    register("some_cifar_resnet20", lambda **kw: cifar_resnet_multihead(depth=20, **kw),
+             description="multi-head CIFAR ResNet-20 (SOME), num_heads=5")
+    register("some_cifar_resnet110", lambda **kw: cifar_resnet_multihead(depth=110, **kw),
+             description="multi-head CIFAR ResNet-110 (SOME), num_heads=5")
+    register("some_resnet50", resnet50_multihead, description="multi-head ResNet-50 (SOME), num_heads=5")
 
 
 def create_model(name: str, **kwargs):

@@ -31,6 +31,26 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+def blocks_per_stage(depth: int) -> int:
+    """k for a CIFAR ResNet of depth 6k+2."""
+    if (depth - 2) % 6 != 0 or depth < 8:
+        raise ValueError(f"depth must be 6k+2 with k >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
+    return (depth - 2) // 6
+
+
+def stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """``blocks`` basic blocks; the first changes width and stride."""
+    return nn.Sequential(*[BasicBlock(in_planes if b == 0 else planes, planes, stride if b == 0 else 1)
+                           for b in range(blocks)])
+
+
+def init_convs(module: nn.Module) -> None:
+    """He initialisation N(0, 2 / (k * k * out_channels)) of every convolution, as the CIFAR ResNets use."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class CifarResNet(nn.Module):
     """
     CIFAR ResNet of depth 6k+2: a 16-channel stem, three stages of k blocks (16, 32, 64 channels), global
@@ -43,25 +63,18 @@ class CifarResNet(nn.Module):
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"depth must be 6k+2 with k >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
-        blocks = (depth - 2) // 6
+        blocks = blocks_per_stage(depth)
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        layers, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            for b in range(blocks):
-                layers.append(BasicBlock(in_planes, planes, stride if b == 0 else 1))
-                in_planes = planes
-        self.layers = nn.Sequential(*layers)
+        self.layer1 = stage(16, 16, blocks, stride=1)
+        self.layer2 = stage(16, 32, blocks, stride=2)
+        self.layer3 = stage(32, 64, blocks, stride=2)
         self.fc = nn.Linear(64, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        init_convs(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled 64-dimensional features (the trunk that multi-head variants share)."""
-        out = self.layers(torch.relu(self.bn1(self.conv1(x))))
+        """Pooled 64-dimensional features."""
+        out = self.layer3(self.layer2(self.layer1(torch.relu(self.bn1(self.conv1(x))))))
         return torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
