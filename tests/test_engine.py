@@ -80,26 +80,25 @@ def test_stages_and_seeds_give_independent_streams(inputs):
     assert not np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_forward_batches_never_exceed_batch_size(inputs):
-    seen = []
-    vote = make_vote()
+def batch_size_spy():
+    """A vote function that records the size of every batch it is given."""
+    seen, vote = [], make_vote()
 
     def spy(z):
         seen.append(len(z))
         return vote(z)
 
+    return spy, seen
+
+
+def test_forward_batches_never_exceed_batch_size(inputs):
+    spy, seen = batch_size_spy()
     count_votes(spy, inputs[:2], 10_000, GaussianNoise(0.5), num_classes=C, batch_size=256, seed=0, stage=0)
     assert max(seen) <= 256 and sum(seen) == 20_000
 
 
 def test_small_n_packs_several_inputs_per_batch(inputs):
-    seen = []
-    vote = make_vote()
-
-    def spy(z):
-        seen.append(len(z))
-        return vote(z)
-
+    spy, seen = batch_size_spy()
     count_votes(spy, inputs, 10, GaussianNoise(0.5), num_classes=C, batch_size=1000, seed=0, stage=0)
     assert seen == [60]
 

@@ -20,14 +20,19 @@ def fresh_plugins():
     plugins.reset()
 
 
+def fake_distribution(folder, dist, version, entry_name, module):
+    """Make ``module`` (already in ``folder``) discoverable as entry point ``entry_name`` of distribution ``dist``."""
+    info = folder / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[art_some]\n{entry_name} = {module}\n")
+
+
 @pytest.fixture
 def example_installed(tmp_path, monkeypatch):
     """The example package made discoverable through a real entry point: a dist-info folder on sys.path."""
     shutil.copytree(os.path.join(EXAMPLE, "art_some_example_plugin"), tmp_path / "art_some_example_plugin")
-    info = tmp_path / "art_some_example_plugin-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: art-some-example-plugin\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[art_some]\nexample = art_some_example_plugin\n")
+    fake_distribution(tmp_path, "art-some-example-plugin", "0.1.0", "example", "art_some_example_plugin")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
     sys.modules.pop("art_some_example_plugin", None)
@@ -108,10 +113,7 @@ def test_entry_points_can_be_disabled(example_installed, monkeypatch):
 
 def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, monkeypatch):
     (tmp_path / "broken_plugin.py").write_text("raise ImportError('boom')\n")
-    info = tmp_path / "broken_plugin-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[art_some]\nbroken = broken_plugin\n")
+    fake_distribution(tmp_path, "broken-plugin", "1.0", "broken", "broken_plugin")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.warns(UserWarning, match="broken"):
         assert "smoothed" in plugins.registered("estimators")
@@ -156,10 +158,7 @@ def test_hookimpls_without_arguments_and_wrappers_are_handled():
 def test_a_plugin_with_a_bad_hook_signature_is_skipped(tmp_path, monkeypatch):
     (tmp_path / "bad_sig_plugin.py").write_text(
         "from art_some import hookimpl\n\n@hookimpl\ndef register_models(register, extra):\n    pass\n")
-    info = tmp_path / "bad_sig_plugin-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-sig-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[art_some]\nbadsig = bad_sig_plugin\n")
+    fake_distribution(tmp_path, "bad-sig-plugin", "1.0", "badsig", "bad_sig_plugin")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.warns(UserWarning, match="badsig"):
         assert "digits_cnn" in plugins.registered("models")

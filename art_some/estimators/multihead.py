@@ -38,8 +38,4 @@ class MultiHeadSmoothedClassifier(SmoothedClassifier):
 
         :return: list of M tensors ``(B, nb_classes)``.
         """
-        import torch
-
-        self._model.train(mode=training_mode)
-        x_pre, _ = self._apply_preprocessing(x, y=None, fit=training_mode, no_grad=not torch.is_grad_enabled())
-        return self.model.head_logits(x_pre)
+        return self.model.head_logits(self.preprocess(x, training_mode))

@@ -145,20 +145,26 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         The base classifier's logits on raw inputs ``x`` (a tensor on the estimator's device): preprocessing,
         then the model. Differentiable when called outside ``inference_mode``.
         """
+        return self._model(self.preprocess(x, training_mode))[-1]
+
+    def preprocess(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
+        """
+        The estimator's preprocessing (defences, then standardisation) applied to raw inputs ``x`` on the
+        device, with the model put in the requested mode; differentiable for torch-native preprocessing.
+        """
         import torch
 
         self._model.train(mode=training_mode)
         if self.all_framework_preprocessing:
             x_pre, _ = self._apply_preprocessing(x, y=None, fit=training_mode, no_grad=not torch.is_grad_enabled())
-        else:
-            if torch.is_grad_enabled() and x.requires_grad:
-                raise ValueError(
-                    "gradients of the smoothed classifier need torch-native preprocessing; the configured "
-                    "preprocessing_defences are numpy-only"
-                )
-            x_np, _ = self._apply_preprocessing(x.detach().cpu().numpy(), y=None, fit=training_mode)
-            x_pre = torch.from_numpy(np.asarray(x_np, dtype=np.float32)).to(self._device)
-        return self._model(x_pre)[-1]
+            return x_pre
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise ValueError(
+                "gradients of the smoothed classifier need torch-native preprocessing; the configured "
+                "preprocessing_defences are numpy-only"
+            )
+        x_np, _ = self._apply_preprocessing(x.detach().cpu().numpy(), y=None, fit=training_mode)
+        return torch.from_numpy(np.asarray(x_np, dtype=np.float32)).to(self._device)
 
     def vote(self, z: "torch.Tensor") -> "torch.Tensor":
         """The vote function: the base classifier's class index for each noisy input in ``z``."""
