@@ -12,6 +12,8 @@ __all__ = [
     "ConsistencyTrainer",
     "GaussianAugmentationTrainer",
     "MultiHeadSmoothedClassifier",
+    "SOMETrainer",
+    "SmoothMixTrainer",
     "SmoothedClassifier",
     "__version__",
     "certify",
@@ -26,7 +28,7 @@ def __getattr__(name):
         from art_some import estimators
 
         return getattr(estimators, name)
-    if name in ("ConsistencyTrainer", "GaussianAugmentationTrainer"):
+    if name in ("ConsistencyTrainer", "GaussianAugmentationTrainer", "SOMETrainer", "SmoothMixTrainer"):
         from art_some import trainers
 
         return getattr(trainers, name)

@@ -7,6 +7,7 @@ CERTIFY unchanged.
 from __future__ import annotations
 
 from art_some.estimators.smoothed import SmoothedClassifier
+from art_some.models.multihead import unwrap
 
 
 class MultiHeadSmoothedClassifier(SmoothedClassifier):
@@ -24,18 +25,20 @@ class MultiHeadSmoothedClassifier(SmoothedClassifier):
     """
 
     def __init__(self, model, *args, **kwargs):
-        if not callable(getattr(model, "head_logits", None)):
+        if not callable(getattr(unwrap(model), "head_logits", None)):
             raise ValueError("model must be a multi-head network with head_logits(x) (art_some.models.MultiHeadNet)")
         super().__init__(model, *args, **kwargs)
 
     @property
     def num_heads(self) -> int:
-        return self.model.num_heads
+        return unwrap(self.model).num_heads
 
     def head_logits(self, x, training_mode: bool = False):
         """
-        Each head's logits on raw inputs ``x`` (a tensor on the estimator's device), after preprocessing.
+        Each head's logits on raw inputs ``x`` (a tensor on the estimator's device), after preprocessing, through
+        the model's ``forward(..., per_head=True)`` so that a DistributedDataParallel wrapper synchronises
+        gradients.
 
         :return: list of M tensors ``(B, nb_classes)``.
         """
-        return self.model.head_logits(self.preprocess(x, training_mode))
+        return self.model(self.preprocess(x, training_mode), per_head=True)

@@ -42,8 +42,14 @@ class MultiHeadNet(nn.Module):
         features = self.trunk(x)
         return [head(features) for head in self.heads]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Summed head logits (the official code's aggregation: argmax of the sum is the ensemble's vote)."""
+    def forward(self, x: torch.Tensor, per_head: bool = False):
+        """
+        Summed head logits (the official code's aggregation: argmax of the sum is the ensemble's vote), or with
+        ``per_head=True`` the list of head logits (the route trainers take, so that a DistributedDataParallel
+        wrapper sees the forward pass and synchronises the gradients).
+        """
+        if per_head:
+            return self.head_logits(x)
         return torch.stack(self.head_logits(x)).sum(dim=0)
 
     def head_vectors(self) -> list[torch.Tensor]:
@@ -53,6 +59,11 @@ class MultiHeadNet(nn.Module):
     def cosine_loss(self) -> torch.Tensor:
         """Sum over head pairs i < j of cos^2(theta_i, theta_j); gradients reach the heads only."""
         return cosine_loss(self.head_vectors())
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel/DataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
 
 
 def cosine_loss(vectors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """
 The training loop shared by every smoothing trainer: batches from numpy arrays or a torch DataLoader, noise in
-raw input space, the estimator's preprocessing and model, and one optimizer step per batch. A trainer only
-defines :meth:`SmoothingTrainer.training_loss`.
+raw input space, the estimator's preprocessing and model, and one optimizer step per mini-batch. A trainer only
+defines :meth:`SmoothingTrainer.training_loss` (and, for the SmoothAdv-style trainers that split each loader
+batch into m mini-batches with their own steps, sets ``num_minibatches``).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
         self.seed = int(seed)
         self._generator = None
         self.epoch = 0
+        self.num_minibatches = 1
 
     @property
     def device(self) -> "torch.device":
@@ -48,10 +50,26 @@ class SmoothingTrainer(Trainer, abc.ABC):
         """Standard-normal noise shaped like ``x`` from the trainer's seeded generator."""
         import torch
 
+        return torch.randn(x.shape, generator=self.generator(x.device), device=x.device)
+
+    def generator(self, device) -> "torch.Generator":
+        """The trainer's seeded generator (noise, mixup coefficients); one stream per distributed rank."""
+        import torch
+
         if self._generator is None:
-            self._generator = torch.Generator(device=x.device)
-            self._generator.manual_seed(seed_for(self.seed, TRAINING_STAGE, 0))
-        return torch.randn(x.shape, generator=self._generator, device=x.device)
+            self._generator = torch.Generator(device=device)
+            # Stream 1 is the shuffling; rank r > 0 draws stream 2r so that ranks never share noise.
+            self._generator.manual_seed(seed_for(self.seed, TRAINING_STAGE, 2 * _rank()))
+        return self._generator
+
+    def minibatches(self, x: "torch.Tensor", y: "torch.Tensor"):
+        """
+        Split a loader batch into ``num_minibatches`` equal chunks, one optimizer step each; the remainder is
+        dropped, as in the SmoothAdv/Consistency/SmoothMix/SOME code (``_chunk_minibatch``).
+        """
+        size = len(x) // self.num_minibatches
+        for i in range(self.num_minibatches if size > 0 else 0):
+            yield x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]
 
     @abc.abstractmethod
     def training_loss(self, x: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
@@ -89,7 +107,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
         :param batch_size: Batch size for arrays.
         :param nb_epochs: Number of epochs.
         :param kwargs: ``scheduler`` (stepped once per epoch), ``verbose`` (progress bar), ``drop_last``.
-        :return: The mean training loss of each epoch.
+        :return: The mean training loss (over optimizer steps) of each epoch.
         """
         if int(nb_epochs) != nb_epochs or nb_epochs < 1:
             raise ValueError(f"nb_epochs must be an integer >= 1, got {nb_epochs!r}")
@@ -99,28 +117,42 @@ class SmoothingTrainer(Trainer, abc.ABC):
         scheduler = kwargs.get("scheduler")
         optimizer = self._classifier.optimizer
         history = []
+        sampler = getattr(loader, "sampler", None)
         for _ in trange(int(nb_epochs), desc=type(self).__name__, disable=not kwargs.get("verbose", False)):
             self.epoch += 1
-            total, batches = 0.0, 0
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(self.epoch)  # DistributedSampler: a new shuffle each epoch
+            self.start_epoch()
+            total, steps = 0.0, 0
             for x_batch, y_batch in loader:
                 x_batch = x_batch.to(self.device, dtype=self._float_dtype())
                 y_batch = y_batch.to(self.device).long()
                 if y_batch.dim() == 2:
                     y_batch = y_batch.argmax(dim=1)
-                optimizer.zero_grad()
-                loss = self.training_loss(x_batch, y_batch)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                batches += 1
+                for x_mini, y_mini in self.minibatches(x_batch, y_batch):
+                    optimizer.zero_grad()
+                    loss = self.training_loss(x_mini, y_mini)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach())
+                    steps += 1
             if scheduler is not None:
                 scheduler.step()
-            history.append(total / max(1, batches))
+            history.append(total / max(1, steps))
         self._classifier.model.eval()
         return history
+
+    def start_epoch(self) -> None:
+        """Called at the start of each epoch, after ``self.epoch`` (1-based) has been advanced."""
 
     @staticmethod
     def _float_dtype():
         import torch
 
         return torch.float32
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

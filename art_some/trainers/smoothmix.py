@@ -1,0 +1,268 @@
+"""
+SmoothMix (Jeong et al., NeurIPS 2021): train on mixups between each input and an unrestricted adversarial
+point of the *soft* smoothed classifier, with targets pulled towards uniform.
+
+The pieces here (the soft smoothed log-probabilities, the adversary, the mixup, the warm-up) are shared with
+the SOME trainer, which runs the same adversary on the head-averaged smoothed loss. Logits are handled as
+tensors of shape ``(M, m, B, C)``: head, noise draw, sample, class; a single network is the case M = 1.
+
+| Paper link: https://arxiv.org/abs/2111.09277
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable
+
+from art_some.models.multihead import unwrap
+from art_some.trainers.base import SmoothingTrainer
+
+if TYPE_CHECKING:
+    import torch
+
+
+
+def default_step_size(sigma: float) -> float:
+    """alpha = 2 sigma: the official CIFAR-10 step (0.5 / 1.0 / 2.0 at sigma 0.25 / 0.5 / 1.0)."""
+    return 2.0 * sigma
+
+
+def default_mix_step(sigma: float) -> int:
+    """The official CIFAR-10 mix_step: 0 at sigma 0.25, 1 (the one-step adversary) at 0.5 and 1.0."""
+    return 0 if sigma <= 0.25 else 1
+
+
+def warmup_factor(epoch: int, warmup: int = 10) -> float:
+    """w_e = min(1, epoch / warmup) for a 1-based epoch (the official ``(epoch + 1) / W`` with 0-based epochs)."""
+    return min(1.0, epoch / warmup)
+
+
+def noisy_logits(forward: Callable, x: "torch.Tensor", noise: "torch.Tensor") -> "torch.Tensor":
+    """
+    Logits ``(M, m, B, C)`` of the m noisy copies ``x + noise[j]`` in one forward pass; chunk j of the pass is
+    draw j of the whole batch, so it lines up with the labels.
+
+    :param forward: Maps a batch to stacked head logits ``(M, N, C)``.
+    :param x: Inputs ``(B, ...)``.
+    :param noise: Scaled noise ``(m, B, ...)``.
+    """
+    m, b = noise.shape[:2]
+    logits = forward((x.unsqueeze(0) + noise).flatten(0, 1))
+    return logits.view(logits.shape[0], m, b, -1)
+
+
+def soft_log_proba(logits: "torch.Tensor") -> "torch.Tensor":
+    """log F_hat, the soft smoothed classifier (mean over draws of softmax), per head: ``(M, m, B, C) -> (M, B, C)``."""
+    import torch
+
+    return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=1) - math.log(logits.shape[1])
+
+
+def kl_to_target(target: "torch.Tensor", logits: "torch.Tensor") -> "torch.Tensor":
+    """
+    (1/m) sum_j KL(target || softmax(logits[:, j])) per head and sample: ``(B, C)`` or ``(M, B, C)`` target and
+    ``(M, m, B, C)`` logits give ``(M, B)``. The KL is taken on each noisy copy, not on their average.
+    """
+    import torch
+
+    if target.dim() == 2:
+        target = target.unsqueeze(0)
+    target = target.unsqueeze(1)
+    log_target = torch.log(target.clamp_min(1e-20))
+    return (target * (log_target - torch.log_softmax(logits, dim=-1))).sum(dim=-1).mean(dim=1)
+
+
+def _project(x: "torch.Tensor", center: "torch.Tensor", radius: float) -> "torch.Tensor":
+    """Project each row of ``x`` into the L2 ball of ``radius`` around ``center``."""
+    delta = (x - center).flatten(1)
+    scale = (radius / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+    return center + (delta * scale.unsqueeze(1)).view_as(x)
+
+
+def smoothmix_adversary(objective: Callable, x: "torch.Tensor", *, step_size: float, num_steps: int, mix_step: int,
+                        mix_radius: float | None = None, maxnorm: float | None = None,
+                        clip: tuple[float, float] | None = (0.0, 1.0)):
+    """
+    SmoothMix's adversary: ``num_steps`` normalised L2 ascent steps x <- clip(x + alpha * g / ||g||_2) on the
+    batch-summed per-sample ``objective`` (the smoothed NLL), no outer ball unless ``maxnorm`` is set.
+
+    The caller fixes the noise draws and puts the model in eval mode; only the input is differentiated, so no
+    parameter gradient is accumulated.
+
+    :param objective: Maps inputs ``(B, ...)`` to per-sample losses ``(B,)``.
+    :param mix_step: s; the "clean" end point is the iterate x^(s) (s = 0: the input itself), projected into
+                     the L2 ball of ``mix_radius`` around x (the official alpha * s * warm-up).
+    :return: ``(x_clean, x_adv)``, both detached.
+    """
+    import torch
+
+    if not 0 <= mix_step <= num_steps:
+        raise ValueError(f"mix_step must lie in [0, num_steps={num_steps}], got {mix_step!r}")
+    x0 = x.detach()
+    x_adv, x_clean = x0.clone(), x0
+    for step in range(num_steps):
+        if step == mix_step:
+            x_clean = x_adv
+        x_adv = x_adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
+        norm = grad.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+        x_adv = x_adv.detach() + step_size * grad / (norm + 1e-8)
+        if maxnorm is not None:
+            x_adv = _project(x_adv, x0, maxnorm)
+        if clip is not None:
+            x_adv = x_adv.clamp(*clip)
+    if mix_step == num_steps:
+        x_clean = x_adv
+    if mix_radius is not None:
+        x_clean = _project(x_clean, x0, mix_radius)
+    return x_clean.detach(), x_adv.detach()
+
+
+def mixup(x_clean: "torch.Tensor", x_adv: "torch.Tensor", target: "torch.Tensor", generator: "torch.Generator"):
+    """
+    SmoothMix's mixup: u ~ U[0, 1/2] per sample, x_mix = (1-u) x_clean + u x_adv and
+    y_mix = (1-u) target + u / C (the target pulled towards uniform).
+
+    :return: ``(x_mix, y_mix, u)``.
+    """
+    import torch
+
+    u = 0.5 * torch.rand(len(x_clean), generator=generator, device=x_clean.device)
+    u_x = u.view(-1, *([1] * (x_clean.dim() - 1)))
+    x_mix = (1 - u_x) * x_clean + u_x * x_adv
+    y_mix = (1 - u.unsqueeze(1)) * target + u.unsqueeze(1) / target.shape[1]
+    return x_mix, y_mix, u
+
+
+def stacked_logits(classifier, z: "torch.Tensor", training: bool) -> "torch.Tensor":
+    """
+    Head logits ``(M, N, C)`` of raw inputs ``z`` (M = 1 for a single network). Training passes go through the
+    classifier's model (a DDP wrapper included); eval passes, used by the adversary, go to the bare module so
+    that no gradient synchronisation is expected.
+    """
+    import torch
+
+    model = classifier.model if training else unwrap(classifier.model)
+    z = classifier.preprocess(z, training_mode=training)
+    if callable(getattr(unwrap(model), "head_logits", None)):
+        return torch.stack(model(z, per_head=True))
+    return model(z).unsqueeze(0)
+
+
+def attack_smoothed(classifier, x, y, noise, *, step_size, num_steps, mix_step, mix_radius, maxnorm, clip):
+    """
+    :func:`smoothmix_adversary` on the classifier's soft smoothed NLL (averaged over heads for a multi-head
+    network, as in SOME), with the model in eval mode and the given noise draws ``(m, B, ...)``.
+    """
+    check_clip(x, clip)
+
+    def objective(z):
+        return smoothed_nll(soft_log_proba(noisy_logits(lambda v: stacked_logits(classifier, v, False), z, noise)), y)
+
+    return smoothmix_adversary(objective, x, step_size=step_size, num_steps=num_steps, mix_step=mix_step,
+                               mix_radius=mix_radius, maxnorm=maxnorm, clip=clip)
+
+
+def clip_range(classifier) -> tuple[float, float]:
+    """The input domain the adversary clamps to: the classifier's clip_values, else [0, 1]."""
+    clip = classifier.clip_values
+    return (0.0, 1.0) if clip is None else (float(clip[0]), float(clip[1]))
+
+
+def check_clip(x: "torch.Tensor", clip: tuple[float, float]) -> None:
+    """SmoothMix clamps its iterates to the input domain, so the inputs must already lie in it."""
+    lo, hi = clip
+    if float(x.min()) < lo or float(x.max()) > hi:
+        raise ValueError(f"SmoothMix needs inputs in the classifier's clip_values [{lo}, {hi}] (raw input space)")
+
+
+class SmoothMixTrainer(SmoothingTrainer):
+    """
+    SmoothMix as in the official code. Each loader batch is split into m = ``num_noise_vec`` chunks with one
+    optimizer step each; each chunk draws m noise tensors used by the adversary and by both loss terms:
+
+        L = mean_{b,j} CE(f(x_c + delta_j), y)
+            + eta * w_e * mean_{b,j} 1{argmax F_hat(x_c) = y} KL(y_mix || softmax f(x_mix + delta_j))
+
+    with F_hat the soft smoothed classifier over the m draws, x_c the mix_step iterate of the adversary,
+    x_mix / y_mix the mixup towards the adversarial point and the uniform distribution, and w_e the warm-up.
+    The step size of the attack is its own parameter (ART's PyTorchSmoothMix reuses the certification alpha).
+
+    | Paper link: https://arxiv.org/abs/2111.09277
+
+    :param classifier: A :class:`~art_some.SmoothedClassifier` with an optimizer.
+    :param sigma: Training noise level (default: the classifier's ``scale``).
+    :param num_noise_vec: m (2 on CIFAR-10, 4 on MNIST in the official runs).
+    :param num_steps: T, attack steps (4 on CIFAR-10).
+    :param step_size: alpha, the L2 length of each step (default 2 sigma, the official CIFAR-10 setting).
+    :param eta: Weight of the mixup term (5 on CIFAR-10).
+    :param mix_step: s, the adversary iterate used as the clean side (default: 0 at sigma 0.25, 1 above).
+    :param warmup: W, epochs of the linear warm-up of eta and the one-step ball.
+    :param maxnorm: Optional L2 bound of the adversary (None: unrestricted, the default).
+    :param detach_target: Detach the mixup target F_hat(x_c) (the official code does not).
+    :param seed: Seed of the noise, the mixup coefficients and the shuffling.
+    """
+
+    def __init__(self, classifier, sigma=None, num_noise_vec: int = 2, num_steps: int = 4,
+                 step_size: float | None = None, eta: float = 5.0, mix_step: int | None = None, warmup: int = 10,
+                 maxnorm: float | None = None, detach_target: bool = False, seed: int = 0):
+        super().__init__(classifier, sigma=sigma, seed=seed)
+        _check_int("num_noise_vec", num_noise_vec, 1)
+        _check_int("num_steps", num_steps, 0)
+        _check_int("warmup", warmup, 1)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta!r}")
+        self.num_noise_vec = self.num_minibatches = int(num_noise_vec)
+        self.num_steps = int(num_steps)
+        self.step_size = float(default_step_size(self.sigma) if step_size is None else step_size)
+        if self.step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {step_size!r}")
+        mix_step = default_mix_step(self.sigma) if mix_step is None else mix_step
+        _check_int("mix_step", mix_step, 0)
+        self.mix_step = int(mix_step)
+        if self.mix_step > self.num_steps:
+            raise ValueError(f"mix_step must be <= num_steps ({self.num_steps}), got {self.mix_step}")
+        self.eta = float(eta)
+        self.warmup = int(warmup)
+        self.maxnorm = maxnorm
+        self.detach_target = bool(detach_target)
+
+    def draw_noise(self, x: "torch.Tensor") -> "torch.Tensor":
+        """The m scaled noise draws ``(m, B, ...)`` shared by the adversary and the loss."""
+        return self.sigma * self.noise_like(x.unsqueeze(0).expand(self.num_noise_vec, *x.shape))
+
+    def adversary(self, x, y, noise, warmup: float):
+        """The adversary's ``(x_clean, x_adv)`` for this chunk and its noise draws."""
+        return attack_smoothed(self._classifier, x, y, noise, step_size=self.step_size, num_steps=self.num_steps,
+                               mix_step=self.mix_step, mix_radius=self.step_size * self.mix_step * warmup,
+                               maxnorm=self.maxnorm, clip=clip_range(self._classifier))
+
+    def training_loss(self, x, y):
+        import torch
+        import torch.nn.functional as F
+
+        w = warmup_factor(self.epoch, self.warmup)
+        noise = self.draw_noise(x)
+        x_clean, x_adv = self.adversary(x, y, noise, w)
+        logits = noisy_logits(lambda v: stacked_logits(self._classifier, v, True), x_clean, noise)
+        m, b = noise.shape[:2]
+        ce = F.cross_entropy(logits.flatten(0, 2), y.repeat(logits.shape[0] * m))
+        target = torch.softmax(logits, dim=-1).mean(dim=(0, 1))
+        correct = (target.argmax(dim=1) == y).float()
+        if self.detach_target:
+            target = target.detach()
+        x_mix, y_mix, _ = mixup(x_clean, x_adv, target, self.generator(x.device))
+        kl = kl_to_target(y_mix, noisy_logits(lambda v: stacked_logits(self._classifier, v, True), x_mix, noise))
+        return ce + self.eta * w * (correct * kl).mean()
+
+
+def smoothed_nll(log_p: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+    """Per-sample NLL of per-head smoothed log-probabilities ``(M, B, C)``, averaged over heads: ``(B,)``."""
+    import torch.nn.functional as F
+
+    nll = F.nll_loss(log_p.flatten(0, 1), y.repeat(log_p.shape[0]), reduction="none")
+    return nll.view(log_p.shape[0], -1).mean(dim=0)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
