@@ -91,7 +91,9 @@ def cli():
 @click.option("--dataset", default="digits", show_default=True, help="A registered dataset name.")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--estimator", default="smoothed", show_default=True, help="A registered estimator name.")
+@click.option("--estimator", default=None,
+              help="A registered estimator name (default: the checkpoint's, else some for multi-head models, "
+                   "else smoothed).")
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Noise level (default: the checkpoint's sigma).")
 @click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection draws.")
@@ -125,6 +127,7 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
             ):
                 raise ValueError(f"--model checkpoint has {key} {meta[key]} but dataset {dataset!r} has {info[key]}")
         sigma = sigma if sigma is not None else meta.get("sigma")
+        estimator = estimator or meta.get("estimator")
     else:
         from art_some.plugins import registered
 
@@ -138,12 +141,81 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
         model = create_model(model_ref, num_classes=info["num_classes"])
     if sigma is None:
         raise ValueError("--sigma is required (the checkpoint records none)")
+    estimator = estimator or ("some" if callable(getattr(model, "head_logits", None)) else "smoothed")
     clf = build_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed,
                           device=device)
     indices = list(range(0, len(data), skip))[:max_inputs]
     records = certify_dataset(clf, data, indices, output, n=n, method=estimator)
     click.echo(summary_table(records, radii))
     click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')}")
+
+
+def _parse_options(options) -> dict:
+    """``key=value`` pairs; values are read as JSON when they parse (numbers, true/false, null), else strings."""
+    import json
+
+    parsed = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--option must look like name=value, got {option!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+@cli.command()
+@click.option("--method", required=True, help="A registered trainer: gaussian, consistency, smoothmix, some, ...")
+@click.option("--model", "model_name", required=True, help="A registered model name (some_* for SOME).")
+@click.option("--dataset", default="digits", show_default=True, help="A registered dataset name.")
+@click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Loader batch (split into m mini-batches by SOME/SmoothMix).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
+@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--lr-step", type=click.IntRange(min=1), default=None,
+              help="Epochs between learning-rate drops (default: a third of --epochs, as 50 of 150).")
+@click.option("--lr-gamma", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
+@click.option("--num-heads", type=click.IntRange(min=1), default=None, help="Heads of a multi-head (some_*) model.")
+@click.option("--option", "options", multiple=True,
+              help="Trainer option name=value, repeatable (e.g. base=consistency, lambda_last=1.0).")
+@click.option("--no-augment", is_flag=True, help="Skip the dataset's training augmentation (crop/flip).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--output-dir", type=click.Path(file_okay=False), required=True,
+              help="Checkpoints go here; an interrupted run in it is resumed.")
+@click.option("--restart", is_flag=True, help="Discard a run already in --output-dir.")
+@_fail_cleanly
+def train(method, model_name, dataset, data_root, sigma, epochs, batch_size, optimizer, lr, momentum, weight_decay,
+          lr_step, lr_gamma, num_heads, options, no_augment, seed, workers, device, output_dir, restart):
+    """
+    Train a base classifier for smoothing with a registered trainer, checkpointing every epoch (resumable).
+    Under torchrun the run is data-parallel (DistributedDataParallel; rank 0 writes the files).
+    """
+    from art_some.plugins import registered
+    from art_some.training import TrainConfig
+    from art_some.training import train as run_training
+
+    for kind, name in (("trainers", method), ("models", model_name)):
+        if name not in registered(kind):
+            raise ValueError(f"--{'method' if kind == 'trainers' else 'model'} {name!r} is not registered "
+                             f"({', '.join(sorted(registered(kind)))})")
+    config = TrainConfig(method=method, model=model_name, dataset=dataset, sigma=sigma, epochs=epochs,
+                         batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma, seed=seed,
+                         augment=not no_augment, model_kwargs={} if num_heads is None else {"num_heads": num_heads},
+                         trainer_kwargs=_parse_options(options))
+    history = run_training(config, output_dir, device=_device(device), data_root=data_root, workers=workers,
+                           restart=restart, echo=click.echo)
+    if history is not None:
+        click.echo(f"final loss {history[-1]:.4f}; checkpoint: {Path(output_dir) / 'model.safetensors'}")
 
 
 @cli.command()

@@ -41,8 +41,8 @@ def digits_arrays(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     return (x_train, y_train) if split == "train" else (x_test, y_test)
 
 
-def digits(root=None, split: str = "test"):
-    """The embedded digits data set (``root`` is ignored)."""
+def digits(root=None, split: str = "test", augment: bool = False):
+    """The embedded digits data set (``root`` is ignored; no augmentation for 8x8 digits)."""
     import torch
     from torch.utils.data import TensorDataset
 
@@ -60,43 +60,54 @@ def _need_root(name: str, root) -> Path:
     return path
 
 
-def cifar10(root=None, split: str = "test"):
-    """CIFAR-10 from ``root`` (the folder holding ``cifar-10-batches-py``), as tensors in [0, 1]."""
+def cifar10(root=None, split: str = "test", augment: bool = False):
+    """
+    CIFAR-10 from ``root`` (the folder holding ``cifar-10-batches-py``), as tensors in [0, 1]; ``augment`` adds
+    the usual training augmentation (RandomCrop 32 with padding 4, horizontal flip).
+    """
     from torchvision import datasets, transforms
 
     _check_split(split)
     path = _need_root("cifar10", root)
+    steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
     try:
-        dataset = datasets.CIFAR10(str(path), train=split == "train", download=False, transform=transforms.ToTensor())
+        dataset = datasets.CIFAR10(str(path), train=split == "train", download=False,
+                                   transform=transforms.Compose([*steps, transforms.ToTensor()]))
     except RuntimeError as err:
         raise ValueError(f"CIFAR-10 not found under {str(path)!r}: {err}") from None
     return dataset, {"num_classes": 10, "input_shape": (3, 32, 32), "mean": CIFAR10_MEAN, "std": CIFAR10_STD}
 
 
-def _imagenet_transform():
+def _imagenet_transform(augment: bool = False):
     from torchvision import transforms
 
+    if augment:
+        return transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor()])
     return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
 
 
-def imagenet(root=None, split: str = "test"):
-    """ImageNet (ILSVRC2012) from ``root``; the "test" split is the validation set (Resize 256, CenterCrop 224)."""
+def imagenet(root=None, split: str = "test", augment: bool = False):
+    """
+    ImageNet (ILSVRC2012) from ``root``; the "test" split is the validation set (Resize 256, CenterCrop 224);
+    ``augment`` uses RandomResizedCrop 224 and horizontal flips instead.
+    """
     from torchvision import datasets
 
     _check_split(split)
     path = _need_root("imagenet", root)
     try:
         folder = "train" if split == "train" else "val"
-        dataset = datasets.ImageNet(str(path), split=folder, transform=_imagenet_transform())
+        dataset = datasets.ImageNet(str(path), split=folder, transform=_imagenet_transform(augment))
     except (RuntimeError, FileNotFoundError) as err:
         raise ValueError(f"ImageNet not found under {str(path)!r}: {err}") from None
     return dataset, {"num_classes": 1000, "input_shape": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
-def imagefolder(root=None, split: str = "test"):
+def imagefolder(root=None, split: str = "test", augment: bool = False):
     """
     A folder of class sub-folders (``root/<split>/<class>/*.png`` if ``root/<split>`` exists, else
-    ``root/<class>/*``); images must share one size.
+    ``root/<class>/*``); images must share one size. ``augment`` adds horizontal flips.
     """
     from torchvision import datasets, transforms
 
@@ -105,7 +116,8 @@ def imagefolder(root=None, split: str = "test"):
     if (path / split).is_dir():
         path = path / split
     try:
-        dataset = datasets.ImageFolder(str(path), transform=transforms.ToTensor())
+        steps = [transforms.RandomHorizontalFlip()] if augment else []
+        dataset = datasets.ImageFolder(str(path), transform=transforms.Compose([*steps, transforms.ToTensor()]))
     except (FileNotFoundError, RuntimeError) as err:
         raise ValueError(f"no image folder under {str(path)!r}: {err}") from None
     first, _ = dataset[0]
@@ -121,8 +133,12 @@ def register_datasets(register):
     register("imagefolder", imagefolder, description="torchvision ImageFolder from --data-root")
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "test"):
-    """Load the registered dataset ``name``: returns ``(dataset, info)``."""
+def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "test", augment: bool = False):
+    """
+    Load the registered dataset ``name``: returns ``(dataset, info)``. ``augment`` asks for the training
+    augmentation; it is passed only when true, so plugin loaders without the argument keep working.
+    """
     from art_some.plugins import get
 
-    return get("datasets", name)(root=root, split=split)
+    loader = get("datasets", name)
+    return loader(root=root, split=split, augment=True) if augment else loader(root=root, split=split)

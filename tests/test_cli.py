@@ -13,7 +13,7 @@ from art_some.cli import cli
 from art_some.core.results import read_jsonl
 from conftest import SHARED
 
-COMMANDS = ["certify", "demo", "report", "plugins"]
+COMMANDS = ["certify", "demo", "report", "plugins", "train"]
 
 
 def run(*args):

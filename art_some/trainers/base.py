@@ -142,6 +142,16 @@ class SmoothingTrainer(Trainer, abc.ABC):
         self._classifier.model.eval()
         return history
 
+    def state_dict(self) -> dict:
+        """What resuming needs besides the model and optimizer: the epoch and the noise generator's state."""
+        return {"epoch": self.epoch, "generator": None if self._generator is None else self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output, so that a resumed run draws the same noise as an unbroken one."""
+        self.epoch = int(state["epoch"])
+        if state.get("generator") is not None:
+            self.generator(self.device).set_state(state["generator"])
+
     def start_epoch(self) -> None:
         """Called at the start of each epoch, after ``self.epoch`` (1-based) has been advanced."""
 

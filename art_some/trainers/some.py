@@ -195,6 +195,13 @@ class SOMETrainer(SmoothingTrainer):
             self.total_epochs = self.epoch + int(nb_epochs)
         return super().fit(x, y, batch_size=batch_size, nb_epochs=nb_epochs, **kwargs)
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "total_epochs": self.total_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.total_epochs = state.get("total_epochs", self.total_epochs)
+
     def start_epoch(self) -> None:
         self.lam = lambda_schedule(self.epoch, self.total_epochs or self.epoch, self._classifier.nb_classes,
                                    self.lambda_last)

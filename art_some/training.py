@@ -1,0 +1,184 @@
+"""
+Training runs behind ``art-some train``: a registered trainer on a registered dataset and model, a checkpoint
+after every epoch (safetensors weights + a resume state), resumption after an interruption, and
+DistributedDataParallel when launched with ``torchrun`` (one process per device; rank 0 writes the files).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from art_some.core.noise import seed_for
+from art_some.trainers.base import TRAINING_STAGE
+
+STATE_FILE = "train_state.pt"
+MODEL_FILE = "model.safetensors"
+HISTORY_FILE = "history.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; a resumed run must match it (except ``epochs``, which may grow)."""
+
+    method: str
+    model: str
+    dataset: str = "digits"
+    sigma: float = 0.25
+    epochs: int = 30
+    batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int | None = None
+    lr_gamma: float = 0.1
+    seed: int = 0
+    augment: bool = True
+    model_kwargs: dict = field(default_factory=dict)
+    trainer_kwargs: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.lr_step is not None and self.lr_step < 1:
+            raise ValueError(f"lr_step must be >= 1, got {self.lr_step!r}")
+        if not self.sigma > 0 or not self.lr > 0:
+            raise ValueError(f"sigma and lr must be > 0, got sigma={self.sigma!r}, lr={self.lr!r}")
+
+    def same_run(self, other: "TrainConfig") -> list[str]:
+        """Names of the settings (other than epochs) that differ from ``other``."""
+        mine, theirs = asdict(self), asdict(other)
+        return [key for key in mine if key != "epochs" and mine[key] != theirs[key]]
+
+
+def _distributed():
+    """(rank, world size, local rank) from torchrun's environment, initialising the process group once."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, local
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu", data_root=None, workers: int = 0,
+          restart: bool = False, echo=print) -> list[float]:
+    """
+    Train (or resume training) and checkpoint after every epoch into ``output_dir``: ``model.safetensors`` (the
+    weights, with metadata that ``art-some certify`` reads), ``train_state.pt`` (optimizer, scheduler and
+    trainer state, the config) and ``history.jsonl`` (one line per epoch).
+
+    :return: The mean training loss (rank 0's, under DDP) of every epoch of the run so far; None on the other
+             ranks.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from art_some.data import load_dataset
+    from art_some.models import create_model, save_checkpoint
+    from art_some.models.multihead import unwrap
+    from art_some.plugins import get
+
+    config.check()
+    trainer_cls = get("trainers", config.method)
+    rank, world, local = _distributed()
+    if world > 1 and device == "cuda":
+        device = f"cuda:{local}"
+    out = Path(output_dir)
+    state_path, model_path, history_path = out / STATE_FILE, out / MODEL_FILE, out / HISTORY_FILE
+    if restart and rank == 0:
+        for path in (state_path, model_path, history_path):
+            path.unlink(missing_ok=True)
+    data, info = load_dataset(config.dataset, root=data_root, split="train", augment=config.augment)
+
+    torch.manual_seed(config.seed)
+    try:
+        model = create_model(config.model, num_classes=info["num_classes"], **config.model_kwargs).to(device)
+    except TypeError as err:
+        raise ValueError(f"model {config.model!r} rejected its options {sorted(config.model_kwargs)} ({err}); "
+                         "--num-heads is for multi-head (some_*) models") from None
+    multihead = callable(getattr(model, "head_logits", None))
+    state = None
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = TrainConfig(**json.loads(state["config"]))
+        differ = config.same_run(saved)
+        if differ:
+            raise ValueError(f"{out} holds a run with different settings ({', '.join(differ)}); use --restart")
+        from safetensors.torch import load_model
+
+        load_model(model, str(model_path), device=str(device))
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if "cuda" in str(device) else None)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = config.lr_step or max(1, config.epochs // 3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
+
+    from art_some.cli import build_estimator
+
+    estimator = "some" if multihead else "smoothed"
+    clf = build_estimator(estimator, net, info, sigma=config.sigma, n0=100, alpha=0.001, batch_size=1000,
+                          seed=config.seed, device="cuda" if "cuda" in str(device) else "cpu", optimizer=optimizer)
+    kwargs = dict(config.trainer_kwargs)
+    if "total_epochs" in inspect.signature(trainer_cls).parameters:
+        kwargs.setdefault("total_epochs", config.epochs)
+    try:
+        trainer = trainer_cls(clf, seed=config.seed, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"trainer {config.method!r} rejected its options {sorted(kwargs)}: {err}") from None
+    history = []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        trainer.load_state_dict(state["trainer"])
+        history = list(state["history"])
+        if rank == 0:
+            echo(f"Resuming {out} after epoch {trainer.epoch}")
+
+    meta = {"sigma": config.sigma, "dataset": config.dataset, "num_classes": info["num_classes"],
+            "input_shape": list(info["input_shape"]), "estimator": estimator, "method": config.method}
+    sampler = DistributedSampler(data, seed=config.seed) if world > 1 else None
+    while trainer.epoch < config.epochs:
+        shuffle = torch.Generator().manual_seed(seed_for(config.seed, TRAINING_STAGE, 1000 + trainer.epoch))
+        loader = DataLoader(data, batch_size=config.batch_size // world, shuffle=sampler is None, sampler=sampler,
+                            generator=shuffle, num_workers=workers, drop_last=False)
+        loss = trainer.fit(loader, nb_epochs=1, scheduler=scheduler, verbose=False)[0]
+        history.append(loss)
+        if rank == 0:
+            echo(f"epoch {trainer.epoch}/{config.epochs}  loss {loss:.4f}  lr {scheduler.get_last_lr()[0]:.4g}")
+            save = dict(meta, epoch=trainer.epoch, trainer_kwargs=kwargs)
+            _write_atomically(model_path, lambda p: save_checkpoint(
+                p, unwrap(net), config.model, {**config.model_kwargs, "num_classes": info["num_classes"]}, **save))
+            blob = {"config": json.dumps(asdict(config)), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "trainer": trainer.state_dict(), "history": history}
+            _write_atomically(state_path, lambda p: torch.save(blob, p))
+            lines = "".join(json.dumps({"epoch": e + 1, "loss": value}) + "\n" for e, value in enumerate(history))
+            _write_atomically(history_path, lambda p: p.write_text(lines))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return history if rank == 0 else None

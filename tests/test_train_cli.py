@@ -1,0 +1,82 @@
+"""``art-some train``: SOME end to end on digits, checkpoint and exact resume, certify the result, errors, torchrun."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from art_some.cli import cli
+from art_some.core.results import read_jsonl
+
+TRAIN = ["train", "--method", "some", "--model", "some_digits_cnn", "--num-heads", "3", "--optimizer", "adam",
+         "--lr", "1e-3", "--batch-size", "128", "--device", "cpu", "--option", "base=consistency"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_train_resumes_exactly_and_certify_uses_the_multihead_estimator(tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    same = ["--lr-step", 1, "--option", "total_epochs=2"]  # the schedule of the full run, also when cut short
+    result = run(*TRAIN, *same, "--epochs", 2, "--output-dir", straight)
+    assert result.exit_code == 0 and "epoch 2/2" in result.output, result.output
+    assert run(*TRAIN, *same, "--epochs", 1, "--output-dir", broken).exit_code == 0
+    result = run(*TRAIN, *same, "--epochs", 2, "--output-dir", broken)
+    assert result.exit_code == 0 and "Resuming" in result.output, result.output
+    a, b = load_file(straight / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    history = [json.loads(line) for line in (broken / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history == [json.loads(line) for line in (straight / "history.jsonl").read_text().splitlines()]
+
+    out = tmp_path / "cert.jsonl"
+    result = run("certify", "--model", straight / "model.safetensors", "--n0", 20, "--n", 200, "--max-inputs", 4,
+                 "--output", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    records = read_jsonl(out)
+    assert len(records) == 4 and {r["method"] for r in records} == {"some"} and records[0]["sigma"] == 0.25
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--method", "nope"], "--method"),
+    (["--model", "nope"], "--model"),
+    (["--option", "no_equals_sign"], "--option"),
+    (["--option", "frobnicate=3"], "rejected its options"),
+    (["--option", "base=macer"], "base must be one of"),
+    (["--model", "digits_cnn"], "multi-head"),
+])
+def test_train_errors(tmp_path, args, word):
+    argv = list(TRAIN)
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag in argv and flag != "--option":
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    result = run(*argv, "--epochs", 1, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2 and word in result.output, result.output
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    assert run(*TRAIN, "--epochs", 1, "--output-dir", tmp_path).exit_code == 0
+    result = run(*TRAIN, "--epochs", 2, "--sigma", 0.5, "--output-dir", tmp_path)
+    assert result.exit_code == 2 and "sigma" in result.output
+    assert run(*TRAIN, "--epochs", 1, "--sigma", 0.5, "--output-dir", tmp_path, "--restart").exit_code == 0
+
+
+def test_torchrun_data_parallel_training(tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.fail("torchrun is missing from the environment")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "art_some.cli", *TRAIN,
+                           "--epochs", "1", "--output-dir", str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("final loss") == 1  # only rank 0 reports and writes
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "history.jsonl").exists()
