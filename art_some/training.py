@@ -71,6 +71,44 @@ def _distributed():
     return dist.get_rank(), world, local
 
 
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _gather(obj, world: int) -> list:
+    """Every rank's ``obj``, in rank order (each rank keeps its own noise stream, so each is saved)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered = [None] * world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _load_state(path: Path, config: TrainConfig, world: int, device_type: str, out: Path):
+    """The resume state in ``path`` (None if there is none), checked against this run."""
+    import torch
+
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = TrainConfig(**json.loads(state["config"]))
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable art-some training state ({err}); use --restart") from None
+    differ = config.same_run(saved)
+    if differ:
+        raise ValueError(f"{out} holds a run with different settings ({', '.join(differ)}); use --restart")
+    if state["world"] != world or state["device"] != device_type:
+        raise ValueError(f"{out} was trained with {state['world']} process(es) on {state['device']}; resume it the "
+                         f"same way (now {world} on {device_type}) or use --restart")
+    return state
+
+
 def _write_atomically(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -100,12 +138,15 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     trainer_cls = get("trainers", config.method)
     rank, world, local = _distributed()
     if world > 1 and device == "cuda":
+        torch.cuda.set_device(local)  # ART builds on the current device: make it this rank's
         device = f"cuda:{local}"
     out = Path(output_dir)
     state_path, model_path, history_path = out / STATE_FILE, out / MODEL_FILE, out / HISTORY_FILE
-    if restart and rank == 0:
-        for path in (state_path, model_path, history_path):
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for path in (state_path, model_path, history_path) if restart else ():
             path.unlink(missing_ok=True)
+    _barrier(world)  # no rank looks for a state that rank 0 is deleting
     data, info = load_dataset(config.dataset, root=data_root, split="train", augment=config.augment)
 
     torch.manual_seed(config.seed)
@@ -115,16 +156,9 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         raise ValueError(f"model {config.model!r} rejected its options {sorted(config.model_kwargs)} ({err}); "
                          "--num-heads is for multi-head (some_*) models") from None
     multihead = callable(getattr(model, "head_logits", None))
-    state = None
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        saved = TrainConfig(**json.loads(state["config"]))
-        differ = config.same_run(saved)
-        if differ:
-            raise ValueError(f"{out} holds a run with different settings ({', '.join(differ)}); use --restart")
-        from safetensors.torch import load_model
-
-        load_model(model, str(model_path), device=str(device))
+    state = _load_state(state_path, config, world, str(torch.device(device).type), out)
+    if state is not None:
+        model.load_state_dict(state["model"])
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if "cuda" in str(device) else None)
@@ -152,7 +186,12 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        trainer.load_state_dict(state["trainer"])
+        scheduler.step_size = step  # a longer --epochs stretches the default schedule (and lambda's, below)
+        mine = state["ranks"][rank]
+        trainer.load_state_dict(mine["trainer"])
+        if "total_epochs" in kwargs:
+            trainer.total_epochs = kwargs["total_epochs"]
+        torch.set_rng_state(mine["torch_rng"])  # data augmentation draws from the global generator
         history = list(state["history"])
         if rank == 0:
             echo(f"Resuming {out} after epoch {trainer.epoch}")
@@ -165,20 +204,25 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         loader = DataLoader(data, batch_size=config.batch_size // world, shuffle=sampler is None, sampler=sampler,
                             generator=shuffle, num_workers=workers, drop_last=False)
         loss = trainer.fit(loader, nb_epochs=1, scheduler=scheduler, verbose=False)[0]
-        history.append(loss)
+        ranks = _gather({"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "loss": loss}, world)
+        history.append(sum(r["loss"] for r in ranks) / world)
         if rank == 0:
-            echo(f"epoch {trainer.epoch}/{config.epochs}  loss {loss:.4f}  lr {scheduler.get_last_lr()[0]:.4g}")
+            echo(f"epoch {trainer.epoch}/{config.epochs}  loss {history[-1]:.4f}  "
+                 f"lr {scheduler.get_last_lr()[0]:.4g}")
+            # The resume state holds its own copy of the weights, so it is consistent whatever the moment of a
+            # crash; model.safetensors is the export that certify reads.
+            blob = {"config": json.dumps(asdict(config)), "world": world, "device": torch.device(device).type,
+                    "model": unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "ranks": ranks, "history": history}
+            _write_atomically(state_path, lambda p: torch.save(blob, p))
             save = dict(meta, epoch=trainer.epoch, trainer_kwargs=kwargs)
             _write_atomically(model_path, lambda p: save_checkpoint(
                 p, unwrap(net), config.model, {**config.model_kwargs, "num_classes": info["num_classes"]}, **save))
-            blob = {"config": json.dumps(asdict(config)), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "trainer": trainer.state_dict(), "history": history}
-            _write_atomically(state_path, lambda p: torch.save(blob, p))
             lines = "".join(json.dumps({"epoch": e + 1, "loss": value}) + "\n" for e, value in enumerate(history))
             _write_atomically(history_path, lambda p: p.write_text(lines))
+    _barrier(world)
     if world > 1:
         import torch.distributed as dist
 
-        dist.barrier()
         dist.destroy_process_group()
     return history if rank == 0 else None

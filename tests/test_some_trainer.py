@@ -164,6 +164,31 @@ def test_one_head_smoothmix_with_the_correct_mask_is_plain_smoothmix(digits):
     assert losses[0] > 0
 
 
+def test_smoothmix_terms_are_weighted_by_the_teaching_weights(digits, monkeypatch):
+    """Every per-sample term (CE and mixup) scales with v_k; the cosine term does not."""
+    from art_some.trainers import some
+
+    x, y = digits_batch(digits, 8)
+    radii = []
+    real_attack = some.attack_smoothed
+
+    def recording_attack(*args, **kwargs):
+        radii.append(kwargs["mix_radius"])
+        return real_attack(*args, **kwargs)
+
+    monkeypatch.setattr(some, "attack_smoothed", recording_attack)
+    totals = {}
+    for c in (1.0, 0.3):
+        monkeypatch.setattr(some, "self_paced_weights", lambda losses, lam, c=c: torch.full_like(losses, c))
+        torch.manual_seed(0)
+        net = digits_cnn_multihead(num_heads=2)
+        trainer = SOMETrainer(make_multihead(net, sigma=0.5), base="smoothmix", seed=3, lambda_last=1.0)
+        trainer.epoch = 3
+        totals[c] = float(trainer.training_loss(x, y).detach()) - float(net.cosine_loss().detach())
+    assert totals[0.3] == pytest.approx(0.3 * totals[1.0], rel=1e-4)
+    assert radii == [pytest.approx(1.0 * 1 * 0.3)] * 2  # alpha * mix_step * warm-up at epoch 3
+
+
 def test_smoothmix_inside_some_keeps_bn_statistics_and_the_input_domain():
     from art_some.models.multihead import cifar_resnet_multihead
 
@@ -224,6 +249,18 @@ def test_noise_copies_are_aligned_with_labels_and_each_minibatch_steps():
     sizes.clear()
     trainer.fit(x[:9], y[:9], batch_size=9, nb_epochs=1)
     assert sizes == [8, 8]  # chunks of 4, the ninth sample dropped
+
+
+def test_chunk_j_of_the_forward_pass_is_noise_draw_j(digits):
+    torch.manual_seed(0)
+    net = digits_cnn_multihead(num_heads=2)
+    seen = []
+    net.trunk.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    x, y = digits_batch(digits, 6)
+    clf = make_multihead(net, sigma=0.5)
+    SOMETrainer(clf, num_noise_vec=3, lambda_last=1.0, seed=3).training_loss(x, y)
+    expected = x.unsqueeze(0) + 0.5 * _same_noise(clf, x, 3)
+    torch.testing.assert_close(seen[0].view(3, 6, 1, 8, 8), expected)
 
 
 # --- learning, errors -----------------------------------------------------------------------------------------

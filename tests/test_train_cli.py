@@ -69,14 +69,25 @@ def test_resume_refuses_a_different_run(tmp_path):
     assert run(*TRAIN, "--epochs", 1, "--sigma", 0.5, "--output-dir", tmp_path, "--restart").exit_code == 0
 
 
-def test_torchrun_data_parallel_training(tmp_path):
+def test_torchrun_data_parallel_training_resumes_exactly(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
         pytest.fail("torchrun is missing from the environment")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "art_some.cli", *TRAIN,
-                           "--epochs", "1", "--output-dir", str(tmp_path)], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("final loss") == 1  # only rank 0 reports and writes
-    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "history.jsonl").exists()
+
+    def launch(out, epochs):
+        args = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "art_some.cli", *TRAIN, "--lr-step", "1",
+                "--option", "total_epochs=2", "--epochs", str(epochs), "--output-dir", str(out)]
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    assert launch(tmp_path / "straight", 2).count("final loss") == 1  # only rank 0 reports and writes
+    launch(tmp_path / "broken", 1)
+    assert "Resuming" in launch(tmp_path / "broken", 2)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # each rank's noise stream was saved and restored
+    result = run(*TRAIN, "--lr-step", 1, "--option", "total_epochs=2", "--epochs", 3, "--output-dir",
+                 tmp_path / "broken")  # one process now: refused
+    assert result.exit_code == 2 and "2 process(es)" in result.output

@@ -39,6 +39,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
             raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
         self.seed = int(seed)
         self._generator = None
+        self._shuffle = None
         self.epoch = 0
         self.num_minibatches = 1
 
@@ -93,7 +94,9 @@ class SmoothingTrainer(Trainer, abc.ABC):
             raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
         if tuple(x.shape[1:]) != tuple(self._classifier.input_shape):
             raise ValueError(f"x must have shape (N, {self._classifier.input_shape}), got {x.shape}")
-        shuffle = torch.Generator().manual_seed(seed_for(self.seed, TRAINING_STAGE, 1))
+        if self._shuffle is None:  # one stream across fit calls, so repeated fit(nb_epochs=1) reshuffles
+            self._shuffle = torch.Generator().manual_seed(seed_for(self.seed, TRAINING_STAGE, 1))
+        shuffle = self._shuffle
         dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)))
         return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=shuffle, drop_last=drop_last)
 

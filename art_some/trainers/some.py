@@ -64,7 +64,7 @@ def lambda_schedule(epoch: int, total_epochs: int, num_classes: int, lambda_last
     """
     The self-paced threshold of epoch t (1-based): lambda_t = -log10(a t + b), with 10^-lambda moving linearly
     from 10^-ln(C) at t = 1 to 10^-lambda_last at t = T (the official ``log10_scheduler``). Epochs past T keep
-    lambda_last; with T = 1 the single epoch uses ln(C).
+    lambda_last; with T = 1 (no room for a schedule) every epoch uses ln(C).
     """
     start = 10.0 ** (-math.log(num_classes))
     end = 10.0 ** (-float(lambda_last))
@@ -160,9 +160,11 @@ class SOMETrainer(SmoothingTrainer):
         _check_int("warmup", warmup, 1)
         if total_epochs is not None:
             _check_int("total_epochs", total_epochs, 1)
+        # SmoothMix's step and mix_step follow the official rule at any sigma; lambda_last and lambda_c exist
+        # only for the published sigmas.
         needed = {"lambda_last": lambda_last, "lbd": lbd if base == "consistency" else 0.0,
-                  "step_size": step_size if base == "smoothmix" else 0.0,
-                  "mix_step": mix_step if base == "smoothmix" else 0}
+                  "step_size": default_step_size(self.sigma) if step_size is None else step_size,
+                  "mix_step": default_mix_step(self.sigma) if mix_step is None else mix_step}
         if any(value is None for value in needed.values()):
             defaults = some_defaults(base, self.sigma)
             needed = {key: defaults[key] if value is None else value for key, value in needed.items()}
