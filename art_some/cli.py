@@ -301,7 +301,7 @@ def plugins():
         click.echo(f"{kind}:" + ("" if found else " (none)"))
         for name, entry in sorted(found.items()):
             description = entry.meta.get("description", "")
-            click.echo(f"  {name:<18} {entry.distribution:<24} {description}")
+            click.echo(f"  {name:<22} {entry.distribution:<24} {description}")
 
 
 def main(argv=None):
