@@ -53,6 +53,14 @@ class SmoothingTrainer(Trainer, abc.ABC):
 
         return torch.randn(x.shape, generator=self.generator(x.device), device=x.device)
 
+    def draw_noise(self, x: "torch.Tensor", m: int | None = None) -> "torch.Tensor":
+        """
+        m scaled noise draws ``(m, B, ...)`` for the batch ``x`` (default m: the trainer's ``num_noise_vec``, else
+        1); draw j of the whole batch is chunk j, so it lines up with the labels.
+        """
+        m = getattr(self, "num_noise_vec", 1) if m is None else m
+        return self.sigma * self.noise_like(x.unsqueeze(0).expand(m, *x.shape))
+
     def generator(self, device) -> "torch.Generator":
         """The trainer's seeded generator (noise, mixup coefficients); one stream per distributed rank."""
         import torch

@@ -226,10 +226,6 @@ class SmoothMixTrainer(SmoothingTrainer):
         self.maxnorm = maxnorm
         self.detach_target = bool(detach_target)
 
-    def draw_noise(self, x: "torch.Tensor") -> "torch.Tensor":
-        """The m scaled noise draws ``(m, B, ...)`` shared by the adversary and the loss."""
-        return self.sigma * self.noise_like(x.unsqueeze(0).expand(self.num_noise_vec, *x.shape))
-
     def adversary(self, x, y, noise, warmup: float):
         """The adversary's ``(x_clean, x_adv)`` for this chunk and its noise draws."""
         return attack_smoothed(self._classifier, x, y, noise, step_size=self.step_size, num_steps=self.num_steps,

@@ -208,10 +208,6 @@ class SOMETrainer(SmoothingTrainer):
         self.lam = lambda_schedule(self.epoch, self.total_epochs or self.epoch, self._classifier.nb_classes,
                                    self.lambda_last)
 
-    def draw_noise(self, x):
-        """The m scaled noise draws ``(m, B, ...)``: chunk j holds draw j of the whole mini-batch."""
-        return self.sigma * self.noise_like(x.unsqueeze(0).expand(self.num_noise_vec, *x.shape))
-
     def training_loss(self, x, y):
         import torch
         import torch.nn.functional as F
