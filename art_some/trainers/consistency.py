@@ -41,11 +41,9 @@ class ConsistencyTrainer(SmoothingTrainer):
 
     def training_loss(self, x, y):
 
-        m = self.num_noise_vec
         # Copy j of the whole batch is chunk j, so chunk j lines up with y.
-        x_rep = x.repeat((m,) + (1,) * (x.dim() - 1))
-        logits = self._classifier.logits(x_rep + self.sigma * self.noise_like(x_rep), training_mode=True)
-        logits = logits.view(m, len(x), -1)
+        noisy = (x.unsqueeze(0) + self.draw_noise(x)).flatten(0, 1)
+        logits = self._classifier.logits(noisy, training_mode=True).view(self.num_noise_vec, len(x), -1)
         return consistency_loss(logits, y, self.lbd, self.eta)
 
 
