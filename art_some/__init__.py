@@ -14,6 +14,7 @@ __all__ = [
     "MultiHeadSmoothedClassifier",
     "SOMETrainer",
     "SmoothMixTrainer",
+    "SmoothReduceClassifier",
     "SmoothedClassifier",
     "__version__",
     "certify",
@@ -24,7 +25,7 @@ __all__ = [
 
 def __getattr__(name):
     # Lazy: importing art_some (e.g. for plugin hooks) must not import ART or torch.
-    if name in ("SmoothedClassifier", "MultiHeadSmoothedClassifier"):
+    if name in ("SmoothedClassifier", "MultiHeadSmoothedClassifier", "SmoothReduceClassifier"):
         from art_some import estimators
 
         return getattr(estimators, name)

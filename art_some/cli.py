@@ -43,8 +43,12 @@ def _device(name: str) -> str:
     return name
 
 
-def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batch_size, seed, device, optimizer=None):
-    """Wrap ``model`` in the registered estimator ``estimator`` with the data set's conventions."""
+def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batch_size, seed, device, optimizer=None,
+                    options=None):
+    """
+    Wrap ``model`` in the registered estimator ``estimator`` with the data set's conventions; ``options`` are the
+    estimator's own keyword arguments (e.g. a patch layout for ``smooth_reduce``).
+    """
     import numpy as np
     import torch
 
@@ -67,7 +71,21 @@ def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batc
         alpha=alpha,
         noise_batch_size=batch_size,
         seed=seed,
+        **_estimator_options(cls, options or {}),
     )
+
+
+def _estimator_options(cls, options: dict) -> dict:
+    """Check ``--option`` names against the estimator's constructor, so a typo is an error, not ignored."""
+    import inspect
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {
+        "self", "args", "kwargs", "model", "loss", "input_shape", "nb_classes"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        takes = ", ".join(sorted(accepted)) or "no options"
+        raise ValueError(f"--option {', '.join(unknown)} is not an argument of {cls.__name__}; it takes {takes}")
+    return options
 
 
 def _parse_radii(text: str):
@@ -107,9 +125,12 @@ def cli():
 @click.option("--output", type=click.Path(dir_okay=False), required=True, help="JSONL records (resumed if present).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
+@click.option("--option", "options", multiple=True,
+              help="Estimator option name=value (JSON values), repeatable, e.g. for smooth_reduce: "
+                   "'patches={\"layout\": \"grid\", \"size\": 8, \"stride\": 1}' resize=10 aggregation=max.")
 @_fail_cleanly
 def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
-            output, device, radii):
+            output, device, radii, options):
     """Certify a dataset with CERTIFY (Cohen et al.), writing JSONL and TSV records and a summary table."""
     from art_some.core.results import summary_table
     from art_some.data import load_dataset
@@ -143,7 +164,7 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
         raise ValueError("--sigma is required (the checkpoint records none)")
     estimator = estimator or ("some" if callable(getattr(model, "head_logits", None)) else "smoothed")
     clf = build_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed,
-                          device=device)
+                          device=device, options=_parse_options(options))
     indices = list(range(0, len(data), skip))[:max_inputs]
     records = certify_dataset(clf, data, indices, output, n=n, method=estimator)
     click.echo(summary_table(records, radii))

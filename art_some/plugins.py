@@ -25,6 +25,7 @@ DISABLE_ENV = "ART_SOME_DISABLE_ENTRY_POINTS"
 KINDS = ("estimators", "trainers", "denoisers", "aggregations", "attacks", "models", "datasets")
 DEFAULT_PLUGINS = (
     "art_some.estimators",
+    "art_some.aggregations",
     "art_some.trainers",
     "art_some.models",
     "art_some.data",

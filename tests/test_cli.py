@@ -41,6 +41,33 @@ def test_certify_writes_records_and_prints_the_table(tmp_path):
     assert "ACR" in result.output and "cert. acc." in result.output
 
 
+def test_certify_with_smooth_reduce_options(tmp_path):
+    out = tmp_path / "r.jsonl"
+    result = run("certify", "--model", "digits_cnn", "--sigma", "0.25", "--n0", "10", "--n", "100", "--max-inputs",
+                 "2", "--output", str(out), "--device", "cpu", "--estimator", "smooth_reduce",
+                 "--option", 'patches={"layout": "grid", "size": 8, "stride": 1}', "--option", "resize=10",
+                 "--option", "noise_mode=independent", "--option", "aggregation=max")
+    assert result.exit_code == 0, result.output
+    record = read_jsonl(out)[0]
+    assert record["method"] == "smooth_reduce" and record["noise_mode"] == "independent" and record["m_max"] == 9
+    assert record["aggregation"] == "max" and record["sound"] is True
+
+
+@pytest.mark.parametrize(
+    "options,word",
+    [
+        ([], "patches is required"),
+        (["--option", "patch=3"], "--option patch is not an argument of SmoothReduceClassifier"),
+        (["--option", 'patches={"layout": "grid", "size": 9, "stride": 1}'], "larger than the input"),
+    ],
+)
+def test_smooth_reduce_bad_options_are_one_line_errors(tmp_path, options, word):
+    result = run("certify", "--model", "digits_cnn", "--sigma", "0.25", "--n", "10", "--estimator", "smooth_reduce",
+                 "--output", str(tmp_path / "o.jsonl"), *options)
+    assert result.exit_code == 2 and word in result.output, result.output
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 @pytest.mark.parametrize(
     "args,word",
     [

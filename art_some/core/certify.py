@@ -28,7 +28,9 @@ class CertifyResult:
     """
     Per-input outcome of CERTIFY, as arrays over the N inputs.
 
-    ``predict`` is -1 and ``radius`` 0.0 where the procedure abstains (ART's convention).
+    ``predict`` is -1 and ``radius`` 0.0 where the procedure abstains (ART's convention). ``squares_estimation``
+    holds the sums of squared tallies when the rule asked for them; ``extra`` holds what the estimator adds to each
+    record (a value per input as an array of length N, or one value for all).
     """
 
     predict: np.ndarray
@@ -41,6 +43,8 @@ class CertifyResult:
     alpha: float
     sigma: float | np.ndarray
     seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    squares_estimation: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.predict)
@@ -113,7 +117,8 @@ def certify(
     :param indices: Global input indices that key the noise (default ``0..N-1``).
     :param device: Device for sampling and forward passes.
     :param rule: Certificate rule mapping (selection counts, estimation counts, alpha, noise) to
-                 ``(predict, radius, p_lower)``.
+                 ``(predict, radius, p_lower)``. A rule with the attribute ``uses_squares = True`` also gets the
+                 estimation draws' sums of squared tallies as ``squares=`` (for variance-adaptive bounds).
     :return: a :class:`CertifyResult`.
     """
     alpha = _check_alpha(alpha)
@@ -122,10 +127,16 @@ def certify(
     start = time.perf_counter()
     common = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, indices=indices, device=device)
     counts0 = count_votes(vote_fn, x, int(n0), noise, stage=SELECTION, **common)
-    counts = count_votes(vote_fn, x, int(n), noise, stage=ESTIMATION, **common)
-    pred, radius, p_lower = rule(counts0, counts, alpha, noise)
+    if getattr(rule, "uses_squares", False):
+        counts, squares = count_votes(vote_fn, x, int(n), noise, stage=ESTIMATION, squares=True, **common)
+        pred, radius, p_lower = rule(counts0, counts, alpha, noise, squares=squares)
+    else:
+        counts, squares = count_votes(vote_fn, x, int(n), noise, stage=ESTIMATION, **common), None
+        pred, radius, p_lower = rule(counts0, counts, alpha, noise)
     seconds = np.full(len(pred), (time.perf_counter() - start) / max(1, len(pred)))
-    return CertifyResult(pred, radius, p_lower, counts0, counts, int(n0), int(n), alpha, noise.sigma, seconds)
+    return CertifyResult(
+        pred, radius, p_lower, counts0, counts, int(n0), int(n), alpha, noise.sigma, seconds, squares
+    )
 
 
 def predict(

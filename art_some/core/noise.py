@@ -118,16 +118,25 @@ def _plan_batches(num_inputs: int, num: int, batch_size: int) -> Iterator[list[t
 
 
 def _checked_votes(votes: "torch.Tensor", expected: int, num_classes: int) -> "torch.Tensor":
-    """Reject vote functions that return scores, wrong lengths or out-of-range classes (they would miscount)."""
+    """
+    Reject vote functions that return scores, wrong shapes or out-of-range classes (they would miscount).
+
+    A vote is either a class index per row, shape ``(B,)``, or a row of non-negative integer tallies, shape
+    ``(B, C)`` (several votes cast by one noisy input, e.g. one per patch).
+    """
     import torch
 
-    if votes.dtype.is_floating_point or votes.dtype == torch.bool or votes.shape != (expected,):
+    tallies = votes.dim() == 2
+    shape_ok = votes.shape == ((expected, num_classes) if tallies else (expected,))
+    if votes.dtype.is_floating_point or votes.dtype == torch.bool or not shape_ok:
         raise ValueError(
-            f"a vote function must return class indices of shape ({expected},) and an integer dtype, "
-            f"got shape {tuple(votes.shape)} and dtype {votes.dtype}"
+            f"a vote function must return integer class indices of shape ({expected},) or integer tallies of "
+            f"shape ({expected}, {num_classes}), got shape {tuple(votes.shape)} and dtype {votes.dtype}"
         )
     votes = votes.to(torch.long)
-    if bool(((votes < 0) | (votes >= num_classes)).any()):
+    if tallies and bool((votes < 0).any()):
+        raise ValueError("a vote function returned negative tallies")
+    if not tallies and bool(((votes < 0) | (votes >= num_classes)).any()):
         raise ValueError(f"a vote function returned a class outside 0..{num_classes - 1}")
     return votes
 
@@ -144,11 +153,13 @@ def count_votes(
     stage: int,
     indices: Sequence[int] | None = None,
     device: "torch.device | str | None" = None,
-) -> np.ndarray:
+    squares: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """
     Count the votes of ``vote_fn`` on ``num`` noisy copies of each input.
 
-    :param vote_fn: Maps a batch of noisy inputs ``(B, *input_shape)`` to class indices ``(B,)`` (long).
+    :param vote_fn: Maps a batch of noisy inputs ``(B, *input_shape)`` to class indices ``(B,)`` (long), or to
+                    integer tallies ``(B, C)`` when one noisy input casts several votes (patches).
     :param x: Inputs ``(N, *input_shape)`` (tensor or array), in raw input space.
     :param num: Noisy draws per input.
     :param noise: A noise model with ``perturb(x_rows, eps, owner)`` (e.g. :class:`GaussianNoise`).
@@ -158,7 +169,10 @@ def count_votes(
     :param stage: ``SELECTION``, ``ESTIMATION`` or ``PREDICTION`` (independent streams).
     :param indices: Global index of each input (defaults to ``0..N-1``); keys the noise stream.
     :param device: Device for noise and forward passes (defaults to ``x``'s).
-    :return: int64 array ``(N, C)`` of vote counts; each row sums to ``num``.
+    :param squares: Also return the per-class sums of squared tallies (the second moment that empirical
+                    Bernstein bounds need; equal to the counts for one vote per draw).
+    :return: int64 array ``(N, C)`` of vote counts (each row sums to ``num`` for class-index votes), and with
+             ``squares`` the ``(N, C)`` sums of squared tallies too.
     """
     import torch
 
@@ -177,6 +191,7 @@ def count_votes(
     block = block_size(num, int(np.prod(x.shape[1:])))
     streams: dict[int, NoiseStream] = {}
     counts = torch.zeros((n_inputs, num_classes), dtype=torch.long, device=device)
+    squared = torch.zeros_like(counts) if squares else None
     with torch.inference_mode():
         for batch in _plan_batches(n_inputs, num, batch_size):
             eps, owner = [], []
@@ -188,13 +203,22 @@ def count_votes(
             eps_t = torch.cat(eps) if len(eps) > 1 else eps[0]
             owner_t = torch.cat(owner) if len(owner) > 1 else owner[0]
             votes = _checked_votes(vote_fn(noise.perturb(x[owner_t], eps_t, owner_t)), len(owner_t), num_classes)
-            # Count per batch over just the inputs it touches: a few rows of C bins, whatever N is.
             first, last = batch[0][0], batch[-1][0]
-            span = last - first + 1
-            local = torch.bincount((owner_t - first) * num_classes + votes, minlength=span * num_classes)
-            counts[first : last + 1] += local.view(span, num_classes)
+            if votes.dim() == 2:
+                counts.index_add_(0, owner_t, votes)
+                if squared is not None:
+                    squared.index_add_(0, owner_t, votes * votes)
+            else:
+                # Count per batch over just the inputs it touches: a few rows of C bins, whatever N is.
+                span = last - first + 1
+                local = torch.bincount((owner_t - first) * num_classes + votes, minlength=span * num_classes)
+                counts[first : last + 1] += local.view(span, num_classes)
+                if squared is not None:
+                    squared[first : last + 1] += local.view(span, num_classes)
             # Streams of finished inputs are dropped so cached blocks do not pile up.
             for i in list(streams):
                 if i < last:
                     del streams[i]
+    if squared is not None:
+        return counts.cpu().numpy(), squared.cpu().numpy()
     return counts.cpu().numpy()

@@ -3,7 +3,8 @@ Certificate records: one dict per input, JSONL append-and-flush with resume, the
 certified accuracy at radii.
 
 A record holds ``idx, label, predict, radius, correct, pA_lower, counts, n0, n, alpha, sigma, method,
-seconds``; ``counts`` maps the top classes of the estimation counts to their votes. The community TSV keeps
+seconds``, plus what the estimator adds (e.g. the noise mode and radius space of patch smoothing); ``counts`` maps
+the top classes of the estimation counts to their votes. The community TSV keeps
 ``idx label predict radius correct time`` (time as ``H:MM:SS.ffffff``), as published by Cohen et al. and
 the papers that followed.
 """
@@ -51,9 +52,17 @@ def records_from_result(result, labels: Sequence[int], indices: Sequence[int], m
                 "sigma": float(sigma[j]),
                 "method": method,
                 "seconds": float(result.seconds[j]) if len(result.seconds) else 0.0,
+                **{key: _json_value(value, j, len(result)) for key, value in result.extra.items()},
             }
         )
     return records
+
+
+def _json_value(value, j: int, n: int):
+    """Input ``j``'s entry of a per-input array (length ``n``), or a value shared by all inputs, as plain JSON."""
+    if isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == n:
+        value = value[j]
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
 
 class RecordWriter:

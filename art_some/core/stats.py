@@ -96,3 +96,40 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     :return: the radius cap (3.811 * sigma at n = 100,000 and alpha = 0.001).
     """
     return float(gaussian_radius(clopper_pearson_lower(n, n, alpha), sigma))
+
+
+def hoeffding_lower(mean, n, alpha: float) -> np.ndarray:
+    """
+    One-sided (1 - alpha) Hoeffding lower bound on the mean of n i.i.d. variables in [0, 1]:
+    ``mean - sqrt(ln(1 / alpha) / (2 n))``, clipped at 0.
+
+    :param mean: Sample means.
+    :param n: Sample sizes (>= 1).
+    :param alpha: Failure probability in (0, 1).
+    :return: float64 lower bounds.
+    """
+    alpha = _check_alpha(alpha)
+    mean = np.asarray(mean, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    return np.clip(mean - np.sqrt(np.log(1.0 / alpha) / (2.0 * n)), 0.0, 1.0)
+
+
+def bernstein_lower(mean, variance, n, alpha: float) -> np.ndarray:
+    """
+    One-sided (1 - alpha) empirical-Bernstein lower bound on the mean of n >= 2 i.i.d. variables in [0, 1]
+    (Maurer & Pontil 2009, Theorem 4): ``mean - sqrt(2 V ln(2/alpha) / n) - 7 ln(2/alpha) / (3 (n - 1))`` with V the
+    unbiased sample variance; clipped at 0. Tighter than Hoeffding when the variance is small.
+
+    :param mean: Sample means.
+    :param variance: Unbiased sample variances.
+    :param n: Sample sizes (>= 2).
+    :param alpha: Failure probability in (0, 1).
+    :return: float64 lower bounds.
+    """
+    alpha = _check_alpha(alpha)
+    n = np.asarray(n, dtype=np.float64)
+    if np.any(n < 2):
+        raise ValueError("the empirical-Bernstein bound needs n >= 2 samples")
+    log_term = np.log(2.0 / alpha)
+    width = np.sqrt(2.0 * np.maximum(variance, 0.0) * log_term / n) + 7.0 * log_term / (3.0 * (n - 1.0))
+    return np.clip(np.asarray(mean, dtype=np.float64) - width, 0.0, 1.0)

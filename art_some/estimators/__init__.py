@@ -1,12 +1,15 @@
 """ART-facing smoothed estimators, one module per method."""
 from art_some.estimators.multihead import MultiHeadSmoothedClassifier
+from art_some.estimators.smooth_reduce import SmoothReduceClassifier, UnsoundCertificateWarning
 from art_some.estimators.smoothed import SmoothedClassifier
 from art_some.hookspecs import hookimpl
 
-__all__ = ["MultiHeadSmoothedClassifier", "SmoothedClassifier"]
+__all__ = ["MultiHeadSmoothedClassifier", "SmoothReduceClassifier", "SmoothedClassifier", "UnsoundCertificateWarning"]
 
 
 @hookimpl
 def register_estimators(register):
     register("smoothed", SmoothedClassifier, description="Gaussian randomized smoothing (Cohen et al. 2019)")
     register("some", MultiHeadSmoothedClassifier, description="smoothed multi-head ensemble (SOME, Fang et al.)")
+    register("smooth_reduce", SmoothReduceClassifier,
+             description="smoothing of patch-aggregated scores (Smooth-Reduce, Joshi et al.); sound by default")

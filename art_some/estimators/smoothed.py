@@ -166,6 +166,23 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         x_np, _ = self._apply_preprocessing(x.detach().cpu().numpy(), y=None, fit=training_mode)
         return torch.from_numpy(np.asarray(x_np, dtype=np.float32)).to(self._device)
 
+    def to_noise_space(self, x: "torch.Tensor") -> "torch.Tensor":
+        """
+        The clean inputs as the noise model sees them (identity here; patch smoothing resizes and crops first).
+        Linear and differentiable; certificates hold in this space unless the rule converts them back.
+        """
+        return x
+
+    def soft_scores(self, z: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
+        """Class probabilities of the base classifier on noisy inputs ``z`` (softmax of the logits); differentiable."""
+        import torch
+
+        return torch.softmax(self.logits(z, training_mode=training_mode).float(), dim=1)
+
+    def certificate_info(self) -> dict:
+        """What each certificate record should say beyond the counts and radius (nothing for plain smoothing)."""
+        return {}
+
     def vote(self, z: "torch.Tensor") -> "torch.Tensor":
         """The vote function: the base classifier's class index for each noisy input in ``z``."""
         import torch
@@ -187,18 +204,29 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x_t.shape)}")
         return x_t.to(self._device, dtype=torch.float32)
 
-    def predict_counts(self, x, n: int | None = None, batch_size: int | None = None, indices=None) -> np.ndarray:
+    def predict_counts(
+        self, x, n: int | None = None, batch_size: int | None = None, indices=None, squares: bool = False
+    ):
         """
         Vote counts ``(N, nb_classes)`` of the base classifier over ``n`` noisy draws per input (default
-        ``sample_size``), from the PREDICT stream.
+        ``sample_size``), from the PREDICT stream; with ``squares`` also the sums of squared tallies.
         """
+        import torch
+
         n = self.sample_size if n is None else n
         _check_positive_int("n", n)
+        with torch.inference_mode():
+            z0 = self.to_noise_space(self._as_input_tensor(x))
         return count_votes(
-            self.vote, self._as_input_tensor(x), int(n), self.noise_model, num_classes=self.nb_classes,
+            self.vote, z0, int(n), self.noise_model, num_classes=self.nb_classes,
             batch_size=batch_size or self.noise_batch_size, seed=self.seed, stage=PREDICTION,
-            indices=indices,
+            indices=indices, squares=squares,
         )
+
+    def predict_classes(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """PREDICT's decisions (-1 = abstain) and the vote counts behind them, ``sample_size`` draws per input."""
+        counts = self.predict_counts(x)
+        return predict_from_counts(counts, self.alpha), counts
 
     def predict(  # type: ignore[override]
         self, x: np.ndarray, batch_size: int = 128, verbose: bool = False, **kwargs
@@ -222,9 +250,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         output = kwargs.get("output", "counts")
         if output not in ("counts", "onehot"):
             raise ValueError(f"output must be 'counts' or 'onehot', got {output!r}")
-        x_t = self._as_input_tensor(x)
-        counts = self.predict_counts(x_t)
-        classes = predict_from_counts(counts, self.alpha)
+        classes, counts = self.predict_classes(self._as_input_tensor(x))
         if not is_abstain:
             classes = counts.argmax(axis=1)
         if output == "onehot":
@@ -262,10 +288,14 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         :param indices: Global indices that key each input's noise (default ``0..N-1``).
         :return: a :class:`~art_some.core.certify.CertifyResult`.
         """
-        return certify_votes(
+        import torch
+
+        with torch.inference_mode():
+            z0 = self.to_noise_space(self._as_input_tensor(x))
+        result = certify_votes(
             self.vote,
             self.noise_model,
-            self._as_input_tensor(x),
+            z0,
             n0=self.sample_size if n0 is None else n0,
             n=n,
             alpha=self.alpha if alpha is None else alpha,
@@ -275,6 +305,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             indices=indices,
             rule=self.certificate_rule,
         )
+        result.extra.update(self.certificate_info())
+        return result
 
     def certify(  # type: ignore[override]
         self, x: np.ndarray, n: int, batch_size: int | None = None, **kwargs
@@ -308,8 +340,9 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
 
     def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
         """
-        log G(x), with G(x) = E[softmax f(x + delta)] estimated from ``gradient_samples`` draws per input;
-        differentiable with respect to ``x`` (a tensor on the estimator's device).
+        log G(x), with G(x) = E[soft_scores(x + delta)] (softmax of f for plain smoothing) estimated from
+        ``gradient_samples`` draws per input; differentiable with respect to ``x`` (a tensor on the estimator's
+        device).
         """
         import torch
 
@@ -318,10 +351,10 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         out = []
         for start in range(0, len(x), chunk):
             xs = x[start : start + chunk]
-            rows = xs.repeat_interleave(m, dim=0)
+            rows = self.to_noise_space(xs).repeat_interleave(m, dim=0)
             owner = torch.arange(len(xs), device=x.device).repeat_interleave(m)
             z = self.noise_model.perturb(rows, self._gradient_noise(rows.shape, x.device), owner)
-            probs = torch.softmax(self.logits(z, training_mode=training_mode).float(), dim=1)
+            probs = self.soft_scores(z, training_mode=training_mode)
             out.append(torch.log(probs.view(len(xs), m, -1).mean(dim=1).clamp_min(1e-20)))
         return torch.cat(out)
 

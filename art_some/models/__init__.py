@@ -21,8 +21,10 @@ from art_some.models.multihead import (
     resnet50_multihead,
 )
 from art_some.models.small import DigitsCNN
+from art_some.models.video import ChunkAveragedClip, TinyVideoCNN
 
 __all__ = [
+    "ChunkAveragedClip",
     "CifarResNet",
     "DigitsCNN",
     "MultiHeadNet",
@@ -30,6 +32,7 @@ __all__ = [
     "create_model",
     "load_checkpoint",
     "save_checkpoint",
+    "TinyVideoCNN",
 ]
 
 METADATA_KEY = "art_some"
@@ -56,6 +59,7 @@ def _torchvision(name: str):
 @hookimpl
 def register_models(register):
     register("digits_cnn", DigitsCNN, description="small CNN for 1x8x8 digits")
+    register("tiny_video_cnn", TinyVideoCNN, description="two-layer 3D CNN for (C, T, H, W) clips (tests)")
     register("cifar_resnet20", _cifar_resnet(20), description="CIFAR ResNet-20")
     register("cifar_resnet110", _cifar_resnet(110), description="CIFAR ResNet-110 (Cohen et al.)")
     register("resnet50", _torchvision("resnet50"), description="torchvision ResNet-50 for ImageNet")

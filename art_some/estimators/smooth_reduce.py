@@ -1,0 +1,357 @@
+"""
+SmoothReduceClassifier: randomized smoothing of a patch-aggregating base classifier (Smooth-Reduce, Joshi et al.),
+with certificates that hold.
+
+The vote for one noisy input: crop P patches, run the base model on all of them in one forward pass, reduce the P
+score vectors class-wise (max, mean, or a plugin's rule), take the argmax. Where the noise goes decides what the
+vote counts certify:
+
+- ``noise_mode="shared"`` (default): one Gaussian draw on the whole (resized) input, then crop. The vote is a fixed
+  function of the noisy input, so Cohen et al.'s radius sigma * Phi^-1(pA_lower) holds as is.
+- ``noise_mode="independent"``: a draw per patch (the official code). Cohen's radius then holds in the space of
+  stacked patches, and mapping back divides it by sqrt(m_max), the largest number of patches covering one pixel.
+- ``unsound_paper_radius=True``: independent noise with the uncorrected radius, as the paper reports; it overstates
+  radii by up to sqrt(P) and warns on every use. For reproducing published numbers only.
+- ``certificate="vote_average"``: the vote-averaged Smooth-Mean, p^c = mean over patches of P(patch votes c), a
+  Gaussian smoothing of a [0, 1]-valued function in either noise mode, so sigma * Phi^-1 of its lower bound
+  (Hoeffding or empirical Bernstein) is a sound radius without any coverage correction.
+
+A resize of the whole input before the noise (the paper's 32 to 36) puts the certificate in the resized space;
+``radius_space="input"`` (default) divides by the resize's operator norm, computed from the resize itself.
+
+| Paper link: https://arxiv.org/abs/2205.06154
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from art_some.core.certify import ABSTAIN, cohen_rule
+from art_some.core.stats import _check_alpha, bernstein_lower, gaussian_radius, hoeffding_lower
+from art_some.estimators.smoothed import SmoothedClassifier
+from art_some.patches import RESIZE_MODES, PatchLayout, make_layout, resize, resize_operator_norm
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+NOISE_MODES = ("shared", "independent")
+SCORES = ("softmax", "logits")
+CERTIFICATES = ("votes", "vote_average")
+BOUNDS = ("bernstein", "hoeffding")
+RADIUS_SPACES = ("input", "resized")
+
+
+class UnsoundCertificateWarning(UserWarning):
+    """A certificate rule that a spec marks unsound was used; its radii may be larger than the truth."""
+
+
+def _warn_unsound(message: str, stacklevel: int) -> None:
+    """
+    Warn at the caller ``stacklevel`` frames up, every time: a fresh registry defeats Python's once-per-call-site
+    default (each unsound certificate deserves its own warning) while the user's filters still apply.
+    """
+    frame = sys._getframe(stacklevel)
+    warnings.warn_explicit(message, UnsoundCertificateWarning, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__", "art_some"), registry={})
+
+PAPER_RULE_WARNING = (
+    "unsound_paper_radius=True: independent noise per patch with the uncorrected radius sigma * Phi^-1(pA_lower), "
+    "as Smooth-Reduce reports; these radii can exceed the true robust radius by up to sqrt(m_max) = {factor:.2f}x "
+    "and are not certificates. Use them only to reproduce published numbers."
+)
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+class SmoothReduceClassifier(SmoothedClassifier):
+    """
+    Gaussian smoothing of the patch-aggregating classifier h(z) = argmax_c agg_i s(f(T_i z))_c, where T_i crops patch
+    i (and optionally resizes it to the model's input size) and s is the softmax (or the identity on logits).
+
+    | Paper link: https://arxiv.org/abs/2205.06154
+
+    The constructor takes :class:`SmoothedClassifier`'s arguments (``input_shape`` is the full input, ``(C, H, W)``
+    or a video's ``(C, T, H, W)``; ``model`` maps one patch batch ``(B, C, *patch)`` to logits), then:
+
+    :param patches: A :class:`~art_some.patches.PatchLayout` in the noise space (after ``resize``), or a dict
+                    ``{"layout": "grid" | "random" | "corners", "size": ..., **options}`` (grid: ``stride``,
+                    ``num_patches``; random: ``num_patches``, ``seed``, ``replace``). ``size`` is one int for a square
+                    patch or one entry per non-channel axis, None spanning an axis (a video window is
+                    ``(L, None, None)``).
+    :param aggregation: A registered aggregation name (``max``, ``mean``, ``min``, or a plugin's) or a callable
+                        ``(B, P, C) -> (B, C)``.
+    :param noise_mode: ``"shared"`` (one draw, then crop; default) or ``"independent"`` (a draw per patch).
+    :param resize: Spatial size the whole input is resized to before the noise (the paper: 36 for CIFAR-10, 256
+                   for ImageNet), or None.
+    :param patch_resize: Spatial size each noisy patch is resized to before the model (the paper's v2), or None.
+    :param resize_mode: ``"linear"`` (bilinear/trilinear, default), ``"nearest"`` or ``"cubic"``.
+    :param scores: Reduce per-patch ``"softmax"`` probabilities (the paper) or raw ``"logits"``.
+    :param certificate: ``"votes"`` (Cohen's certificate on the aggregated votes) or ``"vote_average"`` (the
+                        vote-averaged Smooth-Mean with a ``bound`` on a mean of [0, 1] variables).
+    :param bound: ``"bernstein"`` (empirical Bernstein, default) or ``"hoeffding"``, for ``vote_average``.
+    :param radius_space: Report radii in the ``"input"`` space (divided by the resize's operator norm; default)
+                          or in the ``"resized"`` space the noise lives in.
+    :param unsound_paper_radius: Independent noise with the paper's uncorrected radius in the resized space.
+                                 Unsound; warns on every certificate.
+    """
+
+    estimator_params = SmoothedClassifier.estimator_params + [
+        "patches",
+        "aggregation",
+        "noise_mode",
+        "resize",
+        "patch_resize",
+        "resize_mode",
+        "scores",
+        "certificate",
+        "bound",
+        "radius_space",
+        "unsound_paper_radius",
+    ]
+    _patch_params = frozenset(estimator_params[len(SmoothedClassifier.estimator_params):])
+
+    def __init__(
+        self,
+        model,
+        loss,
+        input_shape,
+        nb_classes,
+        *args,
+        patches: PatchLayout | dict | None = None,
+        aggregation: str | Callable = "mean",
+        noise_mode: str = "shared",
+        resize: int | tuple | None = None,
+        patch_resize: int | tuple | None = None,
+        resize_mode: str = "linear",
+        scores: str = "softmax",
+        certificate: str = "votes",
+        bound: str = "bernstein",
+        radius_space: str = "input",
+        unsound_paper_radius: bool = False,
+        **kwargs,
+    ):
+        if kwargs.get("postprocessing_defences"):
+            raise ValueError("postprocessing_defences are not supported by SmoothReduceClassifier (votes come from "
+                             "aggregated patch scores)")
+        super().__init__(model, loss, input_shape, nb_classes, *args, **kwargs)
+        if len(self.input_shape) not in (3, 4):
+            raise ValueError(f"input_shape must be (C, H, W) or a video's (C, T, H, W), got {self.input_shape}")
+        self.patches, self.aggregation, self.noise_mode = patches, aggregation, noise_mode
+        self.resize, self.patch_resize, self.resize_mode = resize, patch_resize, resize_mode
+        self.scores, self.certificate, self.bound = scores, certificate, bound
+        self.radius_space, self.unsound_paper_radius = radius_space, bool(unsound_paper_radius)
+        self._configure()
+
+    def set_params(self, **kwargs) -> None:
+        """Set estimator parameters; patch settings are validated and the geometry recomputed."""
+        super().set_params(**kwargs)
+        if self._patch_params & kwargs.keys():
+            self._configure()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Configuration: validate everything once, early, and compute the geometry behind the certificate.
+    # ----------------------------------------------------------------------------------------------------------
+    def _configure(self) -> None:
+        from art_some.plugins import get
+
+        _choice("noise_mode", self.noise_mode, NOISE_MODES)
+        _choice("scores", self.scores, SCORES)
+        _choice("certificate", self.certificate, CERTIFICATES)
+        _choice("bound", self.bound, BOUNDS)
+        _choice("radius_space", self.radius_space, RADIUS_SPACES)
+        _choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        spatial = tuple(self.input_shape[1:])
+        self._noise_size = self._size("resize", self.resize, spatial) if self.resize is not None else spatial
+        aggregation = self.aggregation
+        self._aggregate = get("aggregations", aggregation) if isinstance(aggregation, str) else aggregation
+        if not callable(self._aggregate):
+            raise ValueError(f"aggregation must be a registered name or a callable, got {self.aggregation!r}")
+        self.layout = self._layout(self.patches)
+        self._model_size = (
+            self._size("patch_resize", self.patch_resize, self.layout.patch_size)
+            if self.patch_resize is not None else self.layout.patch_size
+        )
+        if self.certificate == "vote_average" and self.aggregation != "mean":
+            raise ValueError("certificate='vote_average' certifies the vote-averaged Smooth-Mean; use "
+                             "aggregation='mean'")
+        if self.unsound_paper_radius and (self.noise_mode != "independent" or self.certificate != "votes"):
+            raise ValueError("unsound_paper_radius=True is the paper's rule: it needs noise_mode='independent' and "
+                             "certificate='votes'")
+        # Operator norms of the linear map from the input to the noise space (computed, not assumed).
+        self.resize_norm = resize_operator_norm(spatial, self._noise_size, self.resize_mode)
+        self.stack_norm = (
+            float(np.sqrt(self.layout.max_coverage))
+            if self.noise_mode == "independent" and self.certificate == "votes" else 1.0
+        )
+        if self.unsound_paper_radius:
+            _warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm), stacklevel=3)
+        self._check_model()
+
+    def _size(self, name: str, value, like: tuple) -> tuple[int, ...]:
+        size = (int(value),) * len(like) if np.isscalar(value) else tuple(int(v) for v in value)
+        if len(size) != len(like) or min(size) < 1:
+            raise ValueError(f"{name} must be one positive size or {len(like)} of them, got {value!r}")
+        return size
+
+    def _layout(self, patches) -> PatchLayout:
+        if isinstance(patches, PatchLayout):
+            layout = patches
+        elif isinstance(patches, dict):
+            options = dict(patches)
+            kind = options.pop("layout", "grid")
+            if "size" not in options:
+                raise ValueError("patches needs a 'size' (one int, or one entry per non-channel axis)")
+            layout = make_layout(kind, self._noise_size, options.pop("size"), **options)
+        else:
+            raise ValueError("patches is required: a PatchLayout or a dict such as {'layout': 'grid', 'size': 32, "
+                             f"'stride': 2}}, got {patches!r}")
+        if layout.input_size != self._noise_size:
+            raise ValueError(
+                f"the patch layout is for inputs of size {layout.input_size}, but the noise space has size "
+                f"{self._noise_size} (input_shape {tuple(self.input_shape)}, resize {self.resize!r})"
+            )
+        return layout
+
+    def _check_model(self) -> None:
+        """One forward pass on a zero patch, so a model that does not fit the patches fails here, not mid-run."""
+        import torch
+
+        probe = torch.zeros((1, self.input_shape[0], *self._model_size), device=self._device)
+        try:
+            with torch.inference_mode():
+                out = self.logits(probe)
+        except RuntimeError as err:
+            raise ValueError(f"the model cannot take patches of shape {tuple(probe.shape[1:])}: {err}") from None
+        if tuple(out.shape) != (1, self.nb_classes):
+            raise ValueError(f"the model must return (batch, {self.nb_classes}) logits per patch, got "
+                             f"{tuple(out.shape)}")
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The three parts: noise space, vote function, certificate rule.
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def num_patches(self) -> int:
+        return self.layout.num_patches
+
+    @property
+    def radius_divisor(self) -> float:
+        """What Cohen's radius in the noise space is divided by to give the reported radius."""
+        if self.unsound_paper_radius:
+            return 1.0
+        return self.stack_norm * (self.resize_norm if self.radius_space == "input" else 1.0)
+
+    def to_noise_space(self, x: "torch.Tensor") -> "torch.Tensor":
+        """Resize the clean input (if asked), then, for independent noise, stack its patches ``(N, P, C, ...)``."""
+        z = resize(x, self._noise_size, self.resize_mode) if self.resize is not None else x
+        return self.layout.crop(z) if self.noise_mode == "independent" else z
+
+    def patch_scores(self, z: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
+        """
+        Per-patch scores ``(B, P, nb_classes)`` of noisy inputs ``z`` (noise-space tensors): all B * P patches go
+        through the model in one forward pass; softmax probabilities or logits per ``scores``.
+        """
+        import torch
+
+        patches = self.layout.crop(z) if self.noise_mode == "shared" else z
+        flat = patches.reshape(-1, *patches.shape[2:])
+        if self.patch_resize is not None:
+            flat = resize(flat, self._model_size, self.resize_mode)
+        out = self.logits(flat, training_mode=training_mode).float().view(len(z), self.num_patches, -1)
+        return torch.softmax(out, dim=-1) if self.scores == "softmax" else out
+
+    def vote(self, z: "torch.Tensor") -> "torch.Tensor":
+        """
+        The argmax of the aggregated patch scores; for ``certificate="vote_average"`` instead the tally of the
+        patches' own votes, ``(B, nb_classes)`` integers summing to P.
+        """
+        import torch
+
+        scores = self.patch_scores(z)
+        if self.certificate == "vote_average":
+            return torch.nn.functional.one_hot(scores.argmax(dim=-1), self.nb_classes).sum(dim=1)
+        return self._aggregate(scores).argmax(dim=1)
+
+    def soft_scores(self, z: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
+        """Aggregated scores made a distribution (normalised for softmax scores, softmax for logits); for EOT."""
+        import torch
+
+        aggregated = self._aggregate(self.patch_scores(z, training_mode=training_mode))
+        if self.scores == "logits":
+            return torch.softmax(aggregated, dim=1)
+        return aggregated / aggregated.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def _vote_average_lower(self, counts: np.ndarray, squares: np.ndarray, top: np.ndarray, alpha: float) -> np.ndarray:
+        """Lower confidence bound on the top class's mean patch-vote fraction, from tallies and squared tallies."""
+        rows = np.arange(len(counts))
+        draws = counts.sum(axis=1) / self.num_patches
+        mean = counts[rows, top] / (draws * self.num_patches)
+        if self.bound == "hoeffding":
+            return hoeffding_lower(mean, draws, alpha)
+        second = squares[rows, top] / float(self.num_patches) ** 2 / draws
+        variance = np.maximum(second - mean**2, 0.0) * draws / np.maximum(draws - 1, 1)
+        return bernstein_lower(mean, variance, draws, alpha)
+
+    def certificate_rule(self, selection_counts, estimation_counts, alpha, noise, squares=None):
+        """
+        ``votes``: Cohen's Clopper-Pearson bound on the aggregated votes, radius sigma * Phi^-1(pA_lower) in the noise
+        space divided by :attr:`radius_divisor` (sqrt(m_max) for independent noise, the resize norm for input-space
+        radii). ``vote_average``: the class with the most patch votes, a Hoeffding/Bernstein lower bound on its mean
+        patch-vote fraction, abstain unless it exceeds 1/2, radius sigma * Phi^-1(bound) divided by the resize norm
+        for input-space radii.
+
+        Guarantee (all but the paper's rule): with probability at least 1 - alpha, the returned class is the
+        smoothed classifier's prediction everywhere within the returned L2 radius in ``radius_space``.
+        """
+        if self.certificate == "votes":
+            predict, radius, p_lower = cohen_rule(selection_counts, estimation_counts, alpha, noise)
+            return predict, radius / self.radius_divisor, p_lower
+        top = selection_counts.argmax(axis=1)
+        p_lower = self._vote_average_lower(estimation_counts, squares, top, alpha)
+        abstain = p_lower <= 0.5
+        radius = np.where(abstain, 0.0, gaussian_radius(p_lower, noise.sigma) / self.radius_divisor)
+        return np.where(abstain, ABSTAIN, top).astype(np.int64), radius, p_lower
+
+    certificate_rule.uses_squares = True  # type: ignore[attr-defined]
+
+    def certify_detailed(self, x, n: int, n0: int | None = None, alpha: float | None = None, batch_size=None,
+                         indices=None):
+        """:meth:`SmoothedClassifier.certify_detailed` with this estimator's rule; warns on every call if unsound."""
+        if self.unsound_paper_radius:
+            _warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm), stacklevel=2)
+        return super().certify_detailed(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices)
+
+    def predict_classes(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """
+        PREDICT: Cohen's binomial test on the aggregated votes; for ``vote_average`` the top class when the lower
+        bound on its mean patch-vote fraction exceeds 1/2 (then it is the smoothed prediction with probability at
+        least 1 - alpha), else abstain.
+        """
+        if self.certificate == "votes":
+            return super().predict_classes(x)
+        counts, squares = self.predict_counts(x, squares=True)
+        top = counts.argmax(axis=1)
+        p_lower = self._vote_average_lower(counts, squares, top, _check_alpha(self.alpha))
+        return np.where(p_lower > 0.5, top, ABSTAIN).astype(np.int64), counts
+
+    def certificate_info(self) -> dict:
+        """Noise mode, aggregation, certificate, radius space and the divisor, the layout, and whether it is sound."""
+        return {
+            "noise_mode": self.noise_mode,
+            "aggregation": self.aggregation if isinstance(self.aggregation, str) else repr(self.aggregation),
+            "scores": self.scores,
+            "certificate": self.certificate if self.certificate == "votes" else f"vote_average/{self.bound}",
+            "radius_space": "resized" if self.unsound_paper_radius else self.radius_space,
+            "radius_divisor": self.radius_divisor,
+            "resize_norm": self.resize_norm,
+            **self.layout.describe(),
+            "sound": not self.unsound_paper_radius,
+        }
