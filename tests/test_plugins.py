@@ -103,6 +103,14 @@ def test_example_plugin_arrives_through_its_entry_point(example_installed, digit
     assert pred.shape == (3,) and radius.shape == (3,)
     result = CliRunner().invoke(cli, ["plugins"])
     assert result.exit_code == 0 and "flip_smoothed" in result.output and "art-some-example-plugin" in result.output
+    # Its patch aggregation is usable by name in the built-in SmoothReduceClassifier.
+    assert plugins.entries("aggregations")["median"].plugin == "example"
+    from art_some import SmoothReduceClassifier
+
+    patched = SmoothReduceClassifier(model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, device_type="cpu", scale=0.25,
+                                     resize=10, aggregation="median", patches={"layout": "corners", "size": 8})
+    pred, _ = patched.certify(x[:3], n=50)
+    assert pred.shape == (3,) and patched.certificate_info()["aggregation"] == "median"
 
 
 def test_entry_points_can_be_disabled(example_installed, monkeypatch):

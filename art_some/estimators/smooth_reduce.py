@@ -152,13 +152,43 @@ class SmoothReduceClassifier(SmoothedClassifier):
         self._configure()
 
     def set_params(self, **kwargs) -> None:
-        """Set estimator parameters; patch settings are validated and the geometry recomputed."""
+        """
+        Set estimator parameters. Patch settings are validated and the geometry recomputed; if they are invalid the
+        previous settings stay in force (a failed call never leaves radii computed with stale norms).
+        """
+        watched = self._patch_params | {"model", "postprocessing_defences"}
+        previous = {key: getattr(self, key) for key in kwargs if key in self._patch_params}
         super().set_params(**kwargs)
-        if self._patch_params & kwargs.keys():
-            self._configure()
+        if watched & kwargs.keys():
+            try:
+                self._configure()
+            except Exception:
+                for key, value in previous.items():
+                    setattr(self, key, value)
+                self._configure()
+                raise
+
+    def clone_for_refitting(self) -> "SmoothReduceClassifier":
+        """A copy with the same settings and architecture and a fresh optimizer, weights reset (ART's contract)."""
+        import copy
+
+        if self._optimizer is None:
+            raise ValueError("clone_for_refitting needs an optimizer to refit the model, but none was given")
+        model = copy.deepcopy(self.model)
+        optimizer = type(self._optimizer)(model.parameters(), **self._optimizer.defaults)
+        params = self.get_params()
+        for key in ("model", "optimizer"):
+            params.pop(key, None)
+        patch_settings = {key: params.pop(key) for key in self._patch_params}
+        clone = type(self)(model, self._loss, self.input_shape, self.nb_classes, optimizer=optimizer,
+                           device_type=self._device.type if self._device.type == "cpu" else "gpu", **patch_settings)
+        clone.reset()
+        clone.set_params(**params)
+        return clone
 
     # ----------------------------------------------------------------------------------------------------------
-    # Configuration: validate everything once, early, and compute the geometry behind the certificate.
+    # Configuration: validate everything once, early, and compute the geometry behind the certificate. Nothing is
+    # assigned until every check has passed.
     # ----------------------------------------------------------------------------------------------------------
     def _configure(self) -> None:
         from art_some.plugins import get
@@ -169,16 +199,20 @@ class SmoothReduceClassifier(SmoothedClassifier):
         _choice("bound", self.bound, BOUNDS)
         _choice("radius_space", self.radius_space, RADIUS_SPACES)
         _choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        if not isinstance(self.unsound_paper_radius, (bool, np.bool_)):
+            raise ValueError(f"unsound_paper_radius must be True or False, got {self.unsound_paper_radius!r}")
+        if self.postprocessing_defences:
+            raise ValueError("postprocessing_defences are not supported by SmoothReduceClassifier (votes come from "
+                             "aggregated patch scores)")
         spatial = tuple(self.input_shape[1:])
-        self._noise_size = self._size("resize", self.resize, spatial) if self.resize is not None else spatial
-        aggregation = self.aggregation
-        self._aggregate = get("aggregations", aggregation) if isinstance(aggregation, str) else aggregation
-        if not callable(self._aggregate):
+        noise_size = self._size("resize", self.resize, spatial) if self.resize is not None else spatial
+        aggregate = get("aggregations", self.aggregation) if isinstance(self.aggregation, str) else self.aggregation
+        if not callable(aggregate):
             raise ValueError(f"aggregation must be a registered name or a callable, got {self.aggregation!r}")
-        self.layout = self._layout(self.patches)
-        self._model_size = (
-            self._size("patch_resize", self.patch_resize, self.layout.patch_size)
-            if self.patch_resize is not None else self.layout.patch_size
+        layout = self._layout(self.patches, noise_size)
+        model_size = (
+            self._size("patch_resize", self.patch_resize, layout.patch_size)
+            if self.patch_resize is not None else layout.patch_size
         )
         if self.certificate == "vote_average" and self.aggregation != "mean":
             raise ValueError("certificate='vote_average' certifies the vote-averaged Smooth-Mean; use "
@@ -186,23 +220,29 @@ class SmoothReduceClassifier(SmoothedClassifier):
         if self.unsound_paper_radius and (self.noise_mode != "independent" or self.certificate != "votes"):
             raise ValueError("unsound_paper_radius=True is the paper's rule: it needs noise_mode='independent' and "
                              "certificate='votes'")
+        self._check_model(model_size)
         # Operator norms of the linear map from the input to the noise space (computed, not assumed).
-        self.resize_norm = resize_operator_norm(spatial, self._noise_size, self.resize_mode)
-        self.stack_norm = (
-            float(np.sqrt(self.layout.max_coverage))
-            if self.noise_mode == "independent" and self.certificate == "votes" else 1.0
+        resize_norm = resize_operator_norm(spatial, noise_size, self.resize_mode, device=self._device)
+        stack_norm = (
+            float(np.sqrt(layout.max_coverage)) if self.noise_mode == "independent" and self.certificate == "votes"
+            else 1.0
         )
+        self._noise_size, self._aggregate, self.layout, self._model_size = noise_size, aggregate, layout, model_size
+        self.resize_norm, self.stack_norm = resize_norm, stack_norm
         if self.unsound_paper_radius:
             _warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm), stacklevel=3)
-        self._check_model()
 
     def _size(self, name: str, value, like: tuple) -> tuple[int, ...]:
-        size = (int(value),) * len(like) if np.isscalar(value) else tuple(int(v) for v in value)
+        """One int resizes the spatial axes (H, W) and keeps a video's T; a tuple gives every non-channel axis."""
+        if np.isscalar(value):
+            size = tuple(like[:-2]) + (int(value),) * min(2, len(like))
+        else:
+            size = tuple(int(v) for v in value)
         if len(size) != len(like) or min(size) < 1:
             raise ValueError(f"{name} must be one positive size or {len(like)} of them, got {value!r}")
         return size
 
-    def _layout(self, patches) -> PatchLayout:
+    def _layout(self, patches, noise_size: tuple[int, ...]) -> PatchLayout:
         if isinstance(patches, PatchLayout):
             layout = patches
         elif isinstance(patches, dict):
@@ -210,22 +250,22 @@ class SmoothReduceClassifier(SmoothedClassifier):
             kind = options.pop("layout", "grid")
             if "size" not in options:
                 raise ValueError("patches needs a 'size' (one int, or one entry per non-channel axis)")
-            layout = make_layout(kind, self._noise_size, options.pop("size"), **options)
+            layout = make_layout(kind, noise_size, options.pop("size"), **options)
         else:
             raise ValueError("patches is required: a PatchLayout or a dict such as {'layout': 'grid', 'size': 32, "
                              f"'stride': 2}}, got {patches!r}")
-        if layout.input_size != self._noise_size:
+        if layout.input_size != noise_size:
             raise ValueError(
                 f"the patch layout is for inputs of size {layout.input_size}, but the noise space has size "
-                f"{self._noise_size} (input_shape {tuple(self.input_shape)}, resize {self.resize!r})"
+                f"{noise_size} (input_shape {tuple(self.input_shape)}, resize {self.resize!r})"
             )
         return layout
 
-    def _check_model(self) -> None:
+    def _check_model(self, model_size: tuple[int, ...]) -> None:
         """One forward pass on a zero patch, so a model that does not fit the patches fails here, not mid-run."""
         import torch
 
-        probe = torch.zeros((1, self.input_shape[0], *self._model_size), device=self._device)
+        probe = torch.zeros((1, self.input_shape[0], *model_size), device=self._device)
         try:
             with torch.inference_mode():
                 out = self.logits(probe)
@@ -331,16 +371,18 @@ class SmoothReduceClassifier(SmoothedClassifier):
 
     def predict_classes(self, x) -> tuple[np.ndarray, np.ndarray]:
         """
-        PREDICT: Cohen's binomial test on the aggregated votes; for ``vote_average`` the top class when the lower
-        bound on its mean patch-vote fraction exceeds 1/2 (then it is the smoothed prediction with probability at
-        least 1 - alpha), else abstain.
+        PREDICT: Cohen's binomial test on the aggregated votes. For ``vote_average``: the class with the most patch
+        votes when a lower bound on its mean patch-vote fraction exceeds 1/2, else abstain; the class is chosen from
+        the same draws, so the bound is taken at alpha / nb_classes (a union over the classes that could be chosen),
+        and a returned class is the smoothed prediction with probability at least 1 - alpha. The counts returned are
+        then patch-vote fractions summed over draws (rows sum to ``sample_size``).
         """
         if self.certificate == "votes":
             return super().predict_classes(x)
         counts, squares = self.predict_counts(x, squares=True)
         top = counts.argmax(axis=1)
-        p_lower = self._vote_average_lower(counts, squares, top, _check_alpha(self.alpha))
-        return np.where(p_lower > 0.5, top, ABSTAIN).astype(np.int64), counts
+        p_lower = self._vote_average_lower(counts, squares, top, _check_alpha(self.alpha) / self.nb_classes)
+        return np.where(p_lower > 0.5, top, ABSTAIN).astype(np.int64), counts / self.num_patches
 
     def certificate_info(self) -> dict:
         """Noise mode, aggregation, certificate, radius space and the divisor, the layout, and whether it is sound."""

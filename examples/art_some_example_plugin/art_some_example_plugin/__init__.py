@@ -3,7 +3,9 @@ An example art-some plugin. It adds, through the same hooks the built-ins use:
 
 - estimator ``flip_smoothed``: Gaussian smoothing whose base classifier averages the logits of the noisy input
   and its horizontal mirror image (a deterministic base classifier, so Cohen's certificate still holds);
-- model ``example_mlp``: a two-layer perceptron.
+- model ``example_mlp``: a two-layer perceptron;
+- aggregation ``median``: the class-wise median of patch scores, for ``SmoothReduceClassifier`` (deterministic, so
+  the certificates stay sound).
 """
 import torch
 
@@ -36,3 +38,8 @@ def register_estimators(register):
 @hookimpl
 def register_models(register):
     register("example_mlp", ExampleMLP, description="two-layer perceptron (example plugin)")
+
+
+@hookimpl
+def register_aggregations(register):
+    register("median", lambda scores: scores.median(dim=1).values, description="class-wise median over patches; sound")
