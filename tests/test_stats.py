@@ -69,3 +69,24 @@ def test_radius_and_cap():
     assert max_certifiable_radius(1.0, 100_000, 0.001) == pytest.approx(3.811, abs=1e-3)
     assert max_certifiable_radius(0.25, 100_000, 0.001) == pytest.approx(0.953, abs=1e-3)
     assert max_certifiable_radius(0.5, 100_000, 0.001) == pytest.approx(norm.ppf(0.001 ** 1e-5) * 0.5)
+
+
+@pytest.mark.parametrize("bound", ["hoeffding", "bernstein"])
+def test_mean_bounds_fail_no_more_often_than_alpha(bound):
+    # Means of n patch-vote fractions X = Binomial(P, p) / P, the vote-averaged Smooth-Mean's per-draw values.
+    from art_some.core.stats import bernstein_lower, hoeffding_lower
+
+    rng = np.random.default_rng(0)
+    alpha, n, trials = 0.05, 200, 4000
+    # Bernoulli(1/2) (patches = 1) has the largest variance, where Hoeffding is nearly tight: a bound half as wide
+    # fails about 11% of the time and is caught.
+    for patches, p in ((1, 0.5), (9, 0.3), (9, 0.6), (9, 0.9), (9, 0.99)):
+        x = rng.binomial(patches, p, size=(trials, n)) / patches
+        mean, variance = x.mean(axis=1), x.var(axis=1, ddof=1)
+        lower = hoeffding_lower(mean, n, alpha) if bound == "hoeffding" else bernstein_lower(mean, variance, n, alpha)
+        failures = np.mean(lower > p)
+        assert failures <= alpha, (p, failures)  # both bounds are conservative; far below alpha in practice
+        assert np.all(lower <= mean)
+    # Small variance: Bernstein is tighter than Hoeffding.
+    x = rng.binomial(9, 0.97, size=(1, 5000)) / 9
+    assert bernstein_lower(x.mean(), x.var(ddof=1), 5000, 0.001) > hoeffding_lower(x.mean(), 5000, 0.001)
