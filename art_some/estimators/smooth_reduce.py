@@ -139,9 +139,6 @@ class SmoothReduceClassifier(SmoothedClassifier):
         unsound_paper_radius: bool = False,
         **kwargs,
     ):
-        if kwargs.get("postprocessing_defences"):
-            raise ValueError("postprocessing_defences are not supported by SmoothReduceClassifier (votes come from "
-                             "aggregated patch scores)")
         super().__init__(model, loss, input_shape, nb_classes, *args, **kwargs)
         if len(self.input_shape) not in (3, 4):
             raise ValueError(f"input_shape must be (C, H, W) or a video's (C, T, H, W), got {self.input_shape}")
