@@ -10,6 +10,8 @@ from art_some.hookspecs import hookimpl  # noqa: E402
 
 __all__ = [
     "ConsistencyTrainer",
+    "DenoisedMultiScaleClassifier",
+    "DiffusionCalibrationTrainer",
     "GaussianAugmentationTrainer",
     "MultiHeadSmoothedClassifier",
     "SOMETrainer",
@@ -25,11 +27,13 @@ __all__ = [
 
 def __getattr__(name):
     # Lazy: importing art_some (e.g. for plugin hooks) must not import ART or torch.
-    if name in ("SmoothedClassifier", "MultiHeadSmoothedClassifier", "SmoothReduceClassifier"):
+    if name in ("SmoothedClassifier", "MultiHeadSmoothedClassifier", "SmoothReduceClassifier",
+                "DenoisedMultiScaleClassifier"):
         from art_some import estimators
 
         return getattr(estimators, name)
-    if name in ("ConsistencyTrainer", "GaussianAugmentationTrainer", "SOMETrainer", "SmoothMixTrainer"):
+    if name in ("ConsistencyTrainer", "GaussianAugmentationTrainer", "SOMETrainer", "SmoothMixTrainer",
+                "DiffusionCalibrationTrainer"):
         from art_some import trainers
 
         return getattr(trainers, name)

@@ -1,10 +1,17 @@
 """ART-facing smoothed estimators, one module per method."""
+from art_some.estimators.denoised import DenoisedMultiScaleClassifier
 from art_some.estimators.multihead import MultiHeadSmoothedClassifier
 from art_some.estimators.smooth_reduce import SmoothReduceClassifier, UnsoundCertificateWarning
 from art_some.estimators.smoothed import SmoothedClassifier
 from art_some.hookspecs import hookimpl
 
-__all__ = ["MultiHeadSmoothedClassifier", "SmoothReduceClassifier", "SmoothedClassifier", "UnsoundCertificateWarning"]
+__all__ = [
+    "DenoisedMultiScaleClassifier",
+    "MultiHeadSmoothedClassifier",
+    "SmoothReduceClassifier",
+    "SmoothedClassifier",
+    "UnsoundCertificateWarning",
+]
 
 
 @hookimpl
@@ -13,3 +20,5 @@ def register_estimators(register):
     register("some", MultiHeadSmoothedClassifier, description="smoothed multi-head ensemble (SOME, Fang et al.)")
     register("smooth_reduce", SmoothReduceClassifier,
              description="smoothing of patch-aggregated scores (Smooth-Reduce, Joshi et al.); sound by default")
+    register("denoised_multiscale", DenoisedMultiScaleClassifier,
+             description="diffusion denoised smoothing, cascaded over noise levels (Carlini et al.; Jeong & Shin)")

@@ -338,11 +338,10 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             self._gradient_generator = (key, generator)
         return torch.randn(shape, generator=self._gradient_generator[1], device=device)
 
-    def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
+    def expected_scores(self, x: "torch.Tensor", noise, scores_fn) -> "torch.Tensor":
         """
-        log G(x), with G(x) = E[soft_scores(x + delta)] (softmax of f for plain smoothing) estimated from
-        ``gradient_samples`` draws per input; differentiable with respect to ``x`` (a tensor on the estimator's
-        device).
+        E[scores_fn(x + delta)] with delta from ``noise``, estimated from ``gradient_samples`` fresh draws per input
+        (in noise space, streamed in chunks of ``noise_batch_size`` rows); differentiable with respect to ``x``.
         """
         import torch
 
@@ -353,10 +352,20 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             xs = x[start : start + chunk]
             rows = self.to_noise_space(xs).repeat_interleave(m, dim=0)
             owner = torch.arange(len(xs), device=x.device).repeat_interleave(m)
-            z = self.noise_model.perturb(rows, self._gradient_noise(rows.shape, x.device), owner)
-            probs = self.soft_scores(z, training_mode=training_mode)
-            out.append(torch.log(probs.view(len(xs), m, -1).mean(dim=1).clamp_min(1e-20)))
+            z = noise.perturb(rows, self._gradient_noise(rows.shape, x.device), owner)
+            out.append(scores_fn(z).view(len(xs), m, -1).mean(dim=1))
         return torch.cat(out)
+
+    def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
+        """
+        log G(x), with G(x) = E[soft_scores(x + delta)] (softmax of f for plain smoothing) estimated from
+        ``gradient_samples`` draws per input; differentiable with respect to ``x`` (a tensor on the estimator's
+        device).
+        """
+        import torch
+
+        probs = self.expected_scores(x, self.noise_model, lambda z: self.soft_scores(z, training_mode=training_mode))
+        return torch.log(probs.clamp_min(1e-20))
 
     def _to_torch(self, x) -> tuple["torch.Tensor", bool]:
         import torch

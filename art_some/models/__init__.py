@@ -13,6 +13,7 @@ from pathlib import Path
 
 from art_some.hookspecs import hookimpl
 from art_some.models.cifar_resnet import CifarResNet
+from art_some.models.diffusion import DiffusionDenoiser, IdentityDenoiser, create_denoiser, register_builtin_denoisers
 from art_some.models.multihead import (
     MultiHeadNet,
     cifar_resnet_multihead,
@@ -26,7 +27,10 @@ from art_some.models.video import ChunkAveragedClip, TinyVideoCNN
 __all__ = [
     "ChunkAveragedClip",
     "CifarResNet",
+    "DiffusionDenoiser",
     "DigitsCNN",
+    "IdentityDenoiser",
+    "create_denoiser",
     "MultiHeadNet",
     "cosine_loss",
     "create_model",
@@ -69,6 +73,11 @@ def register_models(register):
     register("some_cifar_resnet110", lambda **kw: cifar_resnet_multihead(depth=110, **kw),
              description="multi-head CIFAR ResNet-110 (SOME), num_heads=5")
     register("some_resnet50", resnet50_multihead, description="multi-head ResNet-50 (SOME), num_heads=5")
+
+
+@hookimpl
+def register_denoisers(register):
+    register_builtin_denoisers(register)
 
 
 def create_model(name: str, **kwargs):

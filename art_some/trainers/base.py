@@ -28,11 +28,14 @@ class SmoothingTrainer(Trainer, abc.ABC):
     :param classifier: A :class:`~art_some.SmoothedClassifier` (or subclass) with an optimizer.
     :param sigma: Training noise level (default: the classifier's ``scale``).
     :param seed: Seed of the training noise and the shuffling.
+    :param optimizer: The optimizer to step (default: the classifier's; a trainer that tunes another module,
+                      such as a denoiser, passes its own).
     """
 
-    def __init__(self, classifier, sigma: float | None = None, seed: int = 0):
+    def __init__(self, classifier, sigma: float | None = None, seed: int = 0, optimizer=None):
         super().__init__(classifier)
-        if getattr(classifier, "optimizer", None) is None:
+        self.optimizer = optimizer if optimizer is not None else getattr(classifier, "optimizer", None)
+        if self.optimizer is None:
             raise ValueError("the classifier needs an optimizer to be trained (pass optimizer=...)")
         self.sigma = float(classifier.scale if sigma is None else sigma)
         if not np.isfinite(self.sigma) or self.sigma <= 0:
@@ -126,7 +129,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         loader = self._loader(x, y, int(batch_size), kwargs.get("drop_last", False))
         scheduler = kwargs.get("scheduler")
-        optimizer = self._classifier.optimizer
+        optimizer = self.optimizer
         history = []
         sampler = getattr(loader, "sampler", None)
         for _ in trange(int(nb_epochs), desc=type(self).__name__, disable=not kwargs.get("verbose", False)):

@@ -1,0 +1,248 @@
+"""
+Cascaded (multi-scale) CERTIFY and PREDICT over K smoothing levels sigma_1 < ... < sigma_K (Jeong & Shin 2023).
+
+Level k is an ordinary smoothed classifier g_k; it *answers* class c when p_k(x, c) > p0 and abstains otherwise.
+The cascade asks the largest sigma first and takes the first level that answers. The certificate (the paper's
+Theorem, as its code applies it): if level k answers y_hat with p_k(x, y_hat) >= p_lower > p0, and every higher
+level k' has an upper bound p_bar_k' >= max_{c != y_hat} p_k'(x, c) below p0, then the cascade says y_hat within
+
+    R = min( sigma_k [Phi^-1(p_lower) - Phi^-1(p0)],  min_{k' > k} sigma_k' [Phi^-1(p0) - Phi^-1(p_bar_k')] ),
+
+because x -> Phi^-1(p_k(x, c)) is (1 / sigma_k)-Lipschitz. With K = 1 and p0 = 1/2 this is Cohen's certificate.
+
+These functions own only the control flow and the statistics; the counting is a callback into the shared
+engine, so each level keeps its own fresh selection and estimation draws.
+
+| Paper link: https://arxiv.org/abs/2310.16779
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from scipy.stats import norm
+
+from art_some.core.certify import ABSTAIN, CertifyResult
+from art_some.core.noise import ESTIMATION, PREDICTION, SELECTION
+from art_some.core.stats import _check_alpha, clopper_pearson_lower, clopper_pearson_upper
+
+ALPHA_SPLITS = ("uniform", "sequential")
+
+# count(level, stage, positions, num) -> (len(positions), C) int counts; ``level`` indexes sigmas (largest first).
+LevelCounter = Callable[[int, int, np.ndarray, int], np.ndarray]
+
+
+def level_alpha(alpha: float, stage: int, num_levels: int, alpha_split: str) -> float:
+    """
+    The failure probability one level may spend when the cascade stops at ``stage`` (0 = the largest sigma).
+
+    ``"uniform"``: alpha / K at every level whatever the stop, so the certificate fails with probability at most
+    alpha although the stopping level is chosen by the data (the default). ``"sequential"``: alpha / (s + 1) at
+    every level when stopping at stage s, as the official certify.py does; summed over the stages a data-chosen
+    stop can reach, its failure probability is only bounded by alpha (1 + 1/2 + ... + 1/K), 1.83 alpha for K = 3.
+    """
+    if alpha_split == "uniform":
+        return alpha / num_levels
+    if alpha_split == "sequential":
+        return alpha / (stage + 1)
+    raise ValueError(f"alpha_split must be one of {', '.join(ALPHA_SPLITS)}, got {alpha_split!r}")
+
+
+def failure_bound(alpha: float, num_levels: int, alpha_split: str) -> float:
+    """The proven bound on the probability that a cascaded certificate is wrong under ``alpha_split``."""
+    if alpha_split == "uniform":
+        return alpha
+    return min(1.0, alpha * sum(1.0 / (s + 1) for s in range(num_levels)))
+
+
+def _budgets(level_budget: float, is_last: bool) -> tuple[float, float]:
+    """
+    Split a level's budget between the lower bound (used if the cascade stops here) and the simultaneous upper
+    bounds (used if it passes on). The lowest level can only stop, so its lower bound gets all of it; this keeps
+    K = 1 identical to Cohen's CERTIFY.
+    """
+    return (level_budget, 0.0) if is_last else (level_budget / 2, level_budget / 2)
+
+
+def class_upper_bounds(counts: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """
+    Simultaneous one-sided upper bounds on every class probability (Clopper-Pearson with a Bonferroni split over
+    the C classes): with probability at least 1 - alpha all of them hold. Used instead of the official Goodman
+    intervals, a chi-square approximation that needs its small counts pooled.
+    """
+    return clopper_pearson_upper(counts, n, alpha / counts.shape[1])
+
+
+def _cap(counts_higher: np.ndarray, n: int, alpha_upper: float, y_hat: np.ndarray, sigma: float, p0: float):
+    """The radius cap sigma_k' (Phi^-1(p0) - Phi^-1(p_bar)) of one higher level, p_bar over classes != y_hat."""
+    upper = class_upper_bounds(counts_higher, n, alpha_upper)
+    upper[np.arange(len(y_hat)), y_hat] = 0.0
+    p_bar = upper.max(axis=1)
+    return sigma * (norm.ppf(p0) - norm.ppf(np.clip(p_bar, 1e-300, 1.0)))
+
+
+def cascade_certify(
+    count: LevelCounter,
+    sigmas,
+    num_inputs: int,
+    *,
+    n0: int,
+    n: int,
+    alpha: float,
+    p0: float = 0.5,
+    alpha_split: str = "uniform",
+) -> CertifyResult:
+    """
+    Cascaded CERTIFY: for each input, visit levels from the largest sigma down with fresh ``n0`` selection and
+    ``n`` estimation draws per level, and
+
+    - certify the selected class c_A when its lower bound reaches p0, with the radius capped by the higher
+      levels' simultaneous upper bounds on the classes other than c_A (abstain if a cap is negative);
+    - pass to the next level when every class's upper bound is below p0 (the level confidently abstains);
+    - abstain otherwise (inconclusive), without visiting lower levels; abstain when the last level passes.
+
+    Guarantee: with probability at least ``1 - failure_bound(alpha, K, alpha_split)`` (alpha for the default
+    ``"uniform"`` split), a returned class is the cascade's output everywhere within the returned L2 radius.
+
+    :param count: ``count(level, stage, positions, num)``: counts of ``num`` draws for the inputs at
+                  ``positions`` at ``sigmas[level]`` (``stage`` keeps selection and estimation draws apart).
+    :param sigmas: The levels' sigmas, largest first.
+    :param num_inputs: N.
+    :return: a :class:`CertifyResult` whose ``sigma``, ``p_lower`` and counts are those of the level that
+             answered (or the last one visited); ``extra`` holds ``level_sigma`` (None when abstaining),
+             ``levels_visited``, ``radius_capped``, ``alpha_split`` and ``failure_bound``.
+    """
+    alpha = _check_alpha(alpha)
+    sigmas = [float(s) for s in sigmas]
+    k_levels = len(sigmas)
+    start = time.perf_counter()
+    predict = np.full(num_inputs, ABSTAIN, dtype=np.int64)
+    radius = np.zeros(num_inputs)
+    p_lower = np.zeros(num_inputs)
+    sigma_used = np.full(num_inputs, sigmas[0])
+    level_sigma: list[float | None] = [None] * num_inputs
+    visited = np.zeros(num_inputs, dtype=np.int64)
+    capped = np.zeros(num_inputs, dtype=bool)
+    counts0_out = counts_out = None
+    history: list[np.ndarray] = []  # estimation counts per passed level, full N rows
+    active = np.arange(num_inputs)
+    for s in range(k_levels):
+        if len(active) == 0:
+            break
+        is_last = s == k_levels - 1
+        a_lower, a_upper = _budgets(level_alpha(alpha, s, k_levels, alpha_split), is_last)
+        counts0 = count(s, SELECTION, active, int(n0))
+        counts = count(s, ESTIMATION, active, int(n))
+        if counts0_out is None:
+            counts0_out = np.zeros((num_inputs, counts.shape[1]), dtype=np.int64)
+            counts_out = np.zeros_like(counts0_out)
+        counts0_out[active], counts_out[active] = counts0, counts
+        visited[active] += 1
+        sigma_used[active] = sigmas[s]
+        c_hat = counts0.argmax(axis=1)
+        rows = np.arange(len(active))
+        lower = clopper_pearson_lower(counts[rows, c_hat], n, a_lower)
+        p_lower[active] = lower
+        stop = lower >= p0
+        if stop.any():
+            here = active[stop]
+            r = sigmas[s] * (norm.ppf(lower[stop]) - norm.ppf(p0))
+            for j in range(s):  # the higher levels this input passed (all of them, by construction)
+                cap = _cap(history[j][here], n, _budgets(level_alpha(alpha, s, k_levels, alpha_split), False)[1],
+                           c_hat[stop], sigmas[j], p0)
+                capped[here] |= cap < r
+                r = np.minimum(r, cap)
+            ok = r >= 0
+            predict[here[ok]] = c_hat[stop][ok]
+            radius[here[ok]] = r[ok]
+            for i in here[ok]:
+                level_sigma[i] = sigmas[s]
+        if is_last:
+            break
+        passing = ~stop & (class_upper_bounds(counts, n, a_upper).max(axis=1) < p0)
+        full = np.zeros((num_inputs, counts.shape[1]), dtype=np.int64)
+        full[active] = counts
+        history.append(full)
+        active = active[passing]
+    seconds = np.full(num_inputs, (time.perf_counter() - start) / max(1, num_inputs))
+    return CertifyResult(
+        predict, radius, p_lower, counts0_out, counts_out, int(n0), int(n), alpha, sigma_used, seconds,
+        extra={
+            "level_sigma": level_sigma,
+            "levels_visited": visited,
+            "radius_capped": capped,
+            "alpha_split": alpha_split,
+            "failure_bound": failure_bound(alpha, k_levels, alpha_split),
+        },
+    )
+
+
+def cascade_predict(
+    count: LevelCounter, sigmas, num_inputs: int, *, n: int, alpha: float, p0: float = 0.5,
+    alpha_split: str = "uniform",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Cascaded PREDICT with a guarantee: from the largest sigma down, ``n`` draws per level; answer the top class
+    when its lower bound exceeds p0, pass on when every class's upper bound is below p0, abstain otherwise.
+    The top class is chosen from the same draws, so both bounds are simultaneous over the classes.
+
+    Guarantee: a returned class differs from the cascade's output with probability at most ``failure_bound``.
+
+    :return: ``(classes, counts, level)``: -1 for abstain, the counts of the level that answered (or the last one
+             visited), and the index of the answering level (-1 when abstaining).
+    """
+    alpha = _check_alpha(alpha)
+    k_levels = len(sigmas)
+    classes = np.full(num_inputs, ABSTAIN, dtype=np.int64)
+    answered = np.full(num_inputs, -1, dtype=np.int64)
+    counts_out = None
+    active = np.arange(num_inputs)
+    for s in range(k_levels):
+        if len(active) == 0:
+            break
+        is_last = s == k_levels - 1
+        a_lower, a_upper = _budgets(level_alpha(alpha, s, k_levels, alpha_split), is_last)
+        counts = count(s, PREDICTION, active, int(n))
+        if counts_out is None:
+            counts_out = np.zeros((num_inputs, counts.shape[1]), dtype=np.int64)
+        counts_out[active] = counts
+        top = counts.argmax(axis=1)
+        num_classes = counts.shape[1]
+        lower = clopper_pearson_lower(counts[np.arange(len(active)), top], n, a_lower / num_classes)
+        stop = lower > p0
+        classes[active[stop]] = top[stop]
+        answered[active[stop]] = s
+        if is_last:
+            break
+        active = active[~stop & (class_upper_bounds(counts, n, a_upper).max(axis=1) < p0)]
+    return classes, counts_out, answered
+
+
+def hybrid_predict(
+    count: LevelCounter, sigmas, clean_logits: np.ndarray, *, n: int, p0: float = 0.5, weight: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    The official predict_mdds.py: from the largest sigma down, take the first level whose top vote share reaches
+    p0 (no statistical test), then label = argmax(clean logits + log((1 - w) votes / n + w / C)); when no level
+    reaches p0, label = argmax of the clean logits. Never abstains; carries no guarantee (empirical accuracy).
+
+    :param clean_logits: ``(N, C)`` logits of the classifier on the clean inputs (no noise, no denoiser).
+    :return: ``(labels, scores, level)``: the hybrid scores ``(N, C)`` whose argmax is the label, and the index
+             of the level used (-1 for the clean fallback).
+    """
+    num_inputs, num_classes = clean_logits.shape
+    scores = np.asarray(clean_logits, dtype=np.float64).copy()
+    answered = np.full(num_inputs, -1, dtype=np.int64)
+    active = np.arange(num_inputs)
+    for s in range(len(sigmas)):
+        if len(active) == 0:
+            break
+        counts = count(s, PREDICTION, active, int(n))
+        share = counts / float(n)
+        stop = share.max(axis=1) >= p0
+        here = active[stop]
+        scores[here] += np.log((1.0 - weight) * share[stop] + weight / num_classes)
+        answered[here] = s
+        active = active[~stop]
+    return scores.argmax(axis=1), scores, answered

@@ -1,0 +1,309 @@
+"""
+One-shot diffusion denoisers for denoised smoothing (Carlini et al. 2023; Jeong & Shin 2023), on diffusers.
+
+A denoiser is any module called as ``denoiser(z, sigma)``: ``z`` holds noisy images in the classifier's input
+space (the smoothing engine has already added N(0, sigma^2 I) there) and the result is a denoised image in the
+same space and range. The noise is never drawn here: it is the certified noise, drawn by the engine.
+
+| Paper link: https://arxiv.org/abs/2206.10550 (Carlini et al., diffusion denoised smoothing)
+| Paper link: https://arxiv.org/abs/2310.16779 (Jeong & Shin, multi-scale diffusion denoised smoothing)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def diffusion_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - abar_t) / abar_t): the noise std of x_t / sqrt(abar_t) in the model's [-1, 1] units."""
+    a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    return ((1.0 - a) / a).sqrt()
+
+
+def timestep_for_noise(alphas_cumprod: torch.Tensor, noise_std: float) -> int:
+    """
+    t*: the first timestep whose sigma_t reaches ``noise_std`` (in the model's [-1, 1] units), i.e. the smallest
+    t with abar_t <= 1 / (1 + noise_std^2). Both official codes pick this t (one scans sqrt(abar_t), the other
+    counts up while sigma_t < s).
+
+    :raises ValueError: if the schedule never gets that noisy.
+    """
+    if not math.isfinite(noise_std) or noise_std <= 0:
+        raise ValueError(f"noise_std must be a finite number > 0, got {noise_std!r}")
+    reached = torch.nonzero(diffusion_sigmas(alphas_cumprod) >= noise_std)
+    if len(reached) == 0:
+        top = float(diffusion_sigmas(alphas_cumprod)[-1])
+        raise ValueError(f"the diffusion schedule's largest noise std is {top:.3g} < {noise_std:.3g} (model units)")
+    return int(reached[0])
+
+
+class IdentityDenoiser(nn.Module):
+    """The identity ``denoiser(z, sigma) = z``: plain Gaussian smoothing of the classifier (tests, baselines)."""
+
+    def forward(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
+        return z
+
+
+class DiffusionDenoiser(nn.Module):
+    """
+    One denoising step of a DDPM-trained epsilon-prediction UNet at the timestep t* that matches the certified
+    noise (the recipe of the multi-scale code; Carlini et al. found one step beats multi-step sampling):
+
+    1. map ``z`` to the model's [-1, 1] range: y = 2 (z - lo) / (hi - lo) - 1, whose noise std is
+       s = 2 sigma / (hi - lo) (the factor 2 of the [-1, 1] range);
+    2. t* = the first t with sigma_t >= s (:func:`timestep_for_noise`), x_in = sqrt(abar_t*) y;
+    3. eps = UNet(x_in, t*), keeping the first C channels of a learned-variance (2C-channel) output;
+    4. x0 = (x_in - sqrt(1 - abar_t*) eps) / sqrt(abar_t*), clipped to [-1, 1] (``clip_denoised``);
+    5. map back to [lo, hi]; optionally resize for the classifier.
+
+    The denoiser is a deterministic function of the noisy input, so the gap sigma_t* >= s (at most 0.7% on the
+    linear schedule) leaves certificates exact. The scheduler never draws noise here (the ethz code's
+    ``q_sample`` at t* would add std sigma_t* instead of s, a conservative but inexact certificate).
+
+    Geometry: ``pad`` reflection-pads each side before the UNet and crops the centre back (the multi-scale
+    ImageNet setting, 224 + 2 x 16 = 256); ``output_size`` resizes the denoised image for the classifier (Carlini
+    et al.'s CIFAR-10 setting, 32 -> 224 bicubic; 224 -> 512 for BEiT). ``timestep_scale`` multiplies t* before it
+    reaches the UNet: a 4000-step improved-diffusion model converted with ``rescale_timesteps=True`` needs
+    1000 / 4000 (``rescale_timesteps=True`` here sets it).
+
+    | Paper link: https://arxiv.org/abs/2206.10550
+
+    :param unet: A diffusers ``UNet2DModel`` (or any module called as ``unet(x, t)`` returning a tensor or an
+                 object with ``.sample``) predicting epsilon.
+    :param alphas_cumprod: The training schedule's cumulative alphas (e.g. ``DDPMScheduler.alphas_cumprod``).
+    :param input_range: ``(lo, hi)`` of the images the classifier sees (default ``(0, 1)``).
+    :param clip_denoised: Clip x0 to [-1, 1] (the official default).
+    :param timestep_scale: Factor applied to t* before the UNet call.
+    :param rescale_timesteps: Set ``timestep_scale`` to 1000 / T (improved-diffusion's convention).
+    :param pad: Reflection padding in pixels on each side before the UNet.
+    :param output_size: ``(H, W)`` (or one int) to resize the denoised image to, or None.
+    :param output_mode: Interpolation for ``output_size`` (``"bicubic"``, ``"bilinear"``, ``"nearest"``).
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        alphas_cumprod,
+        *,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        clip_denoised: bool = True,
+        timestep_scale: float = 1.0,
+        rescale_timesteps: bool = False,
+        pad: int = 0,
+        output_size=None,
+        output_mode: str = "bicubic",
+    ):
+        super().__init__()
+        alphas = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        if alphas.numel() < 2 or not bool(((alphas > 0) & (alphas < 1)).all()):
+            raise ValueError("alphas_cumprod must hold at least two values in (0, 1)")
+        if not bool((alphas[1:] <= alphas[:-1]).all()):
+            raise ValueError("alphas_cumprod must be non-increasing (abar_t falls as t grows)")
+        lo, hi = (float(v) for v in input_range)
+        if not hi > lo:
+            raise ValueError(f"input_range must be (lo, hi) with hi > lo, got {input_range!r}")
+        if int(pad) != pad or pad < 0:
+            raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
+        if output_mode not in ("bicubic", "bilinear", "nearest"):
+            raise ValueError(f"output_mode must be 'bicubic', 'bilinear' or 'nearest', got {output_mode!r}")
+        if rescale_timesteps:
+            timestep_scale = 1000.0 / alphas.numel()
+        if not timestep_scale > 0:
+            raise ValueError(f"timestep_scale must be > 0, got {timestep_scale!r}")
+        self.unet = unet
+        # float64 on the CPU: t* must not depend on the device or dtype the UNet runs in.
+        self.alphas_cumprod = alphas
+        self.input_range = (lo, hi)
+        self.clip_denoised = bool(clip_denoised)
+        self.timestep_scale = float(timestep_scale)
+        self.pad = int(pad)
+        self.output_size = None if output_size is None else _pair(output_size)
+        self.output_mode = output_mode
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.numel())
+
+    def model_noise_std(self, sigma: float) -> float:
+        """The std in the model's [-1, 1] units of noise with std ``sigma`` in input units: 2 sigma / (hi - lo)."""
+        lo, hi = self.input_range
+        return 2.0 * float(sigma) / (hi - lo)
+
+    def timestep(self, sigma: float) -> int:
+        """t* for certified noise ``sigma`` in input units."""
+        return timestep_for_noise(self.alphas_cumprod, self.model_noise_std(sigma))
+
+    def predict_noise(self, x_in: torch.Tensor, t: int) -> torch.Tensor:
+        """The UNet's epsilon for ``x_in`` at timestep ``t`` (before rescaling), learned-variance channels dropped."""
+        param = next(self.unet.parameters(), None)
+        dtype = param.dtype if param is not None else x_in.dtype
+        timestep = t * self.timestep_scale
+        if self.timestep_scale == 1.0:
+            timestep = int(t)
+        steps = torch.full((len(x_in),), timestep, device=x_in.device,
+                           dtype=torch.long if isinstance(timestep, int) else torch.float32)
+        out = self.unet(x_in.to(dtype), steps)
+        eps = getattr(out, "sample", out)
+        channels = x_in.shape[1]
+        if eps.shape[1] == 2 * channels:
+            eps = eps[:, :channels]  # learned variance: epsilon first, then the variance interpolation
+        elif eps.shape[1] != channels:
+            raise ValueError(f"the UNet returned {eps.shape[1]} channels for a {channels}-channel input")
+        return eps.float()
+
+    def forward(self, z: torch.Tensor, sigma: float, clip: bool | None = None) -> torch.Tensor:
+        """
+        Denoise noisy images ``z`` ``(B, C, H, W)`` (input units) carrying Gaussian noise of std ``sigma``.
+
+        :param clip: Override ``clip_denoised`` (training losses use the unclipped x0: clipping kills gradients).
+        :return: The x0 estimate in input units, ``(B, C, H, W)`` or ``(B, C, *output_size)``.
+        """
+        t = self.timestep(sigma)
+        abar = float(self.alphas_cumprod[t])
+        lo, hi = self.input_range
+        y = (z.float() - lo) * (2.0 / (hi - lo)) - 1.0
+        if self.pad:
+            y = nn.functional.pad(y, (self.pad,) * 4, mode="reflect")
+        x_in = math.sqrt(abar) * y
+        eps = self.predict_noise(x_in, t)
+        x0 = (x_in - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)
+        if self.pad:
+            x0 = x0[..., self.pad:-self.pad, self.pad:-self.pad]
+        clip = self.clip_denoised if clip is None else clip
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+        out = (x0 + 1.0) * ((hi - lo) / 2.0) + lo
+        if self.output_size is not None and tuple(out.shape[-2:]) != self.output_size:
+            out = nn.functional.interpolate(out, size=self.output_size, mode=self.output_mode,
+                                            **({} if self.output_mode == "nearest" else {"align_corners": False}))
+            if clip:  # bicubic overshoots
+                out = out.clamp(lo, hi)
+        return out
+
+    def noise_prediction_loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """
+        The DDPM training loss E ||eps - UNet(sqrt(abar_t) x + sqrt(1 - abar_t) eps, t)||^2 on clean images ``x``
+        (input units), t uniform over the schedule: trains a denoiser from scratch or anchors a fine-tuned one.
+        """
+        lo, hi = self.input_range
+        x_m = (x.float() - lo) * (2.0 / (hi - lo)) - 1.0
+        t = torch.randint(0, self.num_train_timesteps, (len(x),), generator=generator, device="cpu")
+        abar = self.alphas_cumprod[t].to(device=x.device, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
+        eps = torch.randn(x_m.shape, generator=generator, device="cpu").to(x.device)
+        x_t = abar.sqrt() * x_m + (1 - abar).sqrt() * eps
+        param = next(self.unet.parameters())
+        steps = (t.to(x.device).float() * self.timestep_scale) if self.timestep_scale != 1.0 else t.to(x.device)
+        out = self.unet(x_t.to(param.dtype), steps)
+        pred = getattr(out, "sample", out)[:, : x.shape[1]].float()
+        return nn.functional.mse_loss(pred, eps)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> "DiffusionDenoiser":
+        """
+        Load a local diffusers folder: a pipeline folder with ``unet/`` and ``scheduler/`` (as ``DDPMPipeline``
+        saves it), or a bare ``UNet2DModel`` folder plus scheduler settings in ``scheduler`` (a dict of
+        ``DDPMScheduler`` arguments; default linear, T = 1000). Nothing is downloaded.
+
+        :param kwargs: ``scheduler`` and the constructor's keyword arguments.
+        """
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a local diffusers folder")
+        scheduler_args = kwargs.pop("scheduler", None)
+        if (path / "unet").is_dir():
+            unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+            if scheduler_args is None and (path / "scheduler").is_dir():
+                scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+            else:
+                scheduler = DDPMScheduler(**(scheduler_args or {}))
+        else:
+            unet = UNet2DModel.from_pretrained(path, local_files_only=True)
+            scheduler = DDPMScheduler(**(scheduler_args or {}))
+        return cls(unet.eval(), scheduler.alphas_cumprod, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, file: str | os.PathLike, unet_config, **kwargs) -> "DiffusionDenoiser":
+        """
+        Build a ``UNet2DModel`` from ``unet_config`` (a dict or a JSON file) and load the weights in ``file``
+        (``.safetensors``, or a torch state dict loaded with ``weights_only=True``).
+
+        :param kwargs: ``scheduler`` (``DDPMScheduler`` arguments) and the constructor's keyword arguments.
+        """
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        if not isinstance(unet_config, dict):
+            unet_config = json.loads(Path(unet_config).read_text())
+        unet = UNet2DModel.from_config(unet_config)
+        file = Path(file)
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(file))
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+        unet.load_state_dict(state)
+        scheduler = DDPMScheduler(**(kwargs.pop("scheduler", None) or {}))
+        return cls(unet.eval(), scheduler.alphas_cumprod, **kwargs)
+
+
+def _pair(size) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or any(int(s) != s or s < 1 for s in pair):
+        raise ValueError(f"output_size must be an int or (H, W) of positive ints, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def tiny_unet(channels: int = 1, sample_size: int = 8, widths=(16, 32)) -> nn.Module:
+    """A small randomly initialised ``UNet2DModel`` (two resolutions, one block each) for tests and the digits demo."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(widths),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * len(widths),
+        up_block_types=("UpBlock2D",) * len(widths),
+    )
+
+
+def _diffusion(path=None, checkpoint=None, unet_config=None, **kwargs) -> DiffusionDenoiser:
+    """A :class:`DiffusionDenoiser` from a local diffusers folder (``path``) or a weights file (``checkpoint``)."""
+    if (path is None) == (checkpoint is None):
+        raise ValueError("the 'diffusion' denoiser needs exactly one of path= (a diffusers folder) or checkpoint=")
+    if path is not None:
+        return DiffusionDenoiser.from_pretrained(path, **kwargs)
+    if unet_config is None:
+        raise ValueError("checkpoint= needs unet_config= (a dict or a JSON file of UNet2DModel arguments)")
+    return DiffusionDenoiser.from_checkpoint(checkpoint, unet_config, **kwargs)
+
+
+def _tiny_diffusion(channels: int = 1, sample_size: int = 8, widths=(16, 32), scheduler=None, **kwargs):
+    """A :class:`DiffusionDenoiser` around a randomly initialised :func:`tiny_unet` (tests, demos)."""
+    from diffusers import DDPMScheduler
+
+    unet = tiny_unet(channels, sample_size, widths)
+    return DiffusionDenoiser(unet, DDPMScheduler(**(scheduler or {})).alphas_cumprod, **kwargs)
+
+
+def register_builtin_denoisers(register) -> None:
+    register("diffusion", _diffusion, description="one-shot DDPM denoising with a local diffusers UNet")
+    register("tiny_diffusion", _tiny_diffusion, description="DDPM denoiser on a small random UNet (tests, demos)")
+    register("identity", IdentityDenoiser, description="no denoising (plain Gaussian smoothing)")
+
+
+def create_denoiser(name: str, **config) -> nn.Module:
+    """Build the registered denoiser ``name`` with ``config`` (timm-style factory)."""
+    from art_some.plugins import get
+
+    return get("denoisers", name)(**config)
