@@ -169,7 +169,7 @@ def cascade_certify(
     return CertifyResult(
         predict, radius, p_lower, counts0_out, counts_out, int(n0), int(n), alpha, sigma_used, seconds,
         extra={
-            "level_sigma": level_sigma,
+            "level_sigma": np.array(level_sigma, dtype=object),
             "levels_visited": visited,
             "radius_capped": capped,
             "alpha_split": alpha_split,

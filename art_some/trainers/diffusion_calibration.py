@@ -23,6 +23,29 @@ def _level_per_example(trainer: SmoothingTrainer, n: int, num_levels: int, devic
     return torch.randint(0, num_levels, (n,), generator=trainer.generator(device), device=device)
 
 
+def brier_score(probs, y):
+    """(1/M) sum_i ||q_i - e_y||^2 per example, for class probabilities ``probs`` of shape (M, B, C)."""
+    import torch
+
+    onehot = torch.nn.functional.one_hot(y, probs.shape[-1]).to(probs.dtype)
+    return ((probs - onehot.unsqueeze(0)) ** 2).sum(dim=2).mean(dim=0)
+
+
+def anti_consistency(probs, form: str = "confidence"):
+    """
+    The anti-consistency term per example for ``probs`` (M, B, C), y_hat = argmax of the mean q_bar:
+    ``"confidence"`` q_bar[y_hat], ``"collision"`` ||q_bar||^2, ``"diversity"`` -(1/M) sum_i ||q_i - q_bar||^2.
+    """
+    mean = probs.mean(dim=0)
+    if form == "confidence":
+        return mean.gather(1, mean.detach().argmax(dim=1)[:, None]).squeeze(1)
+    if form == "collision":
+        return (mean**2).sum(dim=1)
+    if form == "diversity":
+        return -((probs - mean.unsqueeze(0)) ** 2).sum(dim=2).mean(dim=0)
+    raise ValueError(f"ac_form must be one of {', '.join(AC_FORMS)}, got {form!r}")
+
+
 class DiffusionCalibrationTrainer(SmoothingTrainer):
     """
     Tune the denoiser of a :class:`~art_some.DenoisedMultiScaleClassifier` through its frozen classifier. For each
@@ -114,24 +137,15 @@ class DiffusionCalibrationTrainer(SmoothingTrainer):
             kwargs = {"clip": False} if self._unclipped else {}
             logits = est.logits(est.denoise(z, s, **kwargs), training_mode=False)
             probs[:, rows] = torch.softmax(logits.float(), dim=1).view(m, len(rows), -1)
-        mean = probs.mean(dim=0)
-        y_hat = mean.detach().argmax(dim=1)
-        correct = y_hat == y
-        onehot = torch.nn.functional.one_hot(y, est.nb_classes).float()
-        brier = ((probs - onehot.unsqueeze(0)) ** 2).sum(dim=2).mean(dim=0)
-        if self.ac_form == "confidence":
-            ac = mean.gather(1, y_hat[:, None]).squeeze(1)
-        elif self.ac_form == "collision":
-            ac = (mean**2).sum(dim=1)
-        else:
-            ac = -((probs - mean.unsqueeze(0)) ** 2).sum(dim=2).mean(dim=0)
-        return brier, ac, correct
+        y_hat = probs.detach().mean(dim=0).argmax(dim=1)
+        return brier_score(probs, y), anti_consistency(probs, self.ac_form), y_hat == y
 
     def training_loss(self, x, y):
         import torch
 
         brier, ac, correct = self.calibration_terms(x, y)
         loss = torch.where(correct, self.brier_weight * brier, self.ac_weight * ac).mean()
+        brier, ac = brier.detach(), ac.detach()
         terms = {"brier": float(brier[correct].mean()) if correct.any() else 0.0,
                  "ac": float(ac[~correct].mean()) if (~correct).any() else 0.0,
                  "correct": float(correct.float().mean())}
