@@ -49,6 +49,8 @@ def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batc
     Wrap ``model`` in the registered estimator ``estimator`` with the data set's conventions; ``options`` are the
     estimator's own keyword arguments (e.g. a patch layout for ``smooth_reduce``).
     """
+    import inspect
+
     import numpy as np
     import torch
 
@@ -57,21 +59,31 @@ def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batc
     cls = get("estimators", estimator)
     mean = np.asarray(info["mean"], dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(info["std"], dtype=np.float32).reshape(-1, 1, 1)
+    options = _estimator_options(cls, options or {})
+    params = inspect.signature(cls.__init__).parameters
+    if "scale" in params:
+        options["scale"] = sigma
+    elif "sigmas" in params and "sigmas" not in options:
+        options["sigmas"] = (sigma,)  # one level unless --option sigmas=[...] asks for a cascade
+    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and name not in ("self", "model", "loss", "input_shape", "nb_classes") and name not in options]
+    if missing:
+        raise ValueError(f"{cls.__name__} needs --option {', '.join(f'{m}=...' for m in missing)}")
     return cls(
-        model,
-        torch.nn.CrossEntropyLoss(),
-        tuple(info["input_shape"]),
-        int(info["num_classes"]),
+        model=model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(info["input_shape"]),
+        nb_classes=int(info["num_classes"]),
         optimizer=optimizer,
         clip_values=(0.0, 1.0),
         preprocessing=(mean, std),
         device_type="gpu" if device == "cuda" else "cpu",
         sample_size=n0,
-        scale=sigma,
         alpha=alpha,
         noise_batch_size=batch_size,
         seed=seed,
-        **_estimator_options(cls, options or {}),
+        **options,
     )
 
 
@@ -127,7 +139,9 @@ def cli():
 @click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
 @click.option("--option", "options", multiple=True,
               help="Estimator option name=value (JSON values), repeatable, e.g. for smooth_reduce: "
-                   "'patches={\"layout\": \"grid\", \"size\": 8, \"stride\": 1}' resize=10 aggregation=max.")
+                   "'patches={\"layout\": \"grid\", \"size\": 8, \"stride\": 1}' resize=10 aggregation=max; for "
+                   "denoised_multiscale: 'denoiser={\"name\": \"diffusion\", \"path\": \"unet_dir\"}' "
+                   "'sigmas=[0.25, 0.5, 1.0]'.")
 @_fail_cleanly
 def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
             output, device, radii, options):

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from art_some import __version__
@@ -51,6 +52,27 @@ def test_certify_with_smooth_reduce_options(tmp_path):
     record = read_jsonl(out)[0]
     assert record["method"] == "smooth_reduce" and record["noise_mode"] == "independent" and record["m_max"] == 9
     assert record["aggregation"] == "max" and record["sound"] is True
+
+
+def test_certify_with_a_local_diffusers_denoiser_and_a_cascade(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from art_some.models.diffusion import tiny_unet
+
+    torch.manual_seed(0)
+    pipe = diffusers.DDPMPipeline(unet=tiny_unet(widths=(8, 16)), scheduler=diffusers.DDPMScheduler())
+    pipe.save_pretrained(tmp_path / "unet")
+    out = tmp_path / "r.jsonl"
+    denoiser = json.dumps({"name": "diffusion", "path": str(tmp_path / "unet")})
+    result = run("certify", "--model", "digits_cnn", "--sigma", "0.25", "--n0", "10", "--n", "100", "--max-inputs",
+                 "2", "--output", str(out), "--device", "cpu", "--estimator", "denoised_multiscale",
+                 "--option", f"denoiser={denoiser}", "--option", "sigmas=[0.25, 0.5]")
+    assert result.exit_code == 0, result.output
+    record = read_jsonl(out)[0]
+    assert record["method"] == "denoised_multiscale" and record["sigmas"] == [0.5, 0.25]
+    assert record["levels_visited"] in (1, 2) and record["denoiser"] == "DiffusionDenoiser"
+    result = run("certify", "--model", "digits_cnn", "--sigma", "0.25", "--n", "10", "--estimator",
+                 "denoised_multiscale", "--output", str(tmp_path / "o.jsonl"))
+    assert result.exit_code == 2 and "needs --option denoiser=" in result.output, result.output
 
 
 @pytest.mark.parametrize(

@@ -185,14 +185,17 @@ class DiffusionDenoiser(nn.Module):
                 out = out.clamp(lo, hi)
         return out
 
-    def noise_prediction_loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def noise_prediction_loss(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                              max_sigma: float | None = None) -> torch.Tensor:
         """
         The DDPM training loss E ||eps - UNet(sqrt(abar_t) x + sqrt(1 - abar_t) eps, t)||^2 on clean images ``x``
-        (input units), t uniform over the schedule: trains a denoiser from scratch or anchors a fine-tuned one.
+        (input units), t uniform over the schedule (or up to t* of ``max_sigma``, the timesteps one-shot
+        denoising at sigma <= max_sigma uses): trains a denoiser from scratch or anchors a fine-tuned one.
         """
         lo, hi = self.input_range
         x_m = (x.float() - lo) * (2.0 / (hi - lo)) - 1.0
-        t = torch.randint(0, self.num_train_timesteps, (len(x),), generator=generator, device="cpu")
+        top = self.num_train_timesteps if max_sigma is None else self.timestep(max_sigma) + 1
+        t = torch.randint(0, top, (len(x),), generator=generator, device="cpu")
         abar = self.alphas_cumprod[t].to(device=x.device, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
         eps = torch.randn(x_m.shape, generator=generator, device="cpu").to(x.device)
         x_t = abar.sqrt() * x_m + (1 - abar).sqrt() * eps
