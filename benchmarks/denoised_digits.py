@@ -56,10 +56,11 @@ def train_denoiser(x, steps: int):
     torch.manual_seed(0)
     den = create_denoiser("tiny_diffusion", channels=1, sample_size=8, widths=(32, 64))
     opt = torch.optim.Adam(den.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     gen = torch.Generator().manual_seed(0)
     x_t = torch.from_numpy(x)
     den.train()
+    loss = torch.zeros(())
     for _ in range(steps):
         batch = x_t[torch.randint(0, len(x_t), (128,), generator=gen)]
         opt.zero_grad()
@@ -121,6 +122,7 @@ def main():
     parser.add_argument("--denoiser-steps", type=int, default=3000)
     parser.add_argument("--calibration-epochs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cache", default=None, help="save the trained classifier and UNet here, reuse if present")
     parser.add_argument("--output", default="benchmarks/results/denoised_digits.json")
     args = parser.parse_args()
     if args.quick:
@@ -128,14 +130,27 @@ def main():
     (x, y), (x_test, y_test) = digits_arrays("train"), digits_arrays("test")
     x_test, y_test = x_test[:: args.skip], y_test[:: args.skip]
 
-    start = time.perf_counter()
-    net = train_classifier(x, y, args.classifier_epochs)
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None and cache.exists():  # the same seeded training, saved by an earlier run
+        saved = torch.load(cache, weights_only=True)
+        net, den = train_classifier(x, y, 0), train_denoiser(x, 0)[0]
+        net.load_state_dict(saved["classifier"])
+        den.load_state_dict(saved["denoiser"])
+        classifier_seconds, denoiser_seconds, denoiser_loss = saved["meta"].tolist()
+        net.eval(), den.eval()
+    else:
+        start = time.perf_counter()
+        net = train_classifier(x, y, args.classifier_epochs)
+        classifier_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        den, denoiser_loss = train_denoiser(x, args.denoiser_steps)
+        denoiser_seconds = time.perf_counter() - start
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"classifier": net.state_dict(), "denoiser": den.state_dict(),
+                        "meta": torch.tensor([classifier_seconds, denoiser_seconds, denoiser_loss])}, cache)
     with torch.no_grad():
         clean_acc = float((net(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean())
-    classifier_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    den, denoiser_loss = train_denoiser(x, args.denoiser_steps)
-    denoiser_seconds = time.perf_counter() - start
     print(f"classifier clean accuracy {clean_acc:.3f}; denoiser final loss {denoiser_loss:.3f}", flush=True)
 
     rows = [evaluate(f"DDS sigma={s}", build(net, den, (s,)), x_test, y_test, args.n, 200) for s in SIGMAS]

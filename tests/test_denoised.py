@@ -589,10 +589,10 @@ def test_always_right_or_always_wrong_activates_one_term():
     x = torch.rand(6, 1, 8, 8)
     brier, ac, correct = trainer.calibration_terms(x, torch.full((6,), 3))
     assert bool(correct.all()) and torch.allclose(brier, torch.zeros(6), atol=1e-12)  # one-hot e_y: Brier 0
-    assert float(trainer.training_loss(x, torch.full((6,), 3))) == pytest.approx(0.0, abs=1e-12)
+    assert float(trainer.training_loss(x, torch.full((6,), 3)).detach()) == pytest.approx(0.0, abs=1e-12)
     brier, ac, correct = trainer.calibration_terms(x, torch.full((6,), 5))
     assert not bool(correct.any()) and torch.allclose(ac, torch.ones(6))  # q_bar[y_hat] = 1
-    assert float(trainer.training_loss(x, torch.full((6,), 5))) == pytest.approx(1.0)
+    assert float(trainer.training_loss(x, torch.full((6,), 5)).detach()) == pytest.approx(1.0)
     assert trainer.last_terms["correct"] == 0.0
 
 
@@ -665,3 +665,31 @@ def test_estimator_fit_trains_the_classifier_on_denoised_images():
     est.fit(x, np.arange(32) % 10, batch_size=16, nb_epochs=1)
     assert all(torch.equal(a, b) for a, b in zip(den_before, den.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(net_before, net.parameters()))
+
+
+def test_straight_through_clip_and_review_guards():
+    den = DiffusionDenoiser(Recorder(lambda x, t: -4 * torch.ones_like(x)), LINEAR)
+    z = torch.full((1, 1, 4, 4), 0.9, requires_grad=True)
+    out = den(z, 0.5, clip="straight_through")
+    assert torch.allclose(out, den(z, 0.5))  # the values certification sees (clipped to the range)
+    assert float(out.max()) == pytest.approx(1.0)
+    (grad,) = torch.autograd.grad(out.sum(), z)
+    assert torch.allclose(grad, torch.ones_like(grad))  # the unclipped x0's gradient, not zero
+    with pytest.raises(ValueError, match="clip must be"):
+        den(z, 0.5, clip="soft")
+    # The denoiser must expect the estimator's input range, or its t* would not match the certified sigma.
+    with pytest.raises(ValueError, match="input_range"):
+        dms(Constant(0, 10), DiffusionDenoiser(Recorder(), LINEAR, input_range=(-1.0, 1.0)))
+    from art_some.models import DigitsCNN
+
+    est = dms(DigitsCNN(), create_denoiser("tiny_diffusion", widths=(8, 16)))
+    with pytest.raises(ValueError, match="num_noise_vec >= 2"):
+        DiffusionCalibrationTrainer(est, ac_form="diversity", num_noise_vec=1)
+
+
+def test_empty_input_gives_empty_results():
+    est = dms(Constant(0, 10), IdentityDenoiser(), sample_size=5)
+    empty = np.zeros((0, 1, 8, 8), np.float32)
+    res = est.certify_detailed(empty, n=10)
+    assert len(res) == 0 and res.counts_estimation.shape == (0, 10)
+    assert est.predict(empty).shape == (0, 10)

@@ -38,9 +38,11 @@ def level_alpha(alpha: float, stage: int, num_levels: int, alpha_split: str) -> 
     The failure probability one level may spend when the cascade stops at ``stage`` (0 = the largest sigma).
 
     ``"uniform"``: alpha / K at every level whatever the stop, so the certificate fails with probability at most
-    alpha although the stopping level is chosen by the data (the default). ``"sequential"``: alpha / (s + 1) at
-    every level when stopping at stage s, as the official certify.py does; summed over the stages a data-chosen
-    stop can reach, its failure probability is only bounded by alpha (1 + 1/2 + ... + 1/K), 1.83 alpha for K = 3.
+    alpha although the stopping level is chosen by the data (the default). ``"sequential"``: alpha / (s + 1) per
+    level when stopping at stage s, the official certify.py's schedule (within a level art-some still splits the
+    budget between the lower and upper bounds, so radii are not the official ones); summed over the stages a
+    data-chosen stop can reach, its failure probability is only bounded by alpha (1 + 1/2 + ... + 1/K), 1.83 alpha
+    for K = 3.
     """
     if alpha_split == "uniform":
         return alpha / num_levels
@@ -92,6 +94,7 @@ def cascade_certify(
     alpha: float,
     p0: float = 0.5,
     alpha_split: str = "uniform",
+    num_classes: int | None = None,
 ) -> CertifyResult:
     """
     Cascaded CERTIFY: for each input, visit levels from the largest sigma down with fresh ``n0`` selection and
@@ -109,6 +112,7 @@ def cascade_certify(
                   ``positions`` at ``sigmas[level]`` (``stage`` keeps selection and estimation draws apart).
     :param sigmas: The levels' sigmas, largest first.
     :param num_inputs: N.
+    :param num_classes: C, so that N = 0 gives empty count matrices (otherwise read from the first counts).
     :return: a :class:`CertifyResult` whose ``sigma``, ``p_lower`` and counts are those of the level that
              answered (or the last one visited); ``extra`` holds ``level_sigma`` (None when abstaining),
              ``levels_visited``, ``radius_capped``, ``alpha_split`` and ``failure_bound``.
@@ -124,7 +128,9 @@ def cascade_certify(
     level_sigma: list[float | None] = [None] * num_inputs
     visited = np.zeros(num_inputs, dtype=np.int64)
     capped = np.zeros(num_inputs, dtype=bool)
-    counts0_out = counts_out = None
+    counts0_out = counts_out = None if num_classes is None else np.zeros((num_inputs, num_classes), dtype=np.int64)
+    if counts_out is not None:
+        counts0_out = counts_out.copy()
     history: list[np.ndarray] = []  # estimation counts per passed level, full N rows
     active = np.arange(num_inputs)
     for s in range(k_levels):
@@ -180,7 +186,7 @@ def cascade_certify(
 
 def cascade_predict(
     count: LevelCounter, sigmas, num_inputs: int, *, n: int, alpha: float, p0: float = 0.5,
-    alpha_split: str = "uniform",
+    alpha_split: str = "uniform", num_classes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     Cascaded PREDICT with a guarantee: from the largest sigma down, ``n`` draws per level; answer the top class
@@ -196,7 +202,7 @@ def cascade_predict(
     k_levels = len(sigmas)
     classes = np.full(num_inputs, ABSTAIN, dtype=np.int64)
     answered = np.full(num_inputs, -1, dtype=np.int64)
-    counts_out = None
+    counts_out = None if num_classes is None else np.zeros((num_inputs, num_classes), dtype=np.int64)
     active = np.arange(num_inputs)
     for s in range(k_levels):
         if len(active) == 0:

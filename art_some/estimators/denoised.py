@@ -203,6 +203,14 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
                              f"got {type(value).__name__}")
         if isinstance(value, torch.nn.Module):
             value = value.to(self._device).eval()
+        denoiser_range = getattr(value, "input_range", None)
+        if denoiser_range is not None and self.clip_values is not None:
+            lo, hi = float(np.min(self.clip_values[0])), float(np.max(self.clip_values[1]))
+            if (lo, hi) != tuple(float(v) for v in denoiser_range):
+                raise ValueError(
+                    f"the denoiser's input_range {tuple(denoiser_range)} differs from clip_values {(lo, hi)}: the "
+                    f"noise level it expects would not be the certified sigma; give it input_range={(lo, hi)}"
+                )
         self._denoiser = value
 
     def _check_cascade_params(self) -> None:
@@ -318,7 +326,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             raise ValueError("x contains NaN or infinite values")
         result = cascade_certify(
             self._counter(z0, indices, batch_size), self.levels, len(z0), n0=int(n0), n=int(n), alpha=alpha,
-            p0=float(self.p0), alpha_split=self.alpha_split,
+            p0=float(self.p0), alpha_split=self.alpha_split, num_classes=self.nb_classes,
         )
         result.extra.update(self.certificate_info())
         return result
@@ -359,11 +367,13 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         if self.predict_rule == "cascade":
             classes, scores, level = cascade_predict(
                 count, self.levels, len(z0), n=self.sample_size, alpha=self.alpha, p0=float(self.p0),
-                alpha_split=self.alpha_split,
+                alpha_split=self.alpha_split, num_classes=self.nb_classes,
             )
         else:
-            with torch.inference_mode():
-                clean = self.logits(z0).float().cpu().numpy()
+            with torch.inference_mode():  # in chunks: N clean images at full size may not fit at once
+                chunks = [self.logits(z0[i : i + self.noise_batch_size]).float().cpu().numpy()
+                          for i in range(0, len(z0), self.noise_batch_size)]
+            clean = np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes))
             with np.errstate(divide="ignore"):
                 classes, logits, level = hybrid_predict(
                     count, self.levels, clean, n=self.sample_size, p0=float(self.p0), weight=float(self.hybrid_weight)

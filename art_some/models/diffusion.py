@@ -156,11 +156,13 @@ class DiffusionDenoiser(nn.Module):
             raise ValueError(f"the UNet returned {eps.shape[1]} channels for a {channels}-channel input")
         return eps.float()
 
-    def forward(self, z: torch.Tensor, sigma: float, clip: bool | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, sigma: float, clip: bool | str | None = None) -> torch.Tensor:
         """
         Denoise noisy images ``z`` ``(B, C, H, W)`` (input units) carrying Gaussian noise of std ``sigma``.
 
-        :param clip: Override ``clip_denoised`` (training losses use the unclipped x0: clipping kills gradients).
+        :param clip: Override ``clip_denoised``: True, False, or ``"straight_through"`` (training: the clipped
+                     values, as certification sees them, with the gradient of the unclipped x0, since clipping
+                     zeroes the gradient on clipped pixels).
         :return: The x0 estimate in input units, ``(B, C, H, W)`` or ``(B, C, *output_size)``.
         """
         t = self.timestep(sigma)
@@ -175,7 +177,11 @@ class DiffusionDenoiser(nn.Module):
         if self.pad:
             x0 = x0[..., self.pad:-self.pad, self.pad:-self.pad]
         clip = self.clip_denoised if clip is None else clip
-        if clip:
+        if clip not in (True, False, "straight_through"):
+            raise ValueError(f"clip must be True, False or 'straight_through', got {clip!r}")
+        if clip == "straight_through":
+            x0 = x0 + (x0.clamp(-1.0, 1.0) - x0).detach()
+        elif clip:
             x0 = x0.clamp(-1.0, 1.0)
         out = (x0 + 1.0) * ((hi - lo) / 2.0) + lo
         if self.output_size is not None and tuple(out.shape[-2:]) != self.output_size:
@@ -189,18 +195,21 @@ class DiffusionDenoiser(nn.Module):
                               max_sigma: float | None = None) -> torch.Tensor:
         """
         The DDPM training loss E ||eps - UNet(sqrt(abar_t) x + sqrt(1 - abar_t) eps, t)||^2 on clean images ``x``
-        (input units), t uniform over the schedule (or up to t* of ``max_sigma``, the timesteps one-shot
-        denoising at sigma <= max_sigma uses): trains a denoiser from scratch or anchors a fine-tuned one.
+        (input units, padded like :meth:`forward` pads), t uniform over the schedule (or up to t* of ``max_sigma``,
+        the timesteps one-shot denoising at sigma <= max_sigma uses): trains a denoiser from scratch or anchors a
+        fine-tuned one. ``generator`` (on ``x``'s device) makes the draws reproducible.
         """
         lo, hi = self.input_range
         x_m = (x.float() - lo) * (2.0 / (hi - lo)) - 1.0
+        if self.pad:
+            x_m = nn.functional.pad(x_m, (self.pad,) * 4, mode="reflect")
         top = self.num_train_timesteps if max_sigma is None else self.timestep(max_sigma) + 1
-        t = torch.randint(0, top, (len(x),), generator=generator, device="cpu")
-        abar = self.alphas_cumprod[t].to(device=x.device, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
-        eps = torch.randn(x_m.shape, generator=generator, device="cpu").to(x.device)
+        t = torch.randint(0, top, (len(x),), generator=generator, device=x.device)
+        abar = self.alphas_cumprod.to(x.device)[t].float().view(-1, *([1] * (x.dim() - 1)))
+        eps = torch.randn(x_m.shape, generator=generator, device=x.device)
         x_t = abar.sqrt() * x_m + (1 - abar).sqrt() * eps
+        steps = t.float() * self.timestep_scale if self.timestep_scale != 1.0 else t
         param = next(self.unet.parameters())
-        steps = (t.to(x.device).float() * self.timestep_scale) if self.timestep_scale != 1.0 else t.to(x.device)
         out = self.unet(x_t.to(param.dtype), steps)
         pred = getattr(out, "sample", out)[:, : x.shape[1]].float()
         return nn.functional.mse_loss(pred, eps)

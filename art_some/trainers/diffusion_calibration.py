@@ -70,8 +70,10 @@ class DiffusionCalibrationTrainer(SmoothingTrainer):
 
     Total: mean over the batch of brier_weight 1{y_hat = y} L_Brier + ac_weight 1{y_hat != y} L_AC, plus
     ``mse_weight`` times the usual epsilon-prediction loss as an anchor (an option, not confirmed as the paper's).
-    Training uses the unclipped x0 (clipping zeroes the gradient on clipped pixels) when the denoiser supports
-    ``clip=False``.
+    The classifier sees the clipped x0, as in certification, with the gradient of the unclipped x0 (clipping
+    zeroes gradients on clipped pixels) when the denoiser supports ``clip="straight_through"``. The classifier is
+    frozen (eval mode, ``requires_grad`` off) for the duration of :meth:`fit`; call :meth:`training_loss` directly
+    only with its parameters frozen, or its gradients accumulate too.
 
     | Paper link: https://arxiv.org/abs/2310.16779
 
@@ -110,7 +112,9 @@ class DiffusionCalibrationTrainer(SmoothingTrainer):
         self.ac_weight = float(ac_weight)
         self.ac_form = ac_form
         self.mse_weight = float(mse_weight)
-        self._unclipped = "clip" in inspect.signature(denoiser.forward).parameters
+        if ac_form == "diversity" and num_noise_vec < 2:
+            raise ValueError("ac_form='diversity' needs num_noise_vec >= 2 (one draw has no spread)")
+        self._straight_through = "clip" in inspect.signature(denoiser.forward).parameters
         self.last_terms: dict[str, float] = {}
 
     def calibration_terms(self, x, y):
@@ -134,7 +138,7 @@ class DiffusionCalibrationTrainer(SmoothingTrainer):
             if len(rows) == 0:
                 continue
             z = noisy[:, rows].reshape(-1, *x.shape[1:])
-            kwargs = {"clip": False} if self._unclipped else {}
+            kwargs = {"clip": "straight_through"} if self._straight_through else {}
             logits = est.logits(est.denoise(z, s, **kwargs), training_mode=False)
             probs[:, rows] = torch.softmax(logits.float(), dim=1).view(m, len(rows), -1)
         y_hat = probs.detach().mean(dim=0).argmax(dim=1)
@@ -150,7 +154,8 @@ class DiffusionCalibrationTrainer(SmoothingTrainer):
                  "ac": float(ac[~correct].mean()) if (~correct).any() else 0.0,
                  "correct": float(correct.float().mean())}
         if self.mse_weight > 0:
-            mse = self._classifier.denoiser.noise_prediction_loss(x, generator=None)
+            mse = self._classifier.denoiser.noise_prediction_loss(x, generator=self.generator(x.device),
+                                                                  max_sigma=max(self._classifier.sigmas))
             loss = loss + self.mse_weight * mse
             terms["mse"] = float(mse)
         self.last_terms = terms
