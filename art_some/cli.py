@@ -61,10 +61,10 @@ def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batc
     std = np.asarray(info["std"], dtype=np.float32).reshape(-1, 1, 1)
     options = _estimator_options(cls, options or {})
     params = inspect.signature(cls.__init__).parameters
-    if "scale" in params:
+    if "sigmas" in params:  # a cascade: one level unless --option sigmas=[...] asks for several
+        options.setdefault("sigmas", (sigma,))
+    else:  # every other estimator takes sigma as ART's scale (some through **kwargs)
         options["scale"] = sigma
-    elif "sigmas" in params and "sigmas" not in options:
-        options["sigmas"] = (sigma,)  # one level unless --option sigmas=[...] asks for a cascade
     missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty
                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
                and name not in ("self", "model", "loss", "input_shape", "nb_classes") and name not in options]
