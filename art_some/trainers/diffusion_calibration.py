@@ -157,7 +157,7 @@ class DiffusionCalibrationTrainer(SmoothingTrainer):
             mse = self._classifier.denoiser.noise_prediction_loss(x, generator=self.generator(x.device),
                                                                   max_sigma=max(self._classifier.sigmas))
             loss = loss + self.mse_weight * mse
-            terms["mse"] = float(mse)
+            terms["mse"] = float(mse.detach())
         self.last_terms = terms
         return loss
 
