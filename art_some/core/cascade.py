@@ -128,9 +128,9 @@ def cascade_certify(
     level_sigma: list[float | None] = [None] * num_inputs
     visited = np.zeros(num_inputs, dtype=np.int64)
     capped = np.zeros(num_inputs, dtype=bool)
-    counts0_out = counts_out = None if num_classes is None else np.zeros((num_inputs, num_classes), dtype=np.int64)
-    if counts_out is not None:
-        counts0_out = counts_out.copy()
+    counts0_out = counts_out = None  # (N, C); allocated once C is known
+    if num_classes is not None:
+        counts0_out, counts_out = np.zeros((2, num_inputs, num_classes), dtype=np.int64)
     history: list[np.ndarray] = []  # estimation counts per passed level, full N rows
     active = np.arange(num_inputs)
     for s in range(k_levels):
