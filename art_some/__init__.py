@@ -9,12 +9,17 @@ __version__ = "0.1.0"
 from art_some.hookspecs import hookimpl  # noqa: E402
 
 __all__ = [
+    "CRTTrainer",
     "ConsistencyTrainer",
+    "DDRSTrainer",
+    "DataDependentSmoothedClassifier",
     "DenoisedMultiScaleClassifier",
     "DiffusionCalibrationTrainer",
     "GaussianAugmentationTrainer",
+    "MACERTrainer",
     "MultiHeadSmoothedClassifier",
     "SOMETrainer",
+    "SmoothAdvTrainer",
     "SmoothMixTrainer",
     "SmoothReduceClassifier",
     "SmoothedClassifier",
@@ -28,12 +33,12 @@ __all__ = [
 def __getattr__(name):
     # Lazy: importing art_some (e.g. for plugin hooks) must not import ART or torch.
     if name in ("SmoothedClassifier", "MultiHeadSmoothedClassifier", "SmoothReduceClassifier",
-                "DenoisedMultiScaleClassifier"):
+                "DenoisedMultiScaleClassifier", "DataDependentSmoothedClassifier"):
         from art_some import estimators
 
         return getattr(estimators, name)
     if name in ("ConsistencyTrainer", "GaussianAugmentationTrainer", "SOMETrainer", "SmoothMixTrainer",
-                "DiffusionCalibrationTrainer"):
+                "DiffusionCalibrationTrainer", "SmoothAdvTrainer", "MACERTrainer", "CRTTrainer", "DDRSTrainer"):
         from art_some import trainers
 
         return getattr(trainers, name)

@@ -202,7 +202,9 @@ def _parse_options(options) -> dict:
 
 
 @cli.command()
-@click.option("--method", required=True, help="A registered trainer: gaussian, consistency, smoothmix, some, ...")
+@click.option("--method", required=True,
+              help="A registered trainer: gaussian, consistency, smoothmix, smoothadv, macer, crt (--option "
+                   "teacher=PATH), ddrs (--option base=gaussian|smoothadv|macer), some, ...")
 @click.option("--model", "model_name", required=True, help="A registered model name (some_* for SOME).")
 @click.option("--dataset", default="digits", show_default=True, help="A registered dataset name.")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")

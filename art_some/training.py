@@ -203,12 +203,14 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         shuffle = torch.Generator().manual_seed(seed_for(config.seed, TRAINING_STAGE, 1000 + trainer.epoch))
         loader = DataLoader(data, batch_size=config.batch_size // world, shuffle=sampler is None, sampler=sampler,
                             generator=shuffle, num_workers=workers, drop_last=False)
-        loss = trainer.fit(loader, nb_epochs=1, scheduler=scheduler, verbose=False)[0]
+        # A trainer with its own per-iteration schedule (CRT's milestones) must not also get the epoch scheduler.
+        epoch_scheduler = None if getattr(trainer, "owns_lr_schedule", False) else scheduler
+        loss = trainer.fit(loader, nb_epochs=1, scheduler=epoch_scheduler, verbose=False)[0]
         ranks = _gather({"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "loss": loss}, world)
         history.append(sum(r["loss"] for r in ranks) / world)
         if rank == 0:
             echo(f"epoch {trainer.epoch}/{config.epochs}  loss {history[-1]:.4f}  "
-                 f"lr {scheduler.get_last_lr()[0]:.4g}")
+                 f"lr {optimizer.param_groups[0]['lr']:.4g}")
             # The resume state holds its own copy of the weights, so it is consistent whatever the moment of a
             # crash; model.safetensors is the export that certify reads.
             blob = {"config": json.dumps(asdict(config)), "world": world, "device": torch.device(device).type,

@@ -91,3 +91,74 @@ def test_torchrun_data_parallel_training_resumes_exactly(tmp_path):
     result = run(*TRAIN, "--lr-step", 1, "--option", "total_epochs=2", "--epochs", 3, "--output-dir",
                  tmp_path / "broken")  # one process now: refused
     assert result.exit_code == 2 and "2 process(es)" in result.output
+
+
+PLAIN = ["--model", "digits_cnn", "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "256", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("method, options", [
+    ("smoothadv", ["--option", "num_noise_vec=2", "--option", "num_steps=1"]),
+    ("macer", ["--option", "num_noise_vec=4"]),
+    ("ddrs", ["--option", "base=macer", "--option", "num_noise_vec=2", "--option", "sigma_samples=2",
+              "--option", "sigma_steps=1", "--option", "sigma_lr=0.05"]),
+])
+def test_robust_trainers_train_and_resume_exactly(tmp_path, method, options):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    args = ["train", "--method", method, *PLAIN, *options]
+    assert run(*args, "--epochs", 2, "--output-dir", straight).exit_code == 0
+    assert run(*args, "--epochs", 1, "--output-dir", broken).exit_code == 0
+    result = run(*args, "--epochs", 2, "--output-dir", broken)
+    assert result.exit_code == 0 and "Resuming" in result.output, result.output
+    a, b = load_file(straight / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if method == "ddrs":  # the per-example sigma table is part of the resume state
+        state = torch.load(broken / "train_state.pt", weights_only=True)
+        sigmas = state["ranks"][0]["trainer"]["sigmas"]
+        assert sigmas.shape == (1437,) and len(torch.unique(sigmas)) > 1000
+
+
+def test_crt_distils_a_trained_teacher_checkpoint(tmp_path):
+    teacher = tmp_path / "teacher"
+    assert run("train", "--method", "gaussian", *PLAIN, "--epochs", 2, "--output-dir", teacher).exit_code == 0
+    student = tmp_path / "student"
+    result = run("train", "--method", "crt", *PLAIN, "--epochs", 2, "--output-dir", student, "--option",
+                 f"teacher={teacher / 'model.safetensors'}")
+    assert result.exit_code == 0, result.output
+    # CRT owns the learning-rate schedule (x0.1 at 50% and 75% of the 2 x 6 iterations): the last steps use 1e-5.
+    assert "lr 1e-05" in result.output.splitlines()[-2]
+    broken = tmp_path / "broken"
+    crt = ["train", "--method", "crt", *PLAIN, "--output-dir", broken, "--option",
+           f"teacher={teacher / 'model.safetensors'}"]
+    assert run(*crt, "--epochs", 1, "--option", "total_epochs=2").exit_code == 0  # cut short, same schedule
+    result = run(*crt, "--epochs", 2, "--option", "total_epochs=2")
+    assert result.exit_code == 0 and "Resuming" in result.output, result.output
+    a, b = load_file(student / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    result = run("train", "--method", "crt", *PLAIN, "--epochs", 2, "--output-dir", tmp_path / "bad", "--option",
+                 f"teacher={tmp_path / 'missing.safetensors'}")
+    assert result.exit_code != 0 and "not found" in result.output
+
+
+def test_smoothmix_certification_log_has_the_released_format_and_replays(tmp_path):
+    # Spec B.5 test 9: certify a saved SmoothMix model and write rows in the format of the released logs
+    # (data/certify/*.tsv of jh-jeong/smoothmix); the same seed gives the same rows.
+    from conftest import SHARED
+
+    model = tmp_path / "smoothmix"
+    args = ["train", "--method", "smoothmix", *PLAIN, "--epochs", 1, "--output-dir", model]
+    assert run(*args).exit_code == 0
+    rows = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.jsonl"
+        result = run("certify", "--model", model / "model.safetensors", "--n0", 20, "--n", 300, "--max-inputs", 6,
+                     "--output", out, "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        rows.append([line.split("\t")[:5] for line in out.with_suffix(".tsv").read_text().splitlines()])
+    released = os.path.join(SHARED, "data", "published_logs", "smoothmix_cifar10", "smoothmix_noise-0.25.tsv")
+    with open(released) as f:
+        assert out.with_suffix(".tsv").read_text().splitlines()[0] == f.readline().rstrip("\n")
+    assert rows[0] == rows[1] and len(rows[0]) == 7
+    for record, row in zip(read_jsonl(tmp_path / "b.jsonl"), rows[1][1:]):
+        assert [int(row[0]), int(row[1]), int(row[2]), int(row[4])] == [record["idx"], record["label"],
+                                                                        record["predict"], record["correct"]]
+        assert float(row[3]) == pytest.approx(record["radius"], abs=1e-3)

@@ -108,3 +108,19 @@ def test_trainer_argument_errors(digits):
         GaussianAugmentationTrainer(clf).fit(x, y, nb_epochs=0)
     with pytest.raises(ValueError, match="length"):
         GaussianAugmentationTrainer(clf).fit(x, y[:-1])
+
+
+def test_a_loader_without_length_trains(digits):
+    # An IterableDataset has no len(): only per-iteration schedules (CRT's) need it.
+    from torch.utils.data import DataLoader, IterableDataset
+
+    (x, y), _ = digits
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter([(torch.from_numpy(x[i]), int(y[i])) for i in range(64)])
+
+    model = DigitsCNN()
+    clf = make_classifier(model, (1, 8, 8), 10, scale=0.25, optimizer=torch.optim.Adam(model.parameters(), 1e-3))
+    losses = GaussianAugmentationTrainer(clf).fit(DataLoader(Stream(), batch_size=16), nb_epochs=2)
+    assert len(losses) == 2 and np.isfinite(losses).all()

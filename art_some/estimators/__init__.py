@@ -1,4 +1,5 @@
 """ART-facing smoothed estimators, one module per method."""
+from art_some.estimators.data_dependent import DataDependentSmoothedClassifier
 from art_some.estimators.denoised import DenoisedMultiScaleClassifier
 from art_some.estimators.multihead import MultiHeadSmoothedClassifier
 from art_some.estimators.smooth_reduce import SmoothReduceClassifier, UnsoundCertificateWarning
@@ -6,6 +7,7 @@ from art_some.estimators.smoothed import SmoothedClassifier
 from art_some.hookspecs import hookimpl
 
 __all__ = [
+    "DataDependentSmoothedClassifier",
     "DenoisedMultiScaleClassifier",
     "MultiHeadSmoothedClassifier",
     "SmoothReduceClassifier",
@@ -22,3 +24,6 @@ def register_estimators(register):
              description="smoothing of patch-aggregated scores (Smooth-Reduce, Joshi et al.); sound by default")
     register("denoised_multiscale", DenoisedMultiScaleClassifier,
              description="diffusion denoised smoothing, cascaded over noise levels (Carlini et al.; Jeong & Shin)")
+    register("data_dependent", DataDependentSmoothedClassifier,
+             description="input-dependent sigma: Sukenik et al.'s kNN sigma with a sound certificate, or DDRS's "
+                         "optimised sigma (certificate of g_sigma_x only)")

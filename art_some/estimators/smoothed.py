@@ -351,7 +351,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         for start in range(0, len(x), chunk):
             xs = x[start : start + chunk]
             rows = self.to_noise_space(xs).repeat_interleave(m, dim=0)
-            owner = torch.arange(len(xs), device=x.device).repeat_interleave(m)
+            # Rows belong to inputs start.. of x, which is what a per-input sigma is indexed by.
+            owner = torch.arange(start, start + len(xs), device=x.device).repeat_interleave(m)
             z = noise.perturb(rows, self._gradient_noise(rows.shape, x.device), owner)
             out.append(scores_fn(z).view(len(xs), m, -1).mean(dim=1))
         return torch.cat(out)

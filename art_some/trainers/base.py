@@ -44,6 +44,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
         self._generator = None
         self._shuffle = None
         self.epoch = 0
+        self.iteration = 0
         self.num_minibatches = 1
 
     @property
@@ -56,13 +57,17 @@ class SmoothingTrainer(Trainer, abc.ABC):
 
         return torch.randn(x.shape, generator=self.generator(x.device), device=x.device)
 
-    def draw_noise(self, x: "torch.Tensor", m: int | None = None) -> "torch.Tensor":
+    def draw_noise(self, x: "torch.Tensor", m: int | None = None, sigma=None) -> "torch.Tensor":
         """
         m scaled noise draws ``(m, B, ...)`` for the batch ``x`` (default m: the trainer's ``num_noise_vec``, else
         1); draw j of the whole batch is chunk j, so it lines up with the labels.
+
+        :param sigma: The noise level: None for the trainer's ``sigma``, a number, or one value per example
+                      (a ``(B,)`` tensor, as data-dependent smoothing trains).
         """
         m = getattr(self, "num_noise_vec", 1) if m is None else m
-        return self.sigma * self.noise_like(x.unsqueeze(0).expand(m, *x.shape))
+        eps = self.noise_like(x.unsqueeze(0).expand(m, *x.shape))
+        return per_example(self.sigma if sigma is None else sigma, eps, dim=1) * eps
 
     def generator(self, device) -> "torch.Generator":
         """The trainer's seeded generator (noise, mixup coefficients); one stream per distributed rank."""
@@ -74,18 +79,32 @@ class SmoothingTrainer(Trainer, abc.ABC):
             self._generator.manual_seed(seed_for(self.seed, TRAINING_STAGE, 2 * _rank()))
         return self._generator
 
-    def minibatches(self, x: "torch.Tensor", y: "torch.Tensor"):
+    def minibatches(self, *tensors: "torch.Tensor"):
         """
-        Split a loader batch into ``num_minibatches`` equal chunks, one optimizer step each; the remainder is
-        dropped, as in the SmoothAdv/Consistency/SmoothMix/SOME code (``_chunk_minibatch``).
+        Split a loader batch (inputs, labels and any per-example tensors) into ``num_minibatches`` equal chunks,
+        one optimizer step each; the remainder is dropped, as in the SmoothAdv/Consistency/SmoothMix/SOME code
+        (``_chunk_minibatch``).
         """
-        size = len(x) // self.num_minibatches
+        size = len(tensors[0]) // self.num_minibatches
         for i in range(self.num_minibatches if size > 0 else 0):
-            yield x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]
+            yield tuple(t[i * size:(i + 1) * size] for t in tensors)
+
+    def steps_per_epoch(self, loader) -> int:
+        """Optimizer steps in one epoch over ``loader`` (what per-iteration schedules count; needs ``len(loader)``)."""
+        return len(loader) * self.num_minibatches
 
     @abc.abstractmethod
     def training_loss(self, x: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
-        """The scalar loss on a clean batch ``x`` (raw input space, on the device) with class indices ``y``."""
+        """
+        The scalar loss on a clean batch ``x`` (raw input space, on the device) with class indices ``y`` (a
+        trainer whose loader yields more per-example tensors, such as example indices, receives them after ``y``).
+        """
+
+    def before_step(self, loader) -> None:
+        """
+        Called before each optimizer step of an epoch over ``loader``, with ``self.iteration`` the 0-based step count
+        (per-step schedules).
+        """
 
     def _loader(self, x, y, batch_size: int, drop_last: bool):
         import torch
@@ -138,16 +157,19 @@ class SmoothingTrainer(Trainer, abc.ABC):
                 sampler.set_epoch(self.epoch)  # DistributedSampler: a new shuffle each epoch
             self.start_epoch()
             total, steps = 0.0, 0
-            for x_batch, y_batch in loader:
+            for x_batch, y_batch, *rest in loader:
                 x_batch = x_batch.to(self.device, dtype=self._float_dtype())
                 y_batch = y_batch.to(self.device).long()
                 if y_batch.dim() == 2:
                     y_batch = y_batch.argmax(dim=1)
-                for x_mini, y_mini in self.minibatches(x_batch, y_batch):
+                rest = [t.to(self.device) for t in rest]
+                for x_mini, y_mini, *rest_mini in self.minibatches(x_batch, y_batch, *rest):
                     optimizer.zero_grad()
-                    loss = self.training_loss(x_mini, y_mini)
+                    loss = self.training_loss(x_mini, y_mini, *rest_mini)
                     loss.backward()
+                    self.before_step(loader)
                     optimizer.step()
+                    self.iteration += 1
                     total += float(loss.detach())
                     steps += 1
             if scheduler is not None:
@@ -158,11 +180,13 @@ class SmoothingTrainer(Trainer, abc.ABC):
 
     def state_dict(self) -> dict:
         """What resuming needs besides the model and optimizer: the epoch and the noise generator's state."""
-        return {"epoch": self.epoch, "generator": None if self._generator is None else self._generator.get_state()}
+        return {"epoch": self.epoch, "iteration": self.iteration,
+                "generator": None if self._generator is None else self._generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s output, so that a resumed run draws the same noise as an unbroken one."""
         self.epoch = int(state["epoch"])
+        self.iteration = int(state.get("iteration", 0))
         if state.get("generator") is not None:
             self.generator(self.device).set_state(state["generator"])
 
@@ -174,6 +198,18 @@ class SmoothingTrainer(Trainer, abc.ABC):
         import torch
 
         return torch.float32
+
+
+def per_example(value, like: "torch.Tensor", dim: int = 0):
+    """
+    ``value`` ready to multiply ``like``: a number as it is, a ``(B,)`` tensor of per-example values reshaped to
+    broadcast along axis ``dim`` of ``like`` (the example axis).
+    """
+    import torch
+
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    return value.to(like.device, like.dtype).view(*([1] * dim), -1, *([1] * (like.dim() - dim - 1)))
 
 
 def _rank() -> int:

@@ -21,8 +21,11 @@ class GaussianAugmentationTrainer(SmoothingTrainer):
     :param seed: Seed of the noise and shuffling.
     """
 
-    def training_loss(self, x, y):
+    def training_loss(self, x, y, sigma=None):
+        """
+        :param sigma: Per-example noise levels ``(B,)`` (data-dependent smoothing) instead of the trainer's sigma.
+        """
         import torch
 
-        logits = self._classifier.logits(x + self.sigma * self.noise_like(x), training_mode=True)
+        logits = self._classifier.logits(x + self.draw_noise(x, m=1, sigma=sigma)[0], training_mode=True)
         return torch.nn.functional.cross_entropy(logits, y)

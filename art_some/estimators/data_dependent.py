@@ -1,0 +1,254 @@
+"""
+Input-dependent randomized smoothing: G(x) = g_{sigma(x)}(x), the Gaussian smoothed classifier at a sigma chosen
+for each input, with two sigma rules and two certificates.
+
+- ``sigma_rule="optimize"``: DDRS (Alfarra et al., UAI 2022), sigma(x) by gradient ascent on the soft radius.
+- ``sigma_rule="knn"``: Sukenik et al. (ICML 2022), sigma(x) = sigma_b exp(r (mean kNN distance - m)), whose log
+  is r-Lipschitz by construction.
+- ``certificate="input_dependent"`` (default, sound): Sukenik et al.'s certificate of G itself, valid for a sigma
+  rule with a known log-Lipschitz rate r (the kNN rule, or a callable with a ``rate`` attribute).
+- ``certificate="fixed_sigma"``: DDRS's per-input certificate, Cohen's radius at sigma(x). It certifies the
+  fixed-sigma classifier g_{sigma(x)} around x, *not* G: inside the ball G re-chooses sigma and may answer
+  differently. It exists for comparison with the paper, warns, and says so in every record.
+- :meth:`DataDependentSmoothedClassifier.certify_with_memory`: DDRS's memory-based certifier, an explicit stateful
+  and order-dependent :class:`~art_some.core.memory.MemoryCertifier` over the fixed-sigma certificates.
+
+| Paper link: https://arxiv.org/abs/2012.04351
+| Paper link: https://arxiv.org/abs/2110.05365
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from art_some.core.certify import ABSTAIN, CertifyResult, cohen_rule
+from art_some.core.input_dependent import KNNSigma, semi_elastic_radius
+from art_some.core.noise import GaussianNoise, seed_for
+from art_some.core.sigma_search import optimize_sigma
+from art_some.core.stats import clopper_pearson_lower
+from art_some.estimators.smooth_reduce import _warn_unsound
+from art_some.estimators.smoothed import SmoothedClassifier
+
+if TYPE_CHECKING:
+    import torch
+
+SIGMA_RULES = ("optimize", "knn")
+CERTIFICATES = ("input_dependent", "fixed_sigma")
+SIGMA_STAGE = 5
+FIXED_SIGMA_NOTE = ("certificate of the fixed-sigma smoothed classifier g_sigma_x at this input, not of the "
+                    "input-dependent classifier")
+INPUT_DEPENDENT_NOTE = "certificate of the input-dependent classifier (Sukenik et al.: log-Lipschitz sigma)"
+
+
+class DataDependentSmoothedClassifier(SmoothedClassifier):
+    """
+    Gaussian smoothing with a sigma per input, G(x) = argmax_c P(f(x + sigma(x) delta) = c). PREDICT and CERTIFY
+    first compute sigma(x) and then count votes at it on the shared engine; the EOT gradients treat sigma(x) as a
+    constant. ``scale`` is sigma0 (the optimiser's start) or sigma_b (the kNN rule's base level).
+
+    The optimised sigma is made reproducible per input: its ascent draws come from a stream keyed by
+    ``(seed, stage 5, input index)``, independent of the certification draws (as the official ``certify_ds.py``).
+
+    | Paper link: https://arxiv.org/abs/2012.04351
+
+    :param sigma_rule: ``"knn"`` (default; needs ``reference``), ``"optimize"`` (DDRS) or a callable mapping
+                       raw inputs (a tensor) to one sigma per input; give it a ``rate`` attribute (its
+                       log-Lipschitz constant) to certify it with the input-dependent certificate.
+    :param certificate: ``"input_dependent"`` (sound) or ``"fixed_sigma"`` (DDRS; warns).
+    :param reference: Training inputs for the kNN rule.
+    :param rate: r, the kNN rule's log-Lipschitz rate.
+    :param knn_k: k of the kNN rule.
+    :param knn_offset: m of the kNN rule (default: the median mean-kNN distance of the reference points).
+    :param sigma_lr: Ascent step size of the optimize rule (default 0.04, the ddsmoothing package).
+    :param sigma_steps: Ascent steps (default 900, the package).
+    :param sigma_samples: Draws per ascent step (default 100, the package).
+    :param sigma_range: The optimised sigma is clamped to this range.
+    :param prob_clamp: Clamp of the soft probabilities before Phi^-1 (the package: [0.001, 0.999]).
+    :param radius_steps: Grid points of the input-dependent radius search (up to Cohen's radius).
+    :param sigma_steps_grid: Grid points of the worst-case sigma search of the input-dependent certificate.
+    All other arguments are :class:`~art_some.SmoothedClassifier`'s.
+    """
+
+    estimator_params = SmoothedClassifier.estimator_params + ["sigma_rule", "certificate"]
+
+    def __init__(self, model, loss, input_shape, nb_classes, *args, sigma_rule="knn", certificate="input_dependent",
+                 reference=None, rate: float = 0.01, knn_k: int = 20, knn_offset: float | None = None,
+                 sigma_lr: float = 0.04, sigma_steps: int = 900, sigma_samples: int = 100, sigma_range=(1e-3, 2.0),
+                 prob_clamp=(0.001, 0.999), radius_steps: int = 100, sigma_steps_grid: int = 41, **kwargs):
+        super().__init__(model, loss, input_shape, nb_classes, *args, **kwargs)
+        if certificate not in CERTIFICATES:
+            raise ValueError(f"certificate must be one of {CERTIFICATES}, got {certificate!r}")
+        if isinstance(sigma_rule, str) and sigma_rule not in SIGMA_RULES:
+            raise ValueError(f"sigma_rule must be one of {SIGMA_RULES} or a callable, got {sigma_rule!r}")
+        if sigma_rule == "knn":
+            if reference is None:
+                raise ValueError("sigma_rule='knn' needs reference=... (training inputs the kNN distance is taken to)")
+            sigma_rule = KNNSigma(np.asarray(reference, dtype=np.float32), self.scale, rate, k=knn_k,
+                                  offset=knn_offset)
+        elif sigma_rule == "optimize":
+            _check_search(sigma_lr, sigma_steps, sigma_samples, sigma_range, prob_clamp)
+        elif not callable(sigma_rule):
+            raise ValueError(f"sigma_rule must be one of {SIGMA_RULES} or a callable, got {sigma_rule!r}")
+        self.rate = getattr(sigma_rule, "rate", None) if sigma_rule != "optimize" else None
+        if certificate == "input_dependent" and self.rate is None:
+            raise ValueError(
+                "certificate='input_dependent' needs a sigma rule with a known log-Lipschitz rate (sigma_rule='knn' "
+                "or a callable with a `rate` attribute); the optimised DDRS sigma has none. "
+                "certificate='fixed_sigma' gives DDRS's certificate of g_sigma_x instead (not of this classifier)"
+            )
+        self.sigma_rule = sigma_rule
+        self.certificate = certificate
+        self.sigma_lr, self.sigma_steps, self.sigma_samples = float(sigma_lr), int(sigma_steps), int(sigma_samples)
+        self.sigma_range, self.prob_clamp = tuple(sigma_range), tuple(prob_clamp)
+        self.radius_steps, self.sigma_steps_grid = int(radius_steps), int(sigma_steps_grid)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # sigma(x), the noise model at it, and the certificate rule
+    # ----------------------------------------------------------------------------------------------------------
+    def sigma_of(self, x: "torch.Tensor", indices=None) -> np.ndarray:
+        """sigma(x) per input (raw inputs on the device; ``indices`` key the optimiser's draws, default 0..N-1)."""
+        import torch
+
+        if self.sigma_rule != "optimize":
+            with torch.no_grad():  # kNN in float64: the certificate's r-Lipschitz assumption is about these values
+                sigma = self.sigma_rule(x.double() if isinstance(self.sigma_rule, KNNSigma) else x)
+            return np.asarray(sigma.detach().cpu().numpy() if isinstance(sigma, torch.Tensor) else sigma,
+                              dtype=np.float64).reshape(len(x))
+        indices = np.arange(len(x)) if indices is None else np.asarray(indices)
+        generators = [torch.Generator(device=x.device).manual_seed(seed_for(self.seed, SIGMA_STAGE, int(i)))
+                      for i in indices]
+        out = []
+        # Inputs are optimised in chunks, each with its own stream, so sigma(x_i) does not depend on the batch.
+        chunk = max(1, self.noise_batch_size // self.sigma_samples)
+        for start in range(0, len(x), chunk):
+            xs, gens = x[start:start + chunk], generators[start:start + chunk]
+            sigma = torch.full((len(xs),), float(self.scale), device=x.device)
+            for _ in range(self.sigma_steps):
+                eps = torch.stack([torch.randn((self.sigma_samples, *xs.shape[1:]), generator=g, device=x.device)
+                                   for g in gens], dim=1)
+                sigma = optimize_sigma(lambda z: self.logits(z), xs, sigma, lr=self.sigma_lr, num_steps=1,
+                                       num_samples=self.sigma_samples, prob_clamp=self.prob_clamp,
+                                       sigma_range=self.sigma_range, eps=eps)
+            out.append(sigma.cpu().numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+    def certificate_rule(self, selection_counts, estimation_counts, alpha, noise):
+        """
+        ``"fixed_sigma"``: Cohen's rule at each input's sigma (a certificate of g_sigma_x). ``"input_dependent"``:
+        the same class and Clopper-Pearson bound, and the radius of Sukenik et al.'s worst case over every
+        sigma(x') = sigma(x) exp(+-r ||x' - x||) (non-central chi-square bounds in the input dimension).
+        """
+        if self.certificate == "fixed_sigma":
+            return cohen_rule(selection_counts, estimation_counts, alpha, noise)
+        rows = np.arange(len(selection_counts))
+        c_hat = selection_counts.argmax(axis=1)
+        p_lower = clopper_pearson_lower(estimation_counts[rows, c_hat], estimation_counts.sum(axis=1), alpha)
+        sigma = np.broadcast_to(np.asarray(noise.sigma, dtype=np.float64), p_lower.shape)
+        radius = semi_elastic_radius(p_lower, sigma, self.rate, self.dimension, radius_steps=self.radius_steps,
+                                     sigma_steps=self.sigma_steps_grid)
+        abstain = p_lower < 0.5
+        return (np.where(abstain, ABSTAIN, c_hat).astype(np.int64), np.where(abstain, 0.0, radius),
+                p_lower)
+
+    @property
+    def dimension(self) -> int:
+        """d, the dimension of the noise (the raw input size)."""
+        return int(math.prod(self.input_shape))
+
+    def certificate_info(self) -> dict:
+        rule = self.sigma_rule if isinstance(self.sigma_rule, str) else type(self.sigma_rule).__name__
+        note = FIXED_SIGMA_NOTE if self.certificate == "fixed_sigma" else INPUT_DEPENDENT_NOTE
+        return {"sigma_rule": rule, "certificate": self.certificate, "certifies": note,
+                "rate": self.rate if self.rate is not None else float("nan")}
+
+    # ----------------------------------------------------------------------------------------------------------
+    # PREDICT, CERTIFY and gradients at sigma(x)
+    # ----------------------------------------------------------------------------------------------------------
+    _fixed_noise = None
+
+    @property
+    def noise_model(self) -> GaussianNoise:
+        """The noise at the sigmas of the inputs being processed (it exists only during a call, see ``_at``)."""
+        if self._fixed_noise is None:
+            raise RuntimeError("the data-dependent noise model only exists during predict/certify calls")
+        return self._fixed_noise
+
+    @contextlib.contextmanager
+    def _at(self, sigma: np.ndarray):
+        """Within the block, the engine's noise model is N(0, sigma_i^2 I) for input i."""
+        previous, self._fixed_noise = self._fixed_noise, GaussianNoise(sigma)
+        try:
+            yield
+        finally:
+            self._fixed_noise = previous
+
+    def predict_counts(self, x, n: int | None = None, batch_size: int | None = None, indices=None,
+                       squares: bool = False):
+        """Vote counts of the base classifier at sigma(x), ``n`` draws per input (default ``sample_size``)."""
+        with self._at(self.sigma_of(self._as_input_tensor(x), indices)):
+            return super().predict_counts(x, n=n, batch_size=batch_size, indices=indices, squares=squares)
+
+    def certify_detailed(self, x, n: int, n0: int | None = None, alpha: float | None = None,
+                         batch_size: int | None = None, indices=None) -> CertifyResult:
+        """
+        CERTIFY at sigma(x). Guarantee (``certificate="input_dependent"``): with probability at least 1 - alpha,
+        the returned class is G's prediction everywhere within the returned radius. With ``"fixed_sigma"`` the
+        guarantee is about g_sigma_x only (records say so, and a :class:`UnsoundCertificateWarning` is issued).
+        """
+        if self.certificate == "fixed_sigma":
+            _warn_unsound("certificate='fixed_sigma' certifies the fixed-sigma classifier g_sigma_x at each input, "
+                          "not the input-dependent classifier that predict() evaluates (Sukenik et al. 2022)", 3)
+        sigma = self.sigma_of(self._as_input_tensor(x), indices)
+        with self._at(sigma):
+            result = super().certify_detailed(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices)
+        result.extra["sigma"] = sigma
+        return result
+
+    def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
+        """log G(x) at sigma(x), treated as a constant (EOT over ``gradient_samples`` draws)."""
+        import torch
+
+        noise = GaussianNoise(self.sigma_of(x.detach()))
+        probs = self.expected_scores(x, noise, lambda z: self.soft_scores(z, training_mode=training_mode))
+        return torch.log(probs.clamp_min(1e-20))
+
+    def certify_with_memory(self, x, n: int, memory, order=None, **kwargs) -> CertifyResult:
+        """
+        DDRS's memory-enhanced certification: the fixed-sigma certificates of ``x``, then ``memory`` (a
+        :class:`~art_some.core.memory.MemoryCertifier`, kept by the caller across calls) adjusts each answer so that
+        no earlier memorised ball is contradicted, processing inputs in ``order`` (default: index order).
+
+        What is guaranteed: only that answers issued later never contradict a memorised certificate; an input
+        queried first takes over its region, results depend on the order, and every past input is kept. This is
+        not a certificate of a stateless classifier.
+
+        :return: The :class:`CertifyResult` with adjusted ``predict`` and ``radius``, ``extra["memory_changed"]``.
+        """
+        previous = self.certificate
+        self.certificate = "fixed_sigma"
+        try:
+            result = self.certify_detailed(x, n, **kwargs)
+        finally:
+            self.certificate = previous
+        flat = np.asarray(self._as_input_tensor(x).cpu().numpy(), dtype=np.float64).reshape(len(result), -1)
+        labels, radii, changed = memory.process(flat, result.predict, result.radius, order=order)
+        result.predict, result.radius = labels.astype(np.int64), radii.astype(np.float64)
+        result.extra.update(memory_changed=changed, certificate="memory",
+                            certifies="memory-based: stateful and order-dependent; holds only for later queries")
+        return result
+
+
+def _check_search(lr, steps, samples, sigma_range, prob_clamp) -> None:
+    """The optimize rule's settings, checked when the estimator is built rather than at the first certify."""
+    for name, value, low in (("sigma_steps", steps, 0), ("sigma_samples", samples, 1)):
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not float(lr) >= 0:
+        raise ValueError(f"sigma_lr must be >= 0, got {lr!r}")
+    if not 0 < sigma_range[0] <= sigma_range[1]:
+        raise ValueError(f"sigma_range must satisfy 0 < lo <= hi, got {sigma_range!r}")
+    if not 0 < prob_clamp[0] < prob_clamp[1] < 1:
+        raise ValueError(f"prob_clamp must satisfy 0 < lo < hi < 1, got {prob_clamp!r}")
