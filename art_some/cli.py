@@ -147,11 +147,88 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
             output, device, radii, options):
     """Certify a dataset with CERTIFY (Cohen et al.), writing JSONL and TSV records and a summary table."""
     from art_some.core.results import summary_table
-    from art_some.data import load_dataset
     from art_some.evaluation import certify_dataset
-    from art_some.models import create_model, load_checkpoint
 
     radii = _parse_radii(radii)
+    clf, data, estimator = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
+                                                  batch_size, seed, device, options)
+    indices = list(range(0, len(data), skip))[:max_inputs]
+    records = certify_dataset(clf, data, indices, output, n=n, method=estimator)
+    click.echo(summary_table(records, radii))
+    click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')}")
+
+
+
+@cli.command()
+@click.option("--model", "model_ref", required=True, help="A registered model name or a checkpoint file.")
+@click.option("--dataset", default="digits", show_default=True, help="A registered dataset name.")
+@click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--estimator", default=None, help="A registered estimator name (default as for certify).")
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Noise level (default: the checkpoint's sigma).")
+@click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection draws.")
+@click.option("--n", type=click.IntRange(min=1), default=2000, show_default=True, help="Estimation draws.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Noisy inputs per forward pass.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True, help="Audit every skip-th input.")
+@click.option("--max-inputs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--attack", "attacks", multiple=True, default=("pgd", "deepfool"), show_default=True,
+              help="A registered attack recipe, repeatable (pgd, apgd, square, carlini, deepfool, hopskipjump, "
+                   "boundary, and plugins').")
+@click.option("--eps", "eps_grid", default="0.125,0.25,0.5,1,2", show_default=True,
+              help="L2 budgets of the bounded attacks (pgd, apgd, square), comma-separated.")
+@click.option("--budget", "budget_options", multiple=True,
+              help="Attack option attack.name=value (JSON values), repeatable, e.g. pgd.max_iter=50.")
+@click.option("--verify-n", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Fresh draws that confirm each attack point.")
+@click.option("--verify-alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001,
+              show_default=True, help="Level of the binomial test that confirms a flip.")
+@click.option("--chunk", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Inputs per attack batch (records are written after each chunk).")
+@click.option("--output-dir", type=click.Path(file_okay=False), required=True,
+              help="audit.jsonl (resumed if present), audit.json/.csv/.md/.png and violations/ go here.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--option", "options", multiple=True, help="Estimator option name=value, as for certify.")
+@_fail_cleanly
+def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
+             attacks, eps_grid, budget_options, verify_n, verify_alpha, chunk, output_dir, device, options):
+    """
+    Attack-vs-certificate audit: certify, run ART's attacks on the smoothed classifier, confirm each attack point
+    with fresh noise, and report certified vs empirical robust accuracy and any certificate violation.
+    """
+    import numpy as np
+
+    from art_some.evaluation import audit
+
+    eps = _parse_radii(eps_grid)
+    budgets = {}
+    for name, value in _parse_options([o.replace(".", "__", 1) for o in budget_options]).items():
+        attack, _, key = name.partition("__")
+        if not key:
+            raise ValueError(f"--budget must look like attack.name=value, got {name!r}")
+        budgets.setdefault(attack, {})[key] = value
+    clf, data, _ = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
+                                          batch_size, seed, device, options)
+    indices = list(range(0, len(data), skip))[:max_inputs]
+    x = np.stack([np.asarray(data[i][0], dtype=np.float32) for i in indices])
+    y = np.array([int(data[i][1]) for i in indices])
+    result = audit(clf, x, y, attacks=list(attacks), n=n, n0=n0, alpha=alpha, eps=eps, budgets=budgets,
+                   verify_n=verify_n, verify_alpha=verify_alpha, indices=indices, output_dir=output_dir,
+                   batch_size=chunk)
+    click.echo((Path(output_dir) / "audit.md").read_text())
+    click.echo(f"reports: {Path(output_dir)}/audit.json, audit.csv, audit.md, audit.png"
+               + (f"; {len(result.violations)} violation(s) saved in {Path(output_dir) / 'violations'}"
+                  if result.violations else ""))
+
+def _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha, batch_size, seed, device,
+                           options):
+    """The smoothed estimator that certify and evaluate build from their options: (estimator, data, its name)."""
+    from art_some.data import load_dataset
+    from art_some.models import create_model, load_checkpoint
+
     device = _device(device)
     data, info = load_dataset(dataset, root=data_root, split=split)
     if Path(model_ref).suffix in (".safetensors", ".pt", ".pth") or Path(model_ref).exists():
@@ -179,10 +256,7 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
     estimator = estimator or ("some" if callable(getattr(model, "head_logits", None)) else "smoothed")
     clf = build_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed,
                           device=device, options=_parse_options(options))
-    indices = list(range(0, len(data), skip))[:max_inputs]
-    records = certify_dataset(clf, data, indices, output, n=n, method=estimator)
-    click.echo(summary_table(records, radii))
-    click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')}")
+    return clf, data, estimator
 
 
 def _parse_options(options) -> dict:

@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "art_some.trainers",
     "art_some.models",
     "art_some.data",
+    "art_some.evaluation.attacks",
 )
 
 

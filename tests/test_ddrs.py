@@ -237,6 +237,19 @@ def test_optimised_sigma_is_reproducible_per_input_and_not_certified_by_default(
         warnings.simplefilter("ignore", UnsoundCertificateWarning)
         result = dd.certify_detailed(x[:6], n=200)
     np.testing.assert_allclose(result.extra["sigma"], whole, rtol=1e-6)
+    # The search is cached for the same inputs and weights only: new weights give a new search.
+    model = trained_digits_classifier.model
+    with torch.no_grad():
+        saved = [p.clone() for p in model.parameters()]
+        for p in model.parameters():
+            p.mul_(1.5)
+    try:
+        assert not np.allclose(dd.sigma_of(x_t, indices=np.arange(6)), whole)
+    finally:
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), saved):
+                p.copy_(v)
+    np.testing.assert_array_equal(dd.sigma_of(x_t, indices=np.arange(6)), whole)
     with pytest.raises(ValueError, match="reference"):
         _dd(trained_digits_classifier)
     with pytest.raises(ValueError, match="certificate"):

@@ -383,6 +383,17 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         sigma = np.array([self.levels[k] if k >= 0 else np.nan for k in level])
         return classes, scores, sigma
 
+    def audit_counts(self, x, n: int, indices=None) -> np.ndarray:
+        """
+        What the attack audit compares with a certified class: the votes of the level the cascade answers at, on
+        ``n`` draws per level from the streams ``indices``. The answering level is the first, from the largest sigma,
+        whose top class has a vote share of at least p0 (a point estimate of the cascade's rule), else the last.
+        """
+        counts = np.stack([self.predict_counts(x, n=n, indices=indices, sigma=s) for s in self.levels])
+        answers = counts.max(axis=2) >= float(self.p0) * n
+        level = np.where(answers.any(axis=0), answers.argmax(axis=0), len(self.levels) - 1)
+        return counts[level, np.arange(counts.shape[1])]
+
     def failure_bound(self, alpha: float | None = None) -> float:
         """The proven failure probability of a certificate under the configured ``alpha_split``."""
         return failure_bound(self.alpha if alpha is None else alpha, len(self._sigmas), self.alpha_split)

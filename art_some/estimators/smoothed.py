@@ -327,6 +327,16 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
     # ----------------------------------------------------------------------------------------------------------
     # Gradients of the soft smoothed classifier (EOT)
     # ----------------------------------------------------------------------------------------------------------
+    def reseed_gradients(self, stream: int = 0) -> None:
+        """
+        Restart the EOT gradient noise at stream ``stream`` (0 is where a new estimator starts): an attack run that
+        begins with the same stream sees the same gradient noise, whatever ran before it.
+        """
+        self._gradient_stream = int(stream)
+        self._gradient_generator = None
+
+    _gradient_stream = 0
+
     def _gradient_noise(self, shape, device) -> "torch.Tensor":
         import torch
 
@@ -334,7 +344,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         if self._gradient_generator is None or self._gradient_generator[0] != key:
             # (Re)seeded whenever the seed or device changes, e.g. through set_params(seed=...).
             generator = torch.Generator(device=device)
-            generator.manual_seed(seed_for(self.seed, GRADIENT_STAGE, 0))
+            generator.manual_seed(seed_for(self.seed, GRADIENT_STAGE, self._gradient_stream))
             self._gradient_generator = (key, generator)
         return torch.randn(shape, generator=self._gradient_generator[1], device=device)
 

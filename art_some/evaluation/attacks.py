@@ -1,0 +1,86 @@
+"""
+Attack recipes for the attack-vs-certificate audit: ART's own L2 attacks, configured to attack the *smoothed*
+classifier (its Monte-Carlo gradients, its vote-count scores or its decision), registered through the
+``register_attacks`` hook so that plugins can add theirs.
+
+A recipe is ``recipe(estimator, eps=None, **budget) -> art.attacks.EvasionAttack``. Budgeted recipes (``bounded``)
+search within an L2 ball of radius ``eps`` and the audit runs them on a grid of radii; minimal-perturbation
+recipes ignore ``eps`` and return their own smallest adversarial point.
+"""
+from __future__ import annotations
+
+from art_some.hookspecs import hookimpl
+
+
+def pgd(estimator, eps: float, max_iter: int = 20, eps_step: float | None = None, num_random_init: int = 0,
+        batch_size: int = 32):
+    """L2 PGD on the smoothed cross-entropy -log G_y (the SmoothAdv attack of Salman et al.; EOT gradients)."""
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    return ProjectedGradientDescent(estimator, norm=2, eps=eps, eps_step=eps_step or 2.5 * eps / max_iter,
+                                    max_iter=max_iter, num_random_init=num_random_init, batch_size=batch_size,
+                                    verbose=False)
+
+
+def apgd(estimator, eps: float, max_iter: int = 20, nb_random_init: int = 1, batch_size: int = 32):
+    """L2 Auto-PGD (cross-entropy) on the smoothed classifier's EOT gradients."""
+    from art.attacks.evasion import AutoProjectedGradientDescent
+
+    return AutoProjectedGradientDescent(estimator, norm=2, eps=eps, eps_step=2 * eps / max_iter, max_iter=max_iter,
+                                        nb_random_init=nb_random_init, batch_size=batch_size,
+                                        loss_type="cross_entropy", verbose=False)
+
+
+def square(estimator, eps: float, max_iter: int = 100, nb_restarts: int = 1, batch_size: int = 32):
+    """L2 Square attack on the smoothed vote counts (the scores ``predict`` returns)."""
+    from art.attacks.evasion import SquareAttack
+
+    return SquareAttack(estimator, norm=2, eps=eps, max_iter=max_iter, nb_restarts=nb_restarts,
+                        batch_size=batch_size, verbose=False)
+
+
+def carlini(estimator, eps=None, max_iter: int = 10, binary_search_steps: int = 5, learning_rate: float = 0.05,
+            initial_const: float = 0.1, batch_size: int = 16):
+    """Carlini-Wagner L2 on the smoothed soft scores (``class_gradient``)."""
+    from art.attacks.evasion import CarliniL2Method
+
+    return CarliniL2Method(estimator, confidence=0.0, learning_rate=learning_rate,
+                           binary_search_steps=binary_search_steps, max_iter=max_iter, initial_const=initial_const,
+                           batch_size=batch_size, verbose=False)
+
+
+def deepfool(estimator, eps=None, max_iter: int = 20, epsilon: float = 0.02, batch_size: int = 16):
+    """DeepFool (L2) on the smoothed soft scores (``class_gradient``)."""
+    from art.attacks.evasion import DeepFool
+
+    return DeepFool(estimator, max_iter=max_iter, epsilon=epsilon, nb_grads=estimator.nb_classes,
+                    batch_size=batch_size, verbose=False)
+
+
+def hopskipjump(estimator, eps=None, max_iter: int = 5, max_eval: int = 200, init_eval: int = 20,
+                init_size: int = 20, batch_size: int = 64):
+    """HopSkipJump (L2) on the smoothed decision (the argmax of the vote counts)."""
+    from art.attacks.evasion import HopSkipJump
+
+    return HopSkipJump(estimator, norm=2, max_iter=max_iter, max_eval=max_eval, init_eval=init_eval,
+                       init_size=init_size, batch_size=batch_size, verbose=False)
+
+
+def boundary(estimator, eps=None, max_iter: int = 50, num_trial: int = 10, sample_size: int = 10,
+             init_size: int = 20, batch_size: int = 64):
+    """The Boundary attack on the smoothed decision."""
+    from art.attacks.evasion import BoundaryAttack
+
+    return BoundaryAttack(estimator, targeted=False, max_iter=max_iter, num_trial=num_trial,
+                          sample_size=sample_size, init_size=init_size, batch_size=batch_size, verbose=False)
+
+
+@hookimpl
+def register_attacks(register):
+    register("pgd", pgd, bounded=True, description="ART ProjectedGradientDescent, L2, EOT gradients (SmoothAdv)")
+    register("apgd", apgd, bounded=True, description="ART AutoProjectedGradientDescent, L2, EOT gradients")
+    register("square", square, bounded=True, description="ART SquareAttack, L2, on the smoothed vote counts")
+    register("carlini", carlini, bounded=False, description="ART CarliniL2Method on the smoothed soft scores")
+    register("deepfool", deepfool, bounded=False, description="ART DeepFool on the smoothed soft scores")
+    register("hopskipjump", hopskipjump, bounded=False, description="ART HopSkipJump on the smoothed decision")
+    register("boundary", boundary, bounded=False, description="ART BoundaryAttack on the smoothed decision")
