@@ -110,6 +110,46 @@ def _parse_radii(text: str):
     return radii
 
 
+def smoothing_options(n_default: int, max_inputs_default, verb: str):
+    """The options of every command that builds a smoothed estimator over a data set (certify, evaluate)."""
+    options = [
+        click.option("--model", "model_ref", required=True, help="A registered model name or a checkpoint file."),
+        click.option("--dataset", default="digits", show_default=True, help="A registered dataset name."),
+        click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits)."),
+        click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True),
+        click.option("--estimator", default=None,
+                     help="A registered estimator name (default: the checkpoint's, else some for multi-head models, "
+                          "else smoothed)."),
+        click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Noise level (default: the checkpoint's sigma)."),
+        click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection draws."),
+        click.option("--n", type=click.IntRange(min=1), default=n_default, show_default=True,
+                     help="Estimation draws."),
+        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001,
+                     show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+                     help="Noisy inputs per forward pass."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True,
+                     help=f"{verb} every skip-th input."),
+        click.option("--max-inputs", type=click.IntRange(min=1), default=max_inputs_default,
+                     show_default=max_inputs_default is not None, help="Stop after this many inputs."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--option", "options", multiple=True,
+                     help="Estimator option name=value (JSON values), repeatable, e.g. for smooth_reduce: "
+                          "'patches={\"layout\": \"grid\", \"size\": 8, \"stride\": 1}' resize=10 aggregation=max; "
+                          "for denoised_multiscale: 'denoiser={\"name\": \"diffusion\", \"path\": \"unet_dir\"}' "
+                          "'sigmas=[0.25, 0.5, 1.0]'."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="art-some")
 def cli():
@@ -117,31 +157,9 @@ def cli():
 
 
 @cli.command()
-@click.option("--model", "model_ref", required=True, help="A registered model name or a checkpoint file.")
-@click.option("--dataset", default="digits", show_default=True, help="A registered dataset name.")
-@click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--estimator", default=None,
-              help="A registered estimator name (default: the checkpoint's, else some for multi-head models, "
-                   "else smoothed).")
-@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Noise level (default: the checkpoint's sigma).")
-@click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection draws.")
-@click.option("--n", type=click.IntRange(min=1), default=100_000, show_default=True, help="Estimation draws.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Noisy inputs per forward pass.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True, help="Certify every skip-th input.")
-@click.option("--max-inputs", type=click.IntRange(min=1), default=None, help="Stop after this many inputs.")
+@smoothing_options(n_default=100_000, max_inputs_default=None, verb="Certify")
 @click.option("--output", type=click.Path(dir_okay=False), required=True, help="JSONL records (resumed if present).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
-@click.option("--option", "options", multiple=True,
-              help="Estimator option name=value (JSON values), repeatable, e.g. for smooth_reduce: "
-                   "'patches={\"layout\": \"grid\", \"size\": 8, \"stride\": 1}' resize=10 aggregation=max; for "
-                   "denoised_multiscale: 'denoiser={\"name\": \"diffusion\", \"path\": \"unet_dir\"}' "
-                   "'sigmas=[0.25, 0.5, 1.0]'.")
 @_fail_cleanly
 def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
             output, device, radii, options):
@@ -160,21 +178,7 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
 
 
 @cli.command()
-@click.option("--model", "model_ref", required=True, help="A registered model name or a checkpoint file.")
-@click.option("--dataset", default="digits", show_default=True, help="A registered dataset name.")
-@click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--estimator", default=None, help="A registered estimator name (default as for certify).")
-@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Noise level (default: the checkpoint's sigma).")
-@click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection draws.")
-@click.option("--n", type=click.IntRange(min=1), default=2000, show_default=True, help="Estimation draws.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Noisy inputs per forward pass.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True, help="Audit every skip-th input.")
-@click.option("--max-inputs", type=click.IntRange(min=1), default=50, show_default=True)
+@smoothing_options(n_default=2000, max_inputs_default=50, verb="Audit")
 @click.option("--attack", "attacks", multiple=True, default=("pgd", "deepfool"), show_default=True,
               help="A registered attack recipe, repeatable (pgd, apgd, square, carlini, deepfool, hopskipjump, "
                    "boundary, and plugins').")
@@ -190,8 +194,6 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
               help="Inputs per attack batch (records are written after each chunk).")
 @click.option("--output-dir", type=click.Path(file_okay=False), required=True,
               help="audit.jsonl (resumed if present), audit.json/.csv/.md/.png and violations/ go here.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--option", "options", multiple=True, help="Estimator option name=value, as for certify.")
 @_fail_cleanly
 def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
              attacks, eps_grid, budget_options, verify_n, verify_alpha, chunk, output_dir, device, options):
