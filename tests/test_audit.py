@@ -175,3 +175,30 @@ def test_evaluate_command_writes_the_reports(tmp_path):
     assert again.exit_code == 0 and json.loads((tmp_path / "a" / "audit.json").read_text()) == summary
     bad = CliRunner().invoke(cli, [*args[:-2], "--output-dir", str(tmp_path / "b"), "--budget", "nodot=3"])
     assert bad.exit_code != 0 and "attack.name=value" in bad.output
+
+
+def test_violations_of_a_sound_certificate_occur_at_most_at_rate_alpha():
+    # Statistical: a linear binary model, every input at exact distance 0.3 from the boundary, certified with a
+    # loose alpha = 0.2 and n = 50 so that the certificate sometimes (rarely) overreaches. PGD at budget 0.31 lands
+    # just past the boundary; 40k fresh draws confirm the flip. Violations are exactly the certificates that failed:
+    # some must be found, at a rate within alpha (+3 s.e.).
+    from conftest import make_classifier
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=64)
+    unit = w / np.linalg.norm(w)
+    count = 200
+    u = rng.uniform(0.3, 0.7, size=(count, 64))
+    x = u - (u @ unit)[:, None] * unit + 0.3 * unit  # w.x = 0.3 ||w||: distance 0.3 to the boundary w.x = 0
+    clf = make_classifier(Linear2(w, 0.0), (1, 8, 8), 2, scale=0.25, sample_size=10, alpha=0.2, gradient_samples=4,
+                          noise_batch_size=50_000, clip_values=None)
+    result = audit(clf, x.reshape(count, 1, 8, 8).astype(np.float32), np.ones(count, dtype=int), attacks=["pgd"],
+                   n=50, eps=(0.31,), budgets={"pgd": {"max_iter": 5, "batch_size": 256}}, verify_n=40_000,
+                   batch_size=count, progress=False)
+    assert all(r["attacks"]["pgd"]["flipped"] for r in result.records if r["clean_class"] == 1)
+    certified = sum(r["predict"] == 1 for r in result.records)
+    rate = len(result.violations) / count
+    assert certified > 150 and 0 < len(result.violations)
+    assert rate <= 0.2 + 3 * np.sqrt(0.2 * 0.8 / count)
+    # Exactly the certificates whose radius exceeds the attack's distance were reported.
+    assert {v["idx"] for v in result.violations} == {r["idx"] for r in result.records if r["radius"] > 0.31 + 1e-6}
