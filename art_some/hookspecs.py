@@ -33,7 +33,11 @@ def register_aggregations(register):
 
 @hookspec
 def register_attacks(register):
-    """Register attack recipes ``recipe(estimator, **budget) -> art.attacks.EvasionAttack`` for the audit."""
+    """
+    Register attack recipes ``recipe(estimator, eps=None, **budget) -> art.attacks.EvasionAttack`` for the audit;
+    ``register(name, recipe, bounded=True)`` marks a recipe that searches an L2 ball of radius ``eps`` (the audit
+    runs it on a grid of budgets), ``bounded=False`` one that returns its own minimal perturbation.
+    """
 
 
 @hookspec

@@ -67,7 +67,7 @@ def test_the_audit_catches_the_papers_unsound_smooth_reduce_rule_and_not_the_sou
         warnings.simplefilter("ignore", UnsoundCertificateWarning)
         replay = replay_violation(_reducer(model, layout, noise_mode="independent", unsound_paper_radius=True),
                                   tmp_path / "paper" / violation["file"])
-    assert replay["same_counts"] and replay["distance"] < replay["radius"]
+    assert replay["same_counts"] and replay["confirmed"] and replay["distance"] < replay["radius"]
     summary = json.loads((tmp_path / "paper" / "audit.json").read_text())
     assert summary["violations"] == len(x) and summary["violation_rate"] == 1.0
     for ext in ("csv", "md", "png"):
@@ -109,12 +109,15 @@ def test_every_registered_estimator_survives_the_audit(name, trained_digits_clas
 
     (x_train, _), (x, y) = digits
     est = _tiny(name, registered("estimators")[name], trained_digits_classifier, x_train[:300])
-    result = audit(est, x[:5], y[:5], attacks=["pgd", "deepfool"], n=400, eps=(0.25, 0.75),
+    result = audit(est, x[:5], y[:5], attacks=["pgd", "deepfool"], n=400, eps=(0.05, 0.75),
                    budgets={"pgd": {"max_iter": 4}, "deepfool": {"max_iter": 5}}, verify_n=400, progress=False)
     assert len(result.records) == 5 and set(result.records[0]["attacks"]) == {"pgd", "deepfool"}
+    # Not vacuous: certificates reach beyond the smallest budget, and the attacks do flip the smoothed classifier.
+    assert any(r["radius"] > 0.05 for r in result.records)
+    assert any(o["flipped"] for r in result.records for o in r["attacks"].values())
     for record in result.records:
         for outcome in record["attacks"].values():
-            assert outcome is not None and outcome["counts_class"] + outcome["counts_other"] <= 400
+            assert outcome is not None and (outcome["distance"] is not None) == outcome["flipped"]
     # Each confirmed flip inside a certified radius has probability about alpha + verify_alpha = 0.002 under a
     # sound certificate: with 5 inputs x 2 attacks (< 0.02 expected in all), the audit must find none.
     assert result.violations == []
@@ -134,6 +137,8 @@ def test_resume_and_errors(tmp_path, trained_digits_classifier, digits):
     fresh = audit(clf, x[:4], y[:4], **{**kwargs, "output_dir": tmp_path / "fresh"})
     assert [r["attacks"] for r in whole.records] == [r["attacks"] for r in fresh.records]
     assert first.records == whole.records[:2]
+    with pytest.raises(ValueError, match="other settings"):
+        audit(clf, x[:4], y[:4], **{**kwargs, "verify_n": 300})
     with pytest.raises(ValueError, match="unknown attack"):
         audit(clf, x[:1], y[:1], attacks=["nope"])
     with pytest.raises(ValueError, match="budgets"):
@@ -153,16 +158,38 @@ def test_attack_recipes_are_registered_plugins_and_accept_the_estimator(trained_
     for name, entry in registry.items():
         attack = entry.obj(trained_digits_classifier, eps=0.5)
         assert isinstance(attack, EvasionAttack), name  # ART accepted the estimator's capabilities
+        # ... and attacks the smoothed classifier itself (APGD with a named loss would swap in the base network).
+        inner = attack._attack if isinstance(getattr(attack, "_attack", None), EvasionAttack) else attack
+        assert inner.estimator is trained_digits_classifier, name
 
 
-def test_evaluate_command_writes_the_reports(tmp_path):
+def test_all_recipes_run_through_the_audit_and_abstentions_do_not_read_as_class_zero(trained_digits_classifier,
+                                                                                     digits):
+    _, (x, y) = digits
+    clf = trained_digits_classifier
+    names = ["apgd", "square", "carlini", "hopskipjump", "boundary"]
+    budgets = {"apgd": {"max_iter": 3}, "square": {"max_iter": 5}, "carlini": {"max_iter": 3,
+               "binary_search_steps": 2}, "hopskipjump": {"max_iter": 2, "max_eval": 50, "init_eval": 10},
+               "boundary": {"max_iter": 5, "num_trial": 3, "sample_size": 3}}
+    seen = []
+    predict = clf.predict
+    clf.predict = lambda *a, **k: (seen.append(clf.predict_abstains), predict(*a, **k))[1]
+    try:
+        result = audit(clf, x[:3], y[:3], attacks=names, n=200, eps=(0.5, 1.5), budgets=budgets, verify_n=300,
+                       progress=False)
+    finally:
+        del clf.predict
+    assert seen and not any(seen) and clf.predict_abstains  # attacks saw no abstentions; restored afterwards
+    assert all(set(r["attacks"]) == set(names) for r in result.records) and result.violations == []
+
+
+def test_evaluate_command_on_the_demo_model_writes_the_reports(tmp_path):
     from art_some.cli import cli
-    from art_some.models import DigitsCNN, save_checkpoint
 
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "m.safetensors", DigitsCNN(), "digits_cnn", {"num_classes": 10}, sigma=0.25,
-                    num_classes=10, input_shape=[1, 8, 8])
-    args = ["evaluate", "--model", str(tmp_path / "m.safetensors"), "--n", "200", "--verify-n", "200",
+    demo = CliRunner().invoke(cli, ["demo", "--output-dir", str(tmp_path / "demo"), "--epochs", "2", "--n", "200",
+                                    "--max-inputs", "3"])
+    assert demo.exit_code == 0, demo.output
+    args = ["evaluate", "--model", str(tmp_path / "demo" / "model.safetensors"), "--n", "200", "--verify-n", "200",
             "--max-inputs", "3", "--attack", "pgd", "--attack", "square", "--eps", "0.5,1", "--budget",
             "pgd.max_iter=3", "--budget", "square.max_iter=5", "--device", "cpu", "--output-dir", str(tmp_path / "a")]
     result = CliRunner().invoke(cli, args)

@@ -385,14 +385,21 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
 
     def audit_counts(self, x, n: int, indices=None) -> np.ndarray:
         """
-        What the attack audit compares with a certified class: the votes of the level the cascade answers at, on
-        ``n`` draws per level from the streams ``indices``. The answering level is the first, from the largest sigma,
-        whose top class has a vote share of at least p0 (a point estimate of the cascade's rule), else the last.
+        What the attack audit compares with a certified class: ``n`` votes of the level the cascade answers at. The
+        level is chosen on separate draws (streams ``indices + 2**39``): the first, from the largest sigma, whose top
+        class has a vote share of at least p0 (a point estimate of the cascade's rule); no such level is an
+        abstention (all-zero counts, which confirm no flip). The returned votes are fresh draws at that level.
         """
-        counts = np.stack([self.predict_counts(x, n=n, indices=indices, sigma=s) for s in self.levels])
-        answers = counts.max(axis=2) >= float(self.p0) * n
-        level = np.where(answers.any(axis=0), answers.argmax(axis=0), len(self.levels) - 1)
-        return counts[level, np.arange(counts.shape[1])]
+        indices = np.arange(len(x)) if indices is None else np.asarray(indices)
+        choose = np.stack([self.predict_counts(x, n=n, indices=indices + 2**39, sigma=s) for s in self.levels])
+        answers = choose.max(axis=2) >= float(self.p0) * n
+        level = np.where(answers.any(axis=0), answers.argmax(axis=0), -1)
+        counts = np.zeros((len(level), self.nb_classes), dtype=np.int64)
+        for k, sigma in enumerate(self.levels):
+            rows = np.flatnonzero(level == k)
+            if len(rows):
+                counts[rows] = self.predict_counts(x[rows], n=n, indices=indices[rows], sigma=sigma)
+        return counts
 
     def failure_bound(self, alpha: float | None = None) -> float:
         """The proven failure probability of a certificate under the configured ``alpha_split``."""

@@ -241,12 +241,12 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         :param x: Inputs ``(N, *input_shape)``.
         :param batch_size: Kept for ART compatibility; noisy batches use ``noise_batch_size``.
         :param verbose: Unused; kept for ART compatibility.
-        :param is_abstain: If False, never abstain (rows always hold the votes).
+        :param is_abstain: If False, never abstain (rows always hold the votes); default ``predict_abstains``.
         :param output: ``"counts"`` (default): each row holds the vote counts, all zeros where it abstains;
                        ``"onehot"``: ART's exact form, a one-hot row of the predicted class or all zeros.
         :return: float32 array ``(N, nb_classes)``.
         """
-        is_abstain = kwargs.get("is_abstain", True)
+        is_abstain = kwargs.get("is_abstain", self.predict_abstains)
         output = kwargs.get("output", "counts")
         if output not in ("counts", "onehot"):
             raise ValueError(f"output must be 'counts' or 'onehot', got {output!r}")
@@ -336,6 +336,9 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         self._gradient_generator = None
 
     _gradient_stream = 0
+    # ``predict``'s default for ``is_abstain``. An abstaining row is all zeros, which ART's attacks read as class 0;
+    # the attack audit turns this off while attacks run so that they see the smoothed classifier's top class.
+    predict_abstains = True
 
     def _gradient_noise(self, shape, device) -> "torch.Tensor":
         import torch

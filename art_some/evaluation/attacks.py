@@ -23,12 +23,15 @@ def pgd(estimator, eps: float, max_iter: int = 20, eps_step: float | None = None
 
 
 def apgd(estimator, eps: float, max_iter: int = 20, nb_random_init: int = 1, batch_size: int = 32):
-    """L2 Auto-PGD (cross-entropy) on the smoothed classifier's EOT gradients."""
+    """
+    L2 Auto-PGD on the smoothed classifier's EOT loss and gradients. ``loss_type=None`` on purpose: with a named
+    loss ART replaces a PyTorchClassifier by a plain one around ``estimator.model``, the noise-free base network.
+    """
     from art.attacks.evasion import AutoProjectedGradientDescent
 
     return AutoProjectedGradientDescent(estimator, norm=2, eps=eps, eps_step=2 * eps / max_iter, max_iter=max_iter,
-                                        nb_random_init=nb_random_init, batch_size=batch_size,
-                                        loss_type="cross_entropy", verbose=False)
+                                        nb_random_init=nb_random_init, batch_size=batch_size, loss_type=None,
+                                        verbose=False)
 
 
 def square(estimator, eps: float, max_iter: int = 100, nb_restarts: int = 1, batch_size: int = 32):

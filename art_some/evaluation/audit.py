@@ -6,9 +6,12 @@ every adversarial point with fresh noise, and compare.
   at r per attack and for the best of all attacks (an upper bound): the gap between them is what certification
   leaves on the table, or what the attacks miss.
 - A **violation** is an input certified with class c and radius R, and an attack point x' with ||x' - x|| < R at
-  which fresh Monte-Carlo votes show, by a binomial test at ``verify_alpha``, that another class beats c. A sound
-  certificate allows such events only with probability about alpha + verify_alpha per input. Each violation is saved
-  with the input, the perturbation, the counts and the noise keys, so :func:`replay_violation` reproduces it.
+  which fresh Monte-Carlo votes show that another class beats c: a two-sided binomial test of the best other class
+  against c at ``verify_alpha / (K - 1)`` (Bonferroni over the K - 1 other classes), or for tallies of several votes
+  per draw (Smooth-Reduce's vote averaging) a Hoeffding test on the per-draw difference. A sound certificate gives
+  a violation with probability at most alpha + T verify_alpha per input, T the number of attack points tested (one
+  per attack and budget run). Each violation is saved with the input, the attack point, the counts and the noise
+  keys, so :func:`replay_violation` reproduces it.
 
 | Paper link: https://arxiv.org/abs/1906.04584
 """
@@ -24,6 +27,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from art_some.core.noise import seed_for
 from art_some.core.results import RecordWriter, certified_accuracy
 from art_some.core.stats import binomial_test_two_sided
 
@@ -31,6 +35,7 @@ from art_some.core.stats import binomial_test_two_sided
 # certification and prediction draws of every input, and different for every verification call.
 FRESH_BASE = 2**40
 DEFAULT_EPS = (0.125, 0.25, 0.5, 1.0, 2.0)
+AUDIT_STAGE = 6  # numpy's global seed for ART's attacks, per attack run
 
 
 @dataclass
@@ -53,12 +58,13 @@ class AuditResult:
         """The figures of the report: curves, the gap (best attack minus certified), violations and their rate."""
         curves = self.curves()
         certified = sum(r["predict"] >= 0 and r["radius"] > 0 for r in self.records)
+        violated = len({v["idx"] for v in self.violations})
         return {
             "inputs": len(self.records), "certified_inputs": int(certified), "radii": self.radii.tolist(),
             "curves": {k: np.round(100 * v, 2).tolist() for k, v in curves.items()},
             "gap": np.round(100 * (curves["best"] - curves["certified"]), 2).tolist(),
-            "violations": len(self.violations),
-            "violation_rate": len(self.violations) / certified if certified else 0.0,
+            "violations": len(self.violations), "violated_inputs": violated,
+            "violation_rate": violated / certified if certified else 0.0,
         }
 
 
@@ -69,7 +75,7 @@ def empirical_robust_accuracy(records: Sequence[dict], radii, attack: str | None
     """
     if not records:
         return np.zeros(len(radii))
-    correct = np.array([r["clean_class"] == r["label"] for r in records])
+    correct = np.array([bool(r["clean_correct"]) for r in records])
     broken_at = np.array([_broken_at(r, attack) for r in records])
     return np.array([np.mean(correct & ~(broken_at <= r)) for r in radii])
 
@@ -126,10 +132,29 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
     indices = np.arange(len(x)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= 2**30) or len(eps) >= 64:
+        raise ValueError("indices must lie in [0, 2**30) and eps hold fewer than 64 budgets (they key fresh noise)")
+    if getattr(estimator, "radius_space", "input") != "input" or getattr(estimator, "unsound_paper_radius", False) \
+            and getattr(estimator, "resize", None) is not None:
+        raise ValueError("the audit measures distances in input space: use radius_space='input' (and no resize "
+                         "with unsound_paper_radius)")
+    if "square" in attacks and getattr(estimator, "clip_values", None) is None:
+        raise ValueError("the square attack needs the estimator's clip_values")
+    for name, options in budgets.items():
+        if "eps" in options:
+            raise ValueError(f"budgets[{name!r}] sets eps: give the budgets in eps=...")
     out = None if output_dir is None else Path(output_dir)
+    config = {"attacks": list(attacks), "eps": eps, "budgets": budgets, "n": n, "n0": n0, "alpha": alpha,
+              "verify_n": int(verify_n), "verify_alpha": float(verify_alpha),
+              "seed": int(getattr(estimator, "seed", 0)), "estimator": type(estimator).__name__,
+              "certificate": {k: str(v) for k, v in estimator.certificate_info().items()}
+              if callable(getattr(estimator, "certificate_info", None)) else {}}
+    if out is not None:
+        _check_config(out, config)
     writer = RecordWriter(out / "audit.jsonl") if out is not None else None
     state = _Audit(estimator, list(attacks), registry, budgets, eps, int(verify_n), float(verify_alpha), out)
-    records = list(writer.records) if writer else []
+    wanted = {int(i) for i in indices}
+    records = [r for r in writer.records if r["idx"] in wanted] if writer else []
     try:
         todo = [j for j in range(len(x)) if writer is None or int(indices[j]) not in writer.done]
         chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
@@ -141,6 +166,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     finally:
         if writer is not None:
             writer.close()
+        state.restore()
     records.sort(key=lambda r: r["idx"])
     violations = [v for r in records for v in r.get("violations", [])]
     if radii is None:
@@ -152,6 +178,20 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     return result
 
 
+def _check_config(out: Path, config: dict) -> None:
+    """Write the audit's settings beside its records, or refuse to resume records made with other settings."""
+    path = out / "audit_config.json"
+    text = json.dumps(config, sort_keys=True, default=str)
+    if path.exists() and (out / "audit.jsonl").exists():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(text):
+            differ = sorted(k for k in config if saved.get(k) != json.loads(text).get(k))
+            raise ValueError(f"{out} holds an audit with other settings ({', '.join(differ)}); use a new output_dir")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 class _Audit:
     """One audit's settings and the fresh-noise counter; :meth:`run` audits a chunk of inputs."""
 
@@ -159,27 +199,42 @@ class _Audit:
         self.estimator, self.attacks, self.registry, self.budgets = estimator, attacks, registry, budgets
         self.eps, self.verify_n, self.verify_alpha, self.out = eps, verify_n, verify_alpha, out
 
-    def verify(self, x_adv, classes, key_base) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(flipped, counts of c, counts of the best other class) at the attack points, from fresh draws."""
-        fresh = FRESH_BASE + key_base
-        counts = verify_counts(self.estimator, x_adv, self.verify_n, fresh)
-        rows = np.arange(len(classes))
-        k_c = counts[rows, classes]
-        others = counts.copy()
-        others[rows, classes] = -1
-        k_b = others.max(axis=1)
-        p_value = binomial_test_two_sided(np.maximum(k_b, 0), k_c)
-        return (k_b > k_c) & (p_value <= self.verify_alpha), k_c, k_b
+    def verify(self, x_adv, classes, keys) -> dict:
+        """
+        Does another class beat ``classes`` at ``x_adv``? Fresh draws (noise keys ``FRESH_BASE + keys``) and the test
+        of :func:`confirm_flip`. Returns ``flipped``, ``counts_class``, ``counts_other`` and ``p_value`` arrays.
+        """
+        counts = verify_counts(self.estimator, x_adv, self.verify_n, FRESH_BASE + np.asarray(keys))
+        return confirm_flip(counts, classes, self.verify_n, self.verify_alpha)
+
+    def restore(self) -> None:
+        """Give the estimator back as it was: predict abstains again, gradient noise restarts at stream 0."""
+        if hasattr(self.estimator, "predict_abstains"):
+            self.estimator.predict_abstains = True
+        if callable(getattr(self.estimator, "reseed_gradients", None)):
+            self.estimator.reseed_gradients(0)
 
     def run(self, x, y, indices, *, n, n0, alpha) -> list[dict]:
         est = self.estimator
         cert = est.certify_detailed(x, n=n, n0=n0, alpha=alpha, indices=indices)
-        clean = np.where(cert.predict >= 0, cert.predict, cert.counts_selection.argmax(axis=1))
+        # The clean smoothed prediction: the certified class; where CERTIFY abstains, the label unless fresh draws
+        # confirm another class beats it (so the empirical curve stays an upper bound).
+        certified = cert.predict >= 0
+        clean = np.where(certified, cert.predict, y)
+        clean_correct = certified & (cert.predict == y)
+        if (~certified).any():
+            rows = np.flatnonzero(~certified)
+            beaten = self.verify(x[rows], y[rows], indices[rows])["flipped"]
+            clean_correct[rows] = ~beaten
+        info = est.certificate_info() if callable(getattr(est, "certificate_info", None)) else {}
         records = [{"idx": int(i), "label": int(label), "predict": int(p), "radius": float(r),
-                    "correct": int(p == label), "clean_class": int(c), "p_lower": float(pl), "attacks": {},
-                    "violations": []}
-                   for i, label, p, r, c, pl in zip(indices, y, cert.predict, cert.radius, clean, cert.p_lower)]
+                    "correct": int(p == label), "clean_class": int(c), "clean_correct": bool(ok),
+                    "p_lower": float(pl), "attacks": {}, "violations": []}
+                   for i, label, p, r, c, ok, pl in zip(indices, y, cert.predict, cert.radius, clean, clean_correct,
+                                                       cert.p_lower)]
         onehot = np.eye(est.nb_classes, dtype=np.float32)[clean]
+        if hasattr(est, "predict_abstains"):
+            est.predict_abstains = False  # attacks read predict's argmax: an all-zero abstain row would say class 0
         for a, name in enumerate(self.attacks):
             entry = self.registry[name]
             best = [None] * len(x)
@@ -189,18 +244,20 @@ class _Audit:
                 if not open_rows:
                     break
                 attack = entry.obj(est, eps=budget, **self.budgets.get(name, {}))
-                # One fresh stream per (attack, budget, input): data-set indices must stay below 2**30.
-                key = (a * 64 + e + 1) * 2**30 + indices[open_rows]
-                x_adv = self.generate(attack, x[open_rows], onehot[open_rows], int(key[0]))
-                flipped, k_c, k_b = self.verify(x_adv, clean[open_rows], key)
+                # One fresh stream per (attack, budget, input).
+                keys = (a * 64 + e + 1) * 2**30 + indices[open_rows]
+                x_adv = self.generate(attack, x[open_rows], onehot[open_rows], int(keys[0]))
+                test = self.verify(x_adv, clean[open_rows], keys)
                 for k, j in enumerate(open_rows):
-                    delta = x_adv[k] - x[j]
-                    outcome = {"distance": float(np.linalg.norm(delta.ravel())), "flipped": bool(flipped[k]),
-                               "eps": budget, "counts_class": int(k_c[k]), "counts_other": int(k_b[k])}
-                    if flipped[k] or budget == runs[-1]:
+                    flipped = bool(test["flipped"][k])
+                    distance = float(np.linalg.norm((x_adv[k] - x[j]).ravel()))
+                    outcome = {"distance": distance if flipped else None, "flipped": flipped, "eps": budget,
+                               "tried_distance": distance, "counts_class": int(test["counts_class"][k]),
+                               "counts_other": int(test["counts_other"][k]), "p_value": float(test["p_value"][k])}
+                    if flipped or budget == runs[-1]:
                         best[j] = outcome
-                    if flipped[k]:
-                        self.check_violation(records[j], name, x[j], delta, outcome, int(key[k]))
+                    if flipped:
+                        self.check_violation(records[j], name, x[j], x_adv[k], outcome, int(keys[k]), info)
             for j in range(len(x)):
                 records[j]["attacks"][name] = best[j]
         return records
@@ -213,28 +270,64 @@ class _Audit:
         if callable(getattr(self.estimator, "reseed_gradients", None)):
             self.estimator.reseed_gradients(stream)
         saved = np.random.get_state()
-        np.random.seed(stream % 2**32)
+        np.random.seed(seed_for(int(getattr(self.estimator, "seed", 0)), AUDIT_STAGE, stream) % 2**32)
         try:
-            return np.asarray(attack.generate(x, y=y), dtype=np.float32)
+            x_adv = np.asarray(attack.generate(x, y=y), dtype=np.float32)
         finally:
             np.random.set_state(saved)
+        # An attack that returns NaN or inf (ART's Square divides by a zero norm on flat inputs) found nothing.
+        broken = ~np.isfinite(x_adv.reshape(len(x_adv), -1)).all(axis=1)
+        x_adv[broken] = x[broken]
+        return x_adv
 
-    def check_violation(self, record, attack, x, delta, outcome, fresh_key) -> None:
+    def check_violation(self, record, attack, x, x_adv, outcome, key, info) -> None:
         """Record (and save) a confirmed flip strictly inside a certified radius."""
         if record["predict"] < 0 or outcome["distance"] >= record["radius"]:
             return
         violation = {"idx": record["idx"], "attack": attack, "certified_class": record["predict"],
-                     "radius": record["radius"], "distance": outcome["distance"], "eps": outcome["eps"],
-                     "counts_class": outcome["counts_class"], "counts_other": outcome["counts_other"],
-                     "verify_index": FRESH_BASE + fresh_key, "seed": int(getattr(self.estimator, "seed", 0)),
-                     "verify_n": self.verify_n}
+                     "radius": record["radius"], "p_lower": record["p_lower"], "distance": outcome["distance"],
+                     "eps": outcome["eps"], "counts_class": outcome["counts_class"],
+                     "counts_other": outcome["counts_other"], "p_value": outcome["p_value"],
+                     "verify_index": FRESH_BASE + key, "seed": int(getattr(self.estimator, "seed", 0)),
+                     "verify_n": self.verify_n, "verify_alpha": self.verify_alpha,
+                     "certificate": {k: str(v) for k, v in info.items()}}
         if self.out is not None:
             folder = self.out / "violations"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"idx{record['idx']}_{attack}.npz"
-            np.savez(path, x=x, delta=delta, **{k: np.asarray(v) for k, v in violation.items() if v is not None})
+            arrays = {k: np.asarray(v) for k, v in violation.items() if v is not None and k != "certificate"}
+            np.savez(path, x=x, x_adv=x_adv, delta=x_adv - x, **arrays)
             violation["file"] = str(path.relative_to(self.out))
         record["violations"].append(violation)
+
+
+def confirm_flip(counts: np.ndarray, classes, n: int, alpha: float) -> dict:
+    """
+    Per row, is there a class that beats ``classes`` at level ``alpha``? One vote per draw (counts summing to n):
+    a two-sided binomial test of the best other class b against c at alpha / (K - 1) (Bonferroni over the K - 1
+    candidates for b), requiring k_b > k_c. Tallies of P > 1 votes per draw (rows summing to n P): Hoeffding on the
+    mean per-draw difference (k_b - k_c) / P, which lies in [-1, 1]: confirmed when it exceeds
+    sqrt(2 ln((K - 1) / alpha) / n).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    rows = np.arange(len(counts))
+    classes = np.asarray(classes)
+    k_c = counts[rows, classes]
+    others = counts.copy()
+    others[rows, classes] = -1
+    k_b = others.max(axis=1)
+    level = alpha / max(1, counts.shape[1] - 1)
+    votes_per_draw = counts.sum(axis=1) / n
+    single = np.isclose(votes_per_draw, 1.0) | (counts.sum(axis=1) == 0)
+    p_value = np.ones(len(counts))
+    if single.any():
+        p_value[single] = binomial_test_two_sided(np.maximum(k_b[single], 0), k_c[single])
+    tallies = ~single
+    if tallies.any():
+        gap = (k_b[tallies] - k_c[tallies]) / votes_per_draw[tallies] / n
+        p_value[tallies] = np.where(gap > 0, np.exp(-n * np.maximum(gap, 0) ** 2 / 2), 1.0)
+    flipped = (k_b > k_c) & (p_value <= level)
+    return {"flipped": flipped, "counts_class": k_c, "counts_other": np.maximum(k_b, 0), "p_value": p_value}
 
 
 def verify_counts(estimator, x, n: int, indices) -> np.ndarray:
@@ -248,17 +341,22 @@ def verify_counts(estimator, x, n: int, indices) -> np.ndarray:
 
 def replay_violation(estimator, path: str | os.PathLike) -> dict:
     """
-    Re-run the verification of a saved violation: the same fresh noise keys at x + delta. Returns the counts and
-    whether the flip is confirmed again (it is, bit for bit, with the same estimator, weights and seed).
+    Re-run the verification of a saved violation: the same fresh noise keys at the saved attack point. With the same
+    estimator, weights and seed the counts are the same bit for bit (``same_counts``); ``confirmed`` says whether
+    the flip is confirmed again at the saved level.
     """
     data = np.load(path)
-    x_adv = (data["x"] + data["delta"])[None].astype(np.float32)
-    counts = verify_counts(estimator, x_adv, int(data["verify_n"]), [int(data["verify_index"])])[0]
+    if int(data["seed"]) != int(getattr(estimator, "seed", 0)):
+        raise ValueError(f"the violation was found with seed {int(data['seed'])}, the estimator has "
+                         f"{getattr(estimator, 'seed', None)}: set_params(seed=...) to replay it")
+    counts = verify_counts(estimator, data["x_adv"][None].astype(np.float32), int(data["verify_n"]),
+                           [int(data["verify_index"])])
     c = int(data["certified_class"])
-    other = np.delete(np.arange(len(counts)), c)
-    k_b = int(counts[other].max())
-    return {"counts_class": int(counts[c]), "counts_other": k_b,
-            "same_counts": (int(counts[c]), k_b) == (int(data["counts_class"]), int(data["counts_other"])),
+    test = confirm_flip(counts, [c], int(data["verify_n"]), float(data["verify_alpha"]))
+    k_c, k_b = int(test["counts_class"][0]), int(test["counts_other"][0])
+    return {"counts_class": k_c, "counts_other": k_b, "p_value": float(test["p_value"][0]),
+            "confirmed": bool(test["flipped"][0]),
+            "same_counts": (k_c, k_b) == (int(data["counts_class"]), int(data["counts_other"])),
             "distance": float(np.linalg.norm(data["delta"].ravel())), "radius": float(data["radius"])}
 
 
@@ -277,7 +375,7 @@ def write_reports(result: AuditResult, out: str | os.PathLike) -> dict[str, Path
             cells = []
             for a in result.attacks:
                 o = r["attacks"].get(a) or {}
-                cells += [o.get("distance", ""), int(bool(o.get("flipped")))]
+                cells += ["" if o.get("distance") is None else o["distance"], int(bool(o.get("flipped")))]
             writer.writerow([r["idx"], r["label"], r["predict"], r["radius"], r["clean_class"], *cells,
                              len(r["violations"])])
     paths["md"].write_text(markdown_table(result, summary))
@@ -296,7 +394,8 @@ def markdown_table(result: AuditResult, summary: dict | None = None) -> str:
         lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     lines.append("| gap (best attack - certified) | " + " | ".join(f"{v:.1f}" for v in summary["gap"]) + " |")
     lines += ["", f"Inputs: {summary['inputs']}, certified: {summary['certified_inputs']}, violations: "
-              f"{summary['violations']} (rate {summary['violation_rate']:.4f} of certified inputs)."]
+              f"{summary['violations']} on {summary['violated_inputs']} input(s) (rate "
+              f"{summary['violation_rate']:.4f} of certified inputs)."]
     return "\n".join(lines) + "\n"
 
 
