@@ -43,7 +43,7 @@ def optimize_sigma(forward: Callable, x: "torch.Tensor", sigma0, *, lr: float, n
                    eps: "torch.Tensor | None" = None) -> "torch.Tensor":
     """
     DDRS's Algorithm 1: start at ``sigma0`` and take ``num_steps`` plain gradient-ascent steps
-    sigma <- clamp(sigma + lr * dR~/dsigma, *sigma_range), each on ``num_samples`` fresh draws (or, for common
+    ``sigma <- clamp(sigma + lr * dR~/dsigma, lo, hi)``, each on ``num_samples`` fresh draws (or, for common
     random numbers, on the fixed ``eps`` every step). Examples are independent: the summed objective separates.
 
     What is guaranteed: nothing statistical; sigma is a heuristic choice. A certificate computed at the returned

@@ -70,6 +70,7 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
     :param prob_clamp: Clamp of the soft probabilities before Phi^-1 (the package: [0.001, 0.999]).
     :param radius_steps: Grid points of the input-dependent radius search (up to Cohen's radius).
     :param sigma_steps_grid: Grid points of the worst-case sigma search of the input-dependent certificate.
+
     All other arguments are :class:`~art_some.SmoothedClassifier`'s.
     """
 
