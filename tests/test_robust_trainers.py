@@ -5,13 +5,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_smoothmix import _objective  # the smoothed NLL over fixed draws, as SmoothMix's tests build it
 from torch import nn
 
 from art_some import CRTTrainer, MACERTrainer, SmoothAdvTrainer
 from art_some.trainers.crt import transfer_loss
 from art_some.trainers.macer import macer_loss
 from art_some.trainers.smoothadv import pgd_l2
-from art_some.trainers.smoothmix import noisy_logits, smoothed_nll, soft_log_proba
 from conftest import make_classifier
 
 
@@ -23,13 +23,6 @@ def _mlp(seed=0, classes=10):
 def _clf(model=None, sigma=0.5, lr=0.1):
     model = _mlp() if model is None else model
     return make_classifier(model, (1, 8, 8), 10, scale=sigma, optimizer=torch.optim.SGD(model.parameters(), lr=lr))
-
-
-def _objective(model, noise, y):
-    def objective(z):
-        return smoothed_nll(soft_log_proba(noisy_logits(lambda v: model(v).unsqueeze(0), z, noise)), y)
-
-    return objective
 
 
 # ---------------------------------------------------------------------------------------------------------------
