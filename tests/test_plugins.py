@@ -61,17 +61,23 @@ def test_loading_is_lazy_and_idempotent():
     assert plugins.registered("models") == plugins.registered("models")
 
 
-def test_name_clash_names_both_plugins():
+def test_name_clash_keeps_the_builtin_and_warns_naming_both_plugins():
+    # A clash used to be an error that made every command exit 2; now the built-in wins and the clash is a warning.
+    from art_some import SmoothedClassifier
+
     class Clash:
         @hookimpl
         def register_estimators(self, register):
             register("smoothed", object)
+            register("clash_only", object)
 
     pm = plugins.get_plugin_manager()
     pm.register(Clash(), name="clashing-plugin")
     try:
-        with pytest.raises(ValueError, match="art_some.estimators.*clashing-plugin"):
-            plugins.registered("estimators")
+        with pytest.warns(UserWarning, match="'smoothed'.*art_some.estimators.*clashing-plugin"):
+            found = plugins.entries("estimators")
+        assert found["smoothed"].obj is SmoothedClassifier and found["smoothed"].plugin == "art_some.estimators"
+        assert found["clash_only"].plugin == "clashing-plugin"  # only the clashing entry is skipped
     finally:
         pm.unregister(name="clashing-plugin")
 
@@ -173,3 +179,133 @@ def test_a_plugin_with_a_bad_hook_signature_is_skipped(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.warns(UserWarning, match="badsig"):
         assert "digits_cnn" in plugins.registered("models")
+
+
+def write_plugin(folder, monkeypatch, dist, entry_name, source):
+    """A one-module plugin ``source`` installed as entry point ``entry_name`` of distribution ``dist`` 1.0."""
+    module = entry_name + "_plugin_module"
+    (folder / f"{module}.py").write_text("from art_some import hookimpl\n\n" + source)
+    fake_distribution(folder, dist, "1.0", entry_name, module)
+    monkeypatch.syspath_prepend(str(folder))
+    return module
+
+
+RAISING = """
+@hookimpl
+def register_estimators(register):
+    register("raiser_estimator", object)
+
+
+@hookimpl
+def register_models(register):
+    raise RuntimeError("no GPU found")
+"""
+
+MISSPELT = """
+@hookimpl
+def register_model(register):
+    register("typo_model", object)
+
+
+@hookimpl
+def register_estimators(register):
+    register("typo_estimator", object)
+"""
+
+
+def test_a_plugin_whose_hook_raises_is_skipped_in_every_kind(tmp_path, monkeypatch):
+    write_plugin(tmp_path, monkeypatch, "raiser-dist", "raiser", RAISING)
+    with pytest.warns(UserWarning, match="'raiser' from raiser-dist 1.0 is skipped.*register_models.*no GPU found"):
+        models = plugins.registered("models")
+    assert "digits_cnn" in models
+    assert "raiser_estimator" not in plugins.registered("estimators")  # half a plugin is worse than none
+    assert "smoothed" in plugins.registered("estimators")
+    assert "raiser" in plugins.skipped() and not plugins.get_plugin_manager().has_plugin("raiser")
+
+
+def test_a_plugin_with_a_misspelt_hook_is_skipped(tmp_path, monkeypatch):
+    write_plugin(tmp_path, monkeypatch, "typo-dist", "typo", MISSPELT)
+    with pytest.warns(UserWarning, match="'typo' from typo-dist 1.0 is skipped.*'register_model'.*register_models"):
+        pm = plugins.get_plugin_manager()
+    pm.check_pending()  # nothing left to complain about
+    assert "typo_estimator" not in plugins.registered("estimators")
+    assert "digits_cnn" in plugins.registered("models")
+
+
+def test_a_misspelt_hook_registered_after_loading_is_skipped_too():
+    class Typo:
+        @hookimpl
+        def register_estimater(self, register):
+            pass
+
+    pm = plugins.get_plugin_manager()
+    pm.register(Typo(), name="late-typo")
+    with pytest.warns(UserWarning, match="'late-typo'.*register_estimater"):
+        assert "smoothed" in plugins.registered("estimators")
+    assert not pm.has_plugin("late-typo")
+
+
+def test_a_hook_registering_without_a_name_skips_its_plugin():
+    class Nameless:
+        @hookimpl
+        def register_trainers(self, register):
+            register("", object)
+
+    pm = plugins.get_plugin_manager()
+    pm.register(Nameless(), name="nameless")
+    with pytest.warns(UserWarning, match="'nameless'.*non-empty name"):
+        assert "gaussian" in plugins.registered("trainers")
+
+
+def test_a_clash_between_two_third_party_plugins_keeps_the_first_loaded(tmp_path, monkeypatch):
+    source = 'X = {!r}\n\n@hookimpl\ndef register_models(register):\n    register("shared_name", X)\n'
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_plugin(tmp_path / "b", monkeypatch, "second-dist", "second", source.format("second"))
+    write_plugin(tmp_path / "a", monkeypatch, "first-dist", "first", source.format("first"))  # first on sys.path
+    with pytest.warns(UserWarning, match="'shared_name'.*'first' \\(first-dist 1.0\\).*'second' \\(second-dist"):
+        assert plugins.registered("models")["shared_name"] == "first"
+
+
+def test_a_plugin_registering_one_name_twice_keeps_the_first():
+    class Twice:
+        @hookimpl
+        def register_datasets(self, register):
+            register("twice", 1)
+            register("twice", 2)
+
+    pm = plugins.get_plugin_manager()
+    pm.register(Twice(), name="twice-plugin")
+    with pytest.warns(UserWarning, match="registered twice by plugin 'twice-plugin'"):
+        assert plugins.registered("datasets")["twice"] == 1
+
+
+def test_the_plugins_command_lists_everything_else_when_plugins_are_broken(tmp_path, monkeypatch, example_installed):
+    write_plugin(tmp_path, monkeypatch, "raiser-dist", "raiser", RAISING)
+    write_plugin(tmp_path, monkeypatch, "typo-dist", "typo", MISSPELT)
+    write_plugin(tmp_path, monkeypatch, "clash-dist", "clash",
+                 '@hookimpl\ndef register_models(register):\n    register("digits_cnn", object)\n')
+    (tmp_path / "import_fails.py").write_text("raise ImportError('boom')\n")
+    fake_distribution(tmp_path, "import-fails", "1.0", "importfails", "import_fails")
+    with pytest.warns(UserWarning) as caught:
+        result = CliRunner().invoke(cli, ["plugins"])
+    assert len(caught) == 4  # one warning per broken plugin and one for the clash
+    assert result.exit_code == 0, result.output
+    for name in ("smoothed", "flip_smoothed", "example_mlp", "digits_cnn", "median", "pgd"):
+        assert name in result.output
+    assert "raiser_estimator" not in result.output and "typo_estimator" not in result.output
+    assert set(plugins.skipped()) == {"raiser", "typo", "importfails"}
+    assert plugins.entries("models")["digits_cnn"].plugin == "art_some.models"
+
+
+def test_the_plugins_command_survives_a_broken_plugin_in_a_fresh_process(tmp_path):
+    import subprocess
+
+    (tmp_path / "raiser_plugin_module.py").write_text("from art_some import hookimpl\n" + RAISING)
+    fake_distribution(tmp_path, "raiser-dist", "1.0", "raiser", "raiser_plugin_module")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop(plugins.DISABLE_ENV, None)
+    run = subprocess.run([sys.executable, "-m", "art_some.cli", "plugins"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "digits_cnn" in run.stdout and "raiser_estimator" not in run.stdout
+    assert "'raiser' from raiser-dist 1.0 is skipped" in run.stderr
