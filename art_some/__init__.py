@@ -43,7 +43,8 @@ def __getattr__(name):
 
         return getattr(trainers, name)
     if name in ("certify", "predict"):
-        from art_some.core import certify as certify_module
+        import importlib
 
-        return getattr(certify_module, name)
+        # By module path: art_some.core's own attribute "certify" is the function, which hides its module.
+        return getattr(importlib.import_module("art_some.core.certify"), name)
     raise AttributeError(f"module 'art_some' has no attribute {name!r}")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from art_some.core.errors import NonFiniteError, name_indices
 from art_some.core.noise import ESTIMATION, PREDICTION, SELECTION, count_votes
 from art_some.core.stats import _check_alpha, binomial_test_two_sided, clopper_pearson_lower, gaussian_radius
 
@@ -73,13 +74,31 @@ def cohen_rule(selection_counts: np.ndarray, estimation_counts: np.ndarray, alph
     return np.where(abstain, ABSTAIN, c_hat).astype(np.int64), radius.astype(np.float64), p_lower
 
 
-def _check_inputs(x, n_name: str, n: int) -> None:
+def check_draws(name: str, n) -> int:
+    """``n`` as an int, or a clear error unless it is an integer >= 1 (``True`` is not a number of draws)."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer, float, np.floating)) \
+            or int(n) != n or n < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+    return int(n)
+
+
+def check_finite_inputs(x, indices=None) -> None:
+    """Refuse inputs holding NaN or inf, naming them (by ``indices`` when given, else by position)."""
     import torch
 
-    if int(n) != n or n < 1:
-        raise ValueError(f"{n_name} must be an integer >= 1, got {n!r}")
-    if not bool(torch.isfinite(torch.as_tensor(x)).all()):
-        raise ValueError("x contains NaN or infinite values")
+    x_t = torch.as_tensor(x)
+    if x_t.numel() == 0 or bool(torch.isfinite(x_t).all()):
+        return
+    bad = np.flatnonzero(~torch.isfinite(x_t.flatten(1)).all(dim=1).cpu().numpy())
+    named = bad if indices is None else np.asarray(indices)[bad]
+    raise NonFiniteError(f"x contains NaN or infinite values in input(s) {name_indices(named)}"
+                         f"{'' if indices is None else ' (by index)'}; no vote, count or certificate is given "
+                         "for them", named)
+
+
+def _check_inputs(x, n_name: str, n: int, indices=None) -> None:
+    check_draws(n_name, n)
+    check_finite_inputs(x, indices)
 
 
 def certify(
@@ -102,7 +121,9 @@ def certify(
     estimation draws feed ``rule``.
 
     Guarantee (for :func:`cohen_rule`): for each input, the probability that a returned (class, radius) is wrong
-    about the smoothed classifier is at most ``alpha``. Selection and estimation draws come from independent
+    about the smoothed classifier is at most ``alpha``. Never from garbage: an input holding NaN or inf, or one on
+    whose noisy copies the vote function reports a non-finite output (:data:`~art_some.core.noise.INVALID`),
+    raises :class:`~art_some.core.errors.NonFiniteError` naming it. Selection and estimation draws come from independent
     streams keyed by ``(seed, stage, indices[i])``, so results do not depend on ``batch_size`` or sharding.
 
     :param vote_fn: Maps noisy inputs ``(B, *shape)`` to class indices ``(B,)``.
@@ -122,8 +143,8 @@ def certify(
     :return: a :class:`CertifyResult`.
     """
     alpha = _check_alpha(alpha)
-    _check_inputs(x, "n0", n0)
-    _check_inputs(x, "n", n)
+    check_draws("n0", n0)
+    _check_inputs(x, "n", n, indices)
     start = time.perf_counter()
     common = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, indices=indices, device=device)
     counts0 = count_votes(vote_fn, x, int(n0), noise, stage=SELECTION, **common)
@@ -162,7 +183,7 @@ def predict(
     :return: ``(classes, counts)``: int64 classes with -1 for abstain, and the ``(N, C)`` vote counts.
     """
     alpha = _check_alpha(alpha)
-    _check_inputs(x, "n", n)
+    _check_inputs(x, "n", n, indices)
     counts = count_votes(
         vote_fn, x, int(n), noise, num_classes=num_classes, batch_size=batch_size, seed=seed,
         stage=PREDICTION, indices=indices, device=device,

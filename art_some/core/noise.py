@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
+from art_some.core.errors import NonFiniteError, name_indices
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,7 +26,22 @@ SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
 # A block holds at most this many floats (16 MB in float32); it bounds the memory one stream caches.
 NOISE_BLOCK_ELEMENTS = 2**22
 
+# The vote of a noisy input on which the base classifier's output was NaN or infinite: it is never counted.
+INVALID = -1
+
 VoteFunction = Callable[["torch.Tensor"], "torch.Tensor"]
+
+
+def argmax_votes(scores: "torch.Tensor") -> "torch.Tensor":
+    """
+    The class index of each row of ``scores`` ``(B, C)``, or :data:`INVALID` where a row is not finite (the argmax
+    of NaN is 0, which would count as a confident vote for class 0). Every vote function should end with this.
+    """
+    import torch
+
+    votes = scores.argmax(dim=1)
+    bad = ~torch.isfinite(scores.flatten(1)).all(dim=1)
+    return torch.where(bad, torch.full_like(votes, INVALID), votes)
 
 
 def seed_for(seed: int, stage: int, index: int) -> int:
@@ -95,6 +112,18 @@ class NoiseStream:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def check_indices(indices, n_inputs: int) -> np.ndarray:
+    """The inputs' global indices as an int64 array (default ``0..N-1``), or a clear error."""
+    if indices is None:
+        return np.arange(n_inputs)
+    arr = np.asarray(indices)
+    if arr.ndim != 1 or len(arr) != n_inputs:
+        raise ValueError(f"indices must hold one index per input ({n_inputs}), got shape {arr.shape}")
+    if len(arr) and (arr.dtype.kind not in "iu" and not np.all(np.mod(arr, 1) == 0) or np.any(arr < 0)):
+        raise ValueError(f"indices must be non-negative integers (they key each input's noise), got {indices!r}")
+    return arr.astype(np.int64)
+
+
 def block_size(num: int, input_numel: int) -> int:
     """Draws per generator block: depends only on ``num`` and the input size, never on the batch size."""
     return int(max(1, min(num, NOISE_BLOCK_ELEMENTS // max(1, input_numel))))
@@ -117,12 +146,15 @@ def _plan_batches(num_inputs: int, num: int, batch_size: int) -> Iterator[list[t
         yield batch
 
 
-def _checked_votes(votes: "torch.Tensor", expected: int, num_classes: int) -> "torch.Tensor":
+def _checked_votes(votes: "torch.Tensor", expected: int, num_classes: int):
     """
     Reject vote functions that return scores, wrong shapes or out-of-range classes (they would miscount).
 
     A vote is either a class index per row, shape ``(B,)``, or a row of non-negative integer tallies, shape
-    ``(B, C)`` (several votes cast by one noisy input, e.g. one per patch).
+    ``(B, C)`` (several votes cast by one noisy input, e.g. one per patch). :data:`INVALID` (a row of it for
+    tallies) marks a noisy input whose base-classifier output was not finite.
+
+    :return: ``(votes as long, invalid row mask)``.
     """
     import torch
 
@@ -134,11 +166,25 @@ def _checked_votes(votes: "torch.Tensor", expected: int, num_classes: int) -> "t
             f"shape ({expected}, {num_classes}), got shape {tuple(votes.shape)} and dtype {votes.dtype}"
         )
     votes = votes.to(torch.long)
-    if tallies and bool((votes < 0).any()):
-        raise ValueError("a vote function returned negative tallies")
-    if not tallies and bool(((votes < 0) | (votes >= num_classes)).any()):
-        raise ValueError(f"a vote function returned a class outside 0..{num_classes - 1}")
-    return votes
+    if tallies:
+        invalid = (votes == INVALID).all(dim=1)
+        if bool((votes[~invalid] < 0).any()):
+            raise ValueError("a vote function returned negative tallies (a row of -1 marks a non-finite output)")
+    else:
+        invalid = votes == INVALID
+        if bool(((votes < INVALID) | (votes >= num_classes)).any()):
+            raise ValueError(f"a vote function returned a class outside 0..{num_classes - 1} "
+                             f"(or {INVALID} for a non-finite output)")
+    return votes, invalid
+
+
+def non_finite_output_error(indices) -> "NonFiniteError":
+    """The error for inputs whose base classifier gave NaN or infinite outputs on their noisy copies."""
+    return NonFiniteError(
+        f"the base classifier's output is NaN or infinite on noisy copies of input(s) {name_indices(indices)} "
+        "(an overflow, or non-finite weights); no vote, count or certificate is given for them",
+        indices,
+    )
 
 
 def count_votes(
@@ -154,6 +200,7 @@ def count_votes(
     indices: Sequence[int] | None = None,
     device: "torch.device | str | None" = None,
     squares: bool = False,
+    invalid: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """
     Count the votes of ``vote_fn`` on ``num`` noisy copies of each input.
@@ -171,22 +218,26 @@ def count_votes(
     :param device: Device for noise and forward passes (defaults to ``x``'s).
     :param squares: Also return the per-class sums of squared tallies (the second moment that empirical
                     Bernstein bounds need; equal to the counts for one vote per draw).
+    :param invalid: Where a noisy copy gets an :data:`INVALID` vote (a NaN or infinite output), the default raises
+                    :class:`~art_some.core.errors.NonFiniteError` at once, naming the inputs. A boolean array of
+                    length N opts into marking instead: ``invalid[i]`` is set for each such input, whose count
+                    rows are then all zeros (so PREDICT on them abstains; ``predict`` turns them into NaN rows).
     :return: int64 array ``(N, C)`` of vote counts (each row sums to ``num`` for class-index votes), and with
              ``squares`` the ``(N, C)`` sums of squared tallies too.
     """
     import torch
 
-    if num < 1:
-        raise ValueError(f"the number of noise draws must be >= 1, got {num}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(num, bool) or int(num) != num or num < 1:
+        raise ValueError(f"the number of noise draws must be an integer >= 1, got {num!r}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if invalid is not None and (invalid.dtype != bool or invalid.shape != (len(x),)):
+        raise ValueError(f"invalid must be a boolean array of shape ({len(x)},)")
     x = torch.as_tensor(x)
     device = torch.device(device) if device is not None else x.device
     x = x.to(device=device, dtype=torch.float32)
     n_inputs = x.shape[0]
-    indices = np.arange(n_inputs) if indices is None else np.asarray(indices)
-    if len(indices) != n_inputs:
-        raise ValueError(f"indices has {len(indices)} entries for {n_inputs} inputs")
+    indices = check_indices(indices, n_inputs)
 
     block = block_size(num, int(np.prod(x.shape[1:])))
     streams: dict[int, NoiseStream] = {}
@@ -202,8 +253,15 @@ def count_votes(
                 owner.append(torch.full((k,), i, dtype=torch.long, device=device))
             eps_t = torch.cat(eps) if len(eps) > 1 else eps[0]
             owner_t = torch.cat(owner) if len(owner) > 1 else owner[0]
-            votes = _checked_votes(vote_fn(noise.perturb(x[owner_t], eps_t, owner_t)), len(owner_t), num_classes)
+            votes, bad = _checked_votes(vote_fn(noise.perturb(x[owner_t], eps_t, owner_t)), len(owner_t), num_classes)
             first, last = batch[0][0], batch[-1][0]
+            if bool(bad.any()):
+                positions = torch.unique(owner_t[bad]).cpu().numpy()
+                if invalid is None:
+                    raise non_finite_output_error(indices[positions])
+                invalid[positions] = True
+                # Any value keeps the counting valid: the rows of these inputs are zeroed before returning.
+                votes = torch.where(bad.view(-1, *([1] * (votes.dim() - 1))), torch.zeros_like(votes), votes)
             if votes.dim() == 2:
                 counts.index_add_(0, owner_t, votes)
                 if squared is not None:
@@ -219,6 +277,12 @@ def count_votes(
             for i in list(streams):
                 if i < last:
                     del streams[i]
+    counts = counts.cpu().numpy()
+    squared = None if squared is None else squared.cpu().numpy()
+    if invalid is not None and invalid.any():
+        counts[invalid] = 0  # a count from an input with a non-finite output is never returned
+        if squared is not None:
+            squared[invalid] = 0
     if squared is not None:
-        return counts.cpu().numpy(), squared.cpu().numpy()
-    return counts.cpu().numpy()
+        return counts, squared
+    return counts

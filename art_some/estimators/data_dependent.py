@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from art_some.core.certify import ABSTAIN, CertifyResult, cohen_rule
+from art_some.core.certify import ABSTAIN, CertifyResult, check_finite_inputs, cohen_rule
 from art_some.core.input_dependent import KNNSigma, semi_elastic_radius
-from art_some.core.noise import GaussianNoise, seed_for
+from art_some.core.noise import GaussianNoise, check_indices, seed_for
 from art_some.core.sigma_search import optimize_sigma
 from art_some.core.stats import clopper_pearson_lower
 from art_some.estimators.smooth_reduce import _warn_unsound
@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 SIGMA_RULES = ("optimize", "knn")
 CERTIFICATES = ("input_dependent", "fixed_sigma")
 SIGMA_STAGE = 5
+# The optimize rule's test-time ascent settings: the ANCER/ddsmoothing package's and the DDRS scripts' (spec A.1).
+SIGMA_SEARCH_PRESETS = {
+    "ancer": {"sigma_lr": 0.04, "sigma_steps": 900, "sigma_samples": 100, "prob_clamp": (0.001, 0.999)},
+    "ddrs": {"sigma_lr": 1e-4, "sigma_steps": 100, "sigma_samples": 1, "prob_clamp": (0.02, 0.98)},
+}
 FIXED_SIGMA_NOTE = ("certificate of the fixed-sigma smoothed classifier g_sigma_x at this input, not of the "
                     "input-dependent classifier")
 INPUT_DEPENDENT_NOTE = "certificate of the input-dependent classifier (Sukenik et al.: log-Lipschitz sigma)"
@@ -63,11 +68,16 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
     :param rate: r, the kNN rule's log-Lipschitz rate.
     :param knn_k: k of the kNN rule.
     :param knn_offset: m of the kNN rule (default: the median mean-kNN distance of the reference points).
-    :param sigma_lr: Ascent step size of the optimize rule (default 0.04, the ddsmoothing package).
-    :param sigma_steps: Ascent steps (default 900, the package).
-    :param sigma_samples: Draws per ascent step (default 100, the package).
+    :param sigma_search: Settings of the optimize rule's ascent, by name (:data:`SIGMA_SEARCH_PRESETS`):
+                         ``"ancer"`` (default; the ddsmoothing/ANCER package's ``run_optimization_dataset.py``: lr
+                         0.04, 900 steps, 100 draws, probabilities clamped to [0.001, 0.999]) or ``"ddrs"`` (the DDRS
+                         paper's scripts, which reproduce its tables: lr 1e-4, 100 steps, 1 draw, clamp [0.02,
+                         0.98]). The ``sigma_*`` and ``prob_clamp`` arguments below override single settings.
+    :param sigma_lr: Ascent step size of the optimize rule (default: the preset's).
+    :param sigma_steps: Ascent steps (default: the preset's).
+    :param sigma_samples: Draws per ascent step (default: the preset's).
     :param sigma_range: The optimised sigma is clamped to this range.
-    :param prob_clamp: Clamp of the soft probabilities before Phi^-1 (the package: [0.001, 0.999]).
+    :param prob_clamp: Clamp of the soft probabilities before Phi^-1 (default: the preset's).
     :param radius_steps: Grid points of the input-dependent radius search (up to Cohen's radius).
     :param sigma_steps_grid: Grid points of the worst-case sigma search of the input-dependent certificate.
 
@@ -78,9 +88,18 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
 
     def __init__(self, model, loss, input_shape, nb_classes, *args, sigma_rule="knn", certificate="input_dependent",
                  reference=None, rate: float = 0.01, knn_k: int = 20, knn_offset: float | None = None,
-                 sigma_lr: float = 0.04, sigma_steps: int = 900, sigma_samples: int = 100, sigma_range=(1e-3, 2.0),
-                 prob_clamp=(0.001, 0.999), radius_steps: int = 100, sigma_steps_grid: int = 41, **kwargs):
+                 sigma_search: str = "ancer", sigma_lr: float | None = None, sigma_steps: int | None = None,
+                 sigma_samples: int | None = None, sigma_range=(1e-3, 2.0), prob_clamp=None, radius_steps: int = 100,
+                 sigma_steps_grid: int = 41, **kwargs):
         super().__init__(model, loss, input_shape, nb_classes, *args, **kwargs)
+        if sigma_search not in SIGMA_SEARCH_PRESETS:
+            raise ValueError(f"sigma_search must be one of {tuple(SIGMA_SEARCH_PRESETS)}, got {sigma_search!r}")
+        preset = SIGMA_SEARCH_PRESETS[sigma_search]
+        sigma_lr = preset["sigma_lr"] if sigma_lr is None else sigma_lr
+        sigma_steps = preset["sigma_steps"] if sigma_steps is None else sigma_steps
+        sigma_samples = preset["sigma_samples"] if sigma_samples is None else sigma_samples
+        prob_clamp = preset["prob_clamp"] if prob_clamp is None else prob_clamp
+        self.sigma_search = sigma_search
         if certificate not in CERTIFICATES:
             raise ValueError(f"certificate must be one of {CERTIFICATES}, got {certificate!r}")
         if isinstance(sigma_rule, str) and sigma_rule not in SIGMA_RULES:
@@ -106,6 +125,12 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
         self.sigma_lr, self.sigma_steps, self.sigma_samples = float(sigma_lr), int(sigma_steps), int(sigma_samples)
         self.sigma_range, self.prob_clamp = tuple(sigma_range), tuple(prob_clamp)
         self.radius_steps, self.sigma_steps_grid = int(radius_steps), int(sigma_steps_grid)
+
+    def set_params(self, **kwargs) -> None:
+        """ART's ``set_params``; a new ``scale`` is the kNN rule's sigma_b (or the optimiser's start) from then on."""
+        super().set_params(**kwargs)
+        if "scale" in kwargs and isinstance(self.sigma_rule, KNNSigma):
+            self.sigma_rule.sigma_base = float(self.scale)
 
     # ----------------------------------------------------------------------------------------------------------
     # sigma(x), the noise model at it, and the certificate rule
@@ -193,29 +218,44 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
     # ----------------------------------------------------------------------------------------------------------
     # PREDICT, CERTIFY and gradients at sigma(x)
     # ----------------------------------------------------------------------------------------------------------
-    _fixed_noise = None
+    _sigma_now = None
 
     @property
     def noise_model(self) -> GaussianNoise:
         """The noise at the sigmas of the inputs being processed (it exists only during a call, see ``_at``)."""
-        if self._fixed_noise is None:
+        if self._sigma_now is None:
             raise RuntimeError("the data-dependent noise model only exists during predict/certify calls")
-        return self._fixed_noise
+        return GaussianNoise(self._sigma_now)
+
+    def noise_model_for(self, rows: np.ndarray) -> GaussianNoise:
+        """N(0, sigma_i^2 I) for the inputs at positions ``rows`` of the current call."""
+        return GaussianNoise(self._sigma_now[rows])
 
     @contextlib.contextmanager
     def _at(self, sigma: np.ndarray):
-        """Within the block, the engine's noise model is N(0, sigma_i^2 I) for input i."""
-        previous, self._fixed_noise = self._fixed_noise, GaussianNoise(sigma)
+        """Within the block, the engine's noise model is N(0, sigma_i^2 I) for input i (NaN: a skipped input)."""
+        previous, self._sigma_now = self._sigma_now, np.asarray(sigma, dtype=np.float64)
         try:
             yield
         finally:
-            self._fixed_noise = previous
+            self._sigma_now = previous
+
+    def _sigmas_of_finite(self, x_t: "torch.Tensor", indices: np.ndarray, invalid) -> np.ndarray:
+        """sigma(x) for the inputs without NaN or inf (NaN for the others, which raise unless ``invalid`` is given)."""
+        rows = self._finite_rows(x_t, indices, invalid)
+        sigma = np.full(len(x_t), np.nan)
+        if len(rows):
+            sigma[rows] = self.sigma_of(x_t[rows], indices[rows])
+        return sigma
 
     def predict_counts(self, x, n: int | None = None, batch_size: int | None = None, indices=None,
-                       squares: bool = False):
+                       squares: bool = False, invalid: np.ndarray | None = None):
         """Vote counts of the base classifier at sigma(x), ``n`` draws per input (default ``sample_size``)."""
-        with self._at(self.sigma_of(self._as_input_tensor(x), indices)):
-            return super().predict_counts(x, n=n, batch_size=batch_size, indices=indices, squares=squares)
+        x_t = self._as_input_tensor(x)
+        indices = check_indices(indices, len(x_t))
+        with self._at(self._sigmas_of_finite(x_t, indices, None if invalid is None else invalid.copy())):
+            return super().predict_counts(x_t, n=n, batch_size=batch_size, indices=indices, squares=squares,
+                                          invalid=invalid)
 
     def certify_detailed(self, x, n: int, n0: int | None = None, alpha: float | None = None,
                          batch_size: int | None = None, indices=None) -> CertifyResult:
@@ -226,10 +266,13 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
         """
         if self.certificate == "fixed_sigma":
             _warn_unsound("certificate='fixed_sigma' certifies the fixed-sigma classifier g_sigma_x at each input, "
-                          "not the input-dependent classifier that predict() evaluates (Sukenik et al. 2022)", 3)
-        sigma = self.sigma_of(self._as_input_tensor(x), indices)
+                          "not the input-dependent classifier that predict() evaluates (Sukenik et al. 2022)")
+        x_t = self._as_input_tensor(x)
+        indices = check_indices(indices, len(x_t))
+        check_finite_inputs(x_t, indices)
+        sigma = self.sigma_of(x_t, indices)
         with self._at(sigma):
-            result = super().certify_detailed(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices)
+            result = super().certify_detailed(x_t, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices)
         result.extra["sigma"] = sigma
         return result
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from art_some.core.cascade import ALPHA_SPLITS, cascade_certify, cascade_predict, failure_bound, hybrid_predict
-from art_some.core.certify import CertifyResult
-from art_some.core.noise import PREDICTION, GaussianNoise, count_votes
+from art_some.core.certify import ABSTAIN, CertifyResult, check_finite_inputs
+from art_some.core.noise import PREDICTION, GaussianNoise, check_indices, count_votes, non_finite_output_error
 from art_some.core.stats import _check_alpha
-from art_some.estimators.smoothed import SmoothedClassifier, _check_positive_int
+from art_some.estimators.smoothed import SmoothedClassifier, _check_positive_int, _scatter
 
 if TYPE_CHECKING:
     import torch
@@ -276,22 +276,27 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             "denoiser": type(self._denoiser).__name__,
         }
 
-    def _counter(self, z0: "torch.Tensor", indices, batch_size: int | None):
-        """The engine's count function for level s (0 = largest sigma), keyed on the level's own streams."""
+    def _counter(self, z0: "torch.Tensor", indices, batch_size: int | None, invalid: np.ndarray | None = None):
+        """
+        The engine's count function for level s (0 = largest sigma), keyed on the level's own streams. With
+        ``invalid`` (length N), inputs with non-finite outputs are marked there (zero counts) instead of raising.
+        """
         import torch
 
-        indices = np.arange(len(z0)) if indices is None else np.asarray(indices)
-        if len(indices) != len(z0):
-            raise ValueError(f"indices has {len(indices)} entries for {len(z0)} inputs")
+        indices = check_indices(indices, len(z0))
         levels = self.levels
 
         def count(level: int, stage: int, positions: np.ndarray, num: int) -> np.ndarray:
             sigma = levels[level]
-            return count_votes(
+            marks = None if invalid is None else np.zeros(len(positions), dtype=bool)
+            counts = count_votes(
                 lambda z: self.level_vote(z, sigma), z0[torch.as_tensor(positions, device=z0.device)], num,
-                GaussianNoise(sigma), num_classes=self.nb_classes, batch_size=batch_size or self.noise_batch_size,
-                seed=self.seed, stage=stage + LEVEL_STAGE_STRIDE * level, indices=indices[positions],
+                GaussianNoise(sigma), num_classes=self.nb_classes, batch_size=self._batch_size(batch_size),
+                seed=self.seed, stage=stage + LEVEL_STAGE_STRIDE * level, indices=indices[positions], invalid=marks,
             )
+            if marks is not None:
+                invalid[positions] |= marks
+            return counts
 
         return count
 
@@ -322,8 +327,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         alpha = _check_alpha(self.alpha if alpha is None else alpha)
         with torch.inference_mode():
             z0 = self._as_input_tensor(x)
-        if not bool(torch.isfinite(z0).all()):
-            raise ValueError("x contains NaN or infinite values")
+        check_finite_inputs(z0, check_indices(indices, len(z0)))
         result = cascade_certify(
             self._counter(z0, indices, batch_size), self.levels, len(z0), n0=int(n0), n=int(n), alpha=alpha,
             p0=float(self.p0), alpha_split=self.alpha_split, num_classes=self.nb_classes,
@@ -332,8 +336,11 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         return result
 
     def predict_counts(self, x, n: int | None = None, batch_size: int | None = None, indices=None,
-                       squares: bool = False, sigma: float | None = None):
-        """Vote counts of one level (default the top level) over ``n`` draws (default ``sample_size``)."""
+                       squares: bool = False, sigma: float | None = None, invalid: np.ndarray | None = None):
+        """
+        Vote counts of one level (default the top level) over ``n`` draws (default ``sample_size``); non-finite
+        inputs and outputs raise, or are marked in ``invalid``, as in :meth:`SmoothedClassifier.predict_counts`.
+        """
         import torch
 
         sigma = self.scale if sigma is None else float(sigma)
@@ -343,43 +350,79 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         _check_positive_int("n", n)
         with torch.inference_mode():
             z0 = self._as_input_tensor(x)
-        return count_votes(
-            lambda z: self.level_vote(z, sigma), z0, int(n), GaussianNoise(sigma), num_classes=self.nb_classes,
-            batch_size=batch_size or self.noise_batch_size, seed=self.seed,
-            stage=PREDICTION + LEVEL_STAGE_STRIDE * self.levels.index(sigma), indices=indices, squares=squares,
+        indices = check_indices(indices, len(z0))
+        rows = self._finite_rows(z0, indices, invalid)
+        marks = None if invalid is None else np.zeros(len(rows), dtype=bool)
+        out = count_votes(
+            lambda z: self.level_vote(z, sigma), z0[rows], int(n), GaussianNoise(sigma), num_classes=self.nb_classes,
+            batch_size=self._batch_size(batch_size), seed=self.seed,
+            stage=PREDICTION + LEVEL_STAGE_STRIDE * self.levels.index(sigma), indices=indices[rows], squares=squares,
+            invalid=marks,
         )
+        if marks is not None:
+            invalid[rows] |= marks
+        return tuple(_scatter(part, rows, len(z0)) for part in out) if squares else _scatter(out, rows, len(z0))
 
-    def predict_classes(self, x) -> tuple[np.ndarray, np.ndarray]:
+    def predict_classes(self, x, indices=None, invalid=None, abstain: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """
         PREDICT by ``predict_rule``: the classes (-1 = abstain) and, per row, the answering level's vote counts
         (``"cascade"``) or ``sample_size`` times the hybrid softmax (``"hybrid"``, whose argmax is the label).
+        ``abstain=False`` (what attacks see): the cascade's own top class, see :meth:`predict_levels`.
         """
-        classes, scores, _ = self.predict_levels(x)
+        classes, scores, _ = self.predict_levels(x, indices=indices, invalid=invalid, abstain=abstain)
         return classes, scores
 
-    def predict_levels(self, x, indices=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`predict_classes` plus the sigma of the level that answered per input (NaN: none)."""
+    def predict_levels(self, x, indices=None, invalid=None, abstain: bool = True):
+        """
+        :meth:`predict_classes` plus the sigma of the level that answered per input (NaN: none).
+
+        With ``abstain=False`` and the cascade rule, the cascade's point estimate, which never abstains: from the
+        largest sigma down, the first level whose top class has a vote share of at least p0 answers with it; when
+        none does, the smallest sigma's top class (where the cascade would end). Inputs holding NaN or inf, or with
+        non-finite outputs, raise, or are marked in ``invalid`` (class -1, zero scores, level NaN).
+        """
         import torch
 
         with torch.inference_mode():
             z0 = self._as_input_tensor(x)
-        count = self._counter(z0, indices, None)
-        if self.predict_rule == "cascade":
+        indices = check_indices(indices, len(z0))
+        marks = np.zeros(len(z0), dtype=bool)
+        rows = self._finite_rows(z0, indices, marks if invalid is not None else None)
+        sub = None if invalid is None else np.zeros(len(rows), dtype=bool)
+        count = self._counter(z0[rows], indices[rows], None, sub)
+        if self.predict_rule == "cascade" and abstain:
             classes, scores, level = cascade_predict(
-                count, self.levels, len(z0), n=self.sample_size, alpha=self.alpha, p0=float(self.p0),
+                count, self.levels, len(rows), n=self.sample_size, alpha=self.alpha, p0=float(self.p0),
                 alpha_split=self.alpha_split, num_classes=self.nb_classes,
             )
+        elif self.predict_rule == "cascade":
+            classes, scores, level = _cascade_point_estimate(count, len(self.levels), len(rows), self.sample_size,
+                                                             float(self.p0))
         else:
             with torch.inference_mode():  # in chunks: N clean images at full size may not fit at once
-                chunks = [self.logits(z0[i : i + self.noise_batch_size]).float().cpu().numpy()
-                          for i in range(0, len(z0), self.noise_batch_size)]
+                chunks = [self.logits(z0[rows][i : i + self.noise_batch_size]).float().cpu().numpy()
+                          for i in range(0, len(rows), self.noise_batch_size)]
             clean = np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes))
+            bad = ~np.isfinite(clean).all(axis=1)
+            if bad.any():
+                if invalid is None:
+                    raise non_finite_output_error(indices[rows][bad])
+                marks[rows[bad]] = True
+                clean[bad] = 0.0
             with np.errstate(divide="ignore"):
                 classes, logits, level = hybrid_predict(
                     count, self.levels, clean, n=self.sample_size, p0=float(self.p0), weight=float(self.hybrid_weight)
                 )
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
             scores = self.sample_size * shifted / shifted.sum(axis=1, keepdims=True)
+        classes, level = _scatter(classes, rows, len(z0)), _scatter(level, rows, len(z0))
+        scores = _scatter(scores, rows, len(z0))
+        if sub is not None:
+            marks[rows] |= sub
+        if invalid is not None:
+            invalid |= marks
+            classes, level = np.where(marks, ABSTAIN, classes), np.where(marks, -1, level)
+            scores[marks] = 0
         sigma = np.array([self.levels[k] if k >= 0 else np.nan for k in level])
         return classes, scores, sigma
 
@@ -436,6 +479,21 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         DenoisedClassifierTrainer(self, seed=kwargs.pop("seed", self.seed)).fit(
             x, y, batch_size=batch_size, nb_epochs=nb_epochs, **kwargs
         )
+
+
+def _cascade_point_estimate(count, num_levels: int, num_inputs: int, n: int, p0: float):
+    """The cascade's rule on estimated probabilities (no abstention): ``(classes, counts, level index)``."""
+    from art_some.core.noise import PREDICTION
+
+    positions = np.arange(num_inputs)
+    per_level = [count(s, PREDICTION, positions, n) for s in range(num_levels)] if num_inputs else []
+    if not per_level:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    stacked = np.stack(per_level)  # (K, N, C)
+    answers = stacked.max(axis=2) >= p0 * n
+    level = np.where(answers.any(axis=0), answers.argmax(axis=0), num_levels - 1)
+    counts = stacked[level, positions]
+    return counts.argmax(axis=1).astype(np.int64), counts, level.astype(np.int64)
 
 
 def _check_sigmas(sigmas) -> tuple[float, ...]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from art_some.core.certify import ABSTAIN, cohen_rule
+from art_some.core.noise import INVALID, argmax_votes
 from art_some.core.stats import _check_alpha, bernstein_lower, gaussian_radius, hoeffding_lower
 from art_some.estimators.smoothed import SmoothedClassifier
 from art_some.patches import RESIZE_MODES, PatchLayout, make_layout, resize, resize_operator_norm
@@ -51,12 +52,15 @@ class UnsoundCertificateWarning(UserWarning):
     """A certificate rule that a spec marks unsound was used; its radii may be larger than the truth."""
 
 
-def _warn_unsound(message: str, stacklevel: int) -> None:
+def _warn_unsound(message: str, stacklevel: int | None = None) -> None:
     """
-    Warn at the caller ``stacklevel`` frames up, every time: a fresh registry defeats Python's once-per-call-site
-    default (each unsound certificate deserves its own warning) while the user's filters still apply.
+    Warn at the user's line (the first caller outside art-some, however deep the call), every time: a fresh registry
+    defeats Python's once-per-call-site default (each unsound certificate deserves its own warning) while the
+    user's filters still apply. ``stacklevel`` is ignored (kept for callers that pass it).
     """
-    frame = sys._getframe(stacklevel)
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("art_some"):
+        frame = frame.f_back
     warnings.warn_explicit(message, UnsoundCertificateWarning, frame.f_code.co_filename, frame.f_lineno,
                            module=frame.f_globals.get("__name__", "art_some"), registry={})
 
@@ -101,7 +105,8 @@ class SmoothReduceClassifier(SmoothedClassifier):
     :param radius_space: Report radii in the ``"input"`` space (divided by the resize's operator norm; default)
                           or in the ``"resized"`` space the noise lives in.
     :param unsound_paper_radius: Independent noise with the paper's uncorrected radius in the resized space.
-                                 Unsound; warns on every certificate.
+                                 Unsound; warns on every certificate. It sets ``radius_space`` to ``"resized"``
+                                 (the space its radii are in), which stays so if the flag is later turned off.
     """
 
     estimator_params = SmoothedClassifier.estimator_params + [
@@ -218,6 +223,9 @@ class SmoothReduceClassifier(SmoothedClassifier):
             raise ValueError("unsound_paper_radius=True is the paper's rule: it needs noise_mode='independent' and "
                              "certificate='votes'")
         self._check_model(model_size)
+        if self.unsound_paper_radius and self.radius_space == "input":
+            # The paper's radii are in the resized space; say so where users read it, not only in the records.
+            self.radius_space = "resized"
         # Operator norms of the linear map from the input to the noise space (computed, not assumed).
         resize_norm = resize_operator_norm(spatial, noise_size, self.resize_mode, device=self._device)
         stack_norm = (
@@ -314,8 +322,12 @@ class SmoothReduceClassifier(SmoothedClassifier):
 
         scores = self.patch_scores(z)
         if self.certificate == "vote_average":
-            return torch.nn.functional.one_hot(scores.argmax(dim=-1), self.nb_classes).sum(dim=1)
-        return self._aggregate(scores).argmax(dim=1)
+            tallies = torch.nn.functional.one_hot(scores.argmax(dim=-1), self.nb_classes).sum(dim=1)
+            bad = ~torch.isfinite(scores.flatten(1)).all(dim=1)
+            return torch.where(bad[:, None], torch.full_like(tallies, INVALID), tallies)
+        aggregated = self._aggregate(scores)
+        bad = ~torch.isfinite(scores.flatten(1)).all(dim=1)  # a max over patches can hide one NaN patch
+        return argmax_votes(torch.where(bad[:, None], torch.full_like(aggregated, float("nan")), aggregated))
 
     def soft_scores(self, z: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
         """Aggregated scores made a distribution (normalised for softmax scores, softmax for logits); for EOT."""
@@ -366,7 +378,7 @@ class SmoothReduceClassifier(SmoothedClassifier):
             _warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm), stacklevel=2)
         return super().certify_detailed(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices)
 
-    def predict_classes(self, x) -> tuple[np.ndarray, np.ndarray]:
+    def predict_classes(self, x, indices=None, invalid=None, abstain: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """
         PREDICT: Cohen's binomial test on the aggregated votes. For ``vote_average``: the class with the most patch
         votes when a lower bound on its mean patch-vote fraction exceeds 1/2, else abstain; the class is chosen from
@@ -375,11 +387,16 @@ class SmoothReduceClassifier(SmoothedClassifier):
         then patch-vote fractions summed over draws (rows sum to ``sample_size``).
         """
         if self.certificate == "votes":
-            return super().predict_classes(x)
-        counts, squares = self.predict_counts(x, squares=True)
+            return super().predict_classes(x, indices=indices, invalid=invalid, abstain=abstain)
+        counts, squares = self.predict_counts(x, squares=True, indices=indices, invalid=invalid)
         top = counts.argmax(axis=1)
-        p_lower = self._vote_average_lower(counts, squares, top, _check_alpha(self.alpha) / self.nb_classes)
-        return np.where(p_lower > 0.5, top, ABSTAIN).astype(np.int64), counts / self.num_patches
+        if abstain:
+            with np.errstate(invalid="ignore", divide="ignore"):  # zero rows of inputs marked invalid
+                p_lower = self._vote_average_lower(counts, squares, top, _check_alpha(self.alpha) / self.nb_classes)
+            top = np.where(p_lower > 0.5, top, ABSTAIN)
+        if invalid is not None:
+            top = np.where(invalid, ABSTAIN, top)
+        return top.astype(np.int64), counts / self.num_patches
 
     def certificate_info(self) -> dict:
         """Noise mode, aggregation, certificate, radius space and the divisor, the layout, and whether it is sound."""
@@ -388,7 +405,7 @@ class SmoothReduceClassifier(SmoothedClassifier):
             "aggregation": self.aggregation if isinstance(self.aggregation, str) else repr(self.aggregation),
             "scores": self.scores,
             "certificate": self.certificate if self.certificate == "votes" else f"vote_average/{self.bound}",
-            "radius_space": "resized" if self.unsound_paper_radius else self.radius_space,
+            "radius_space": self.radius_space,
             "radius_divisor": self.radius_divisor,
             "resize_norm": self.resize_norm,
             **self.layout.describe(),

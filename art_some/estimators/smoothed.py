@@ -7,15 +7,24 @@ streaming engine of :mod:`art_some.core`.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 from art.config import ART_NUMPY_DTYPE
 from art.estimators.certification.randomized_smoothing.pytorch import PyTorchRandomizedSmoothing
 
-from art_some.core.certify import CertifyResult, cohen_rule, predict_from_counts
+from art_some.core.certify import (
+    ABSTAIN,
+    CertifyResult,
+    check_draws,
+    check_finite_inputs,
+    cohen_rule,
+    predict_from_counts,
+)
 from art_some.core.certify import certify as certify_votes
-from art_some.core.noise import PREDICTION, GaussianNoise, count_votes, seed_for
+from art_some.core.errors import name_indices
+from art_some.core.noise import PREDICTION, GaussianNoise, argmax_votes, check_indices, count_votes, seed_for
 from art_some.core.stats import _check_alpha
 
 if TYPE_CHECKING:
@@ -99,14 +108,10 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         :param seed: Base seed of every noise stream.
         :param gradient_samples: Noise draws per input for EOT gradients and losses (default: ``sample_size``).
         """
-        _check_positive_int("sample_size", sample_size)
-        _check_positive_int("noise_batch_size", noise_batch_size)
-        if gradient_samples is not None:
-            _check_positive_int("gradient_samples", gradient_samples)
-        GaussianNoise(scale)  # validates scale
-        _check_alpha(alpha)
-        if int(nb_classes) < 2:
-            raise ValueError(f"nb_classes must be >= 2, got {nb_classes!r}")
+        _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, gradient_samples)
+        if isinstance(nb_classes, bool) or int(nb_classes) != nb_classes or int(nb_classes) < 2:
+            raise ValueError(f"nb_classes must be an integer >= 2, got {nb_classes!r}")
+        _check_model_dtype(model)
         super().__init__(
             model=model,
             loss=loss,
@@ -128,6 +133,25 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         self.gradient_samples = None if gradient_samples is None else int(gradient_samples)
         self._gradient_generator = None
 
+    def set_params(self, **kwargs) -> None:
+        """
+        Set estimator parameters (ART's API) and check them: an invalid value (e.g. ``alpha`` outside (0, 1), which
+        would void the guarantee) raises and leaves every parameter as it was.
+        """
+        backup = {key: getattr(self, key) for key in kwargs if key in self.estimator_params and hasattr(self, key)}
+        try:
+            super().set_params(**kwargs)
+            _check_smoothing_params(self.sample_size, self.scale, self.alpha, self.noise_batch_size, self.seed,
+                                    self.gradient_samples)
+            _check_model_dtype(self._model)
+        except Exception:
+            for key, value in backup.items():
+                try:
+                    super().set_params(**{key: value})
+                except Exception:  # the backup itself may not pass a subclass's combined checks mid-restore
+                    setattr(self, key, value)
+            raise
+
     # ----------------------------------------------------------------------------------------------------------
     # The three parts every method supplies: noise model, vote function, certificate rule.
     # ----------------------------------------------------------------------------------------------------------
@@ -145,7 +169,12 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         The base classifier's logits on raw inputs ``x`` (a tensor on the estimator's device): preprocessing,
         then the model. Differentiable when called outside ``inference_mode``.
         """
-        return self._model(self.preprocess(x, training_mode))[-1]
+        out = self._model(self.preprocess(x, training_mode))[-1]
+        if out.dim() != 2 or out.shape[1] != self.nb_classes:
+            raise ValueError(f"the model returns outputs of shape {tuple(out.shape)} but nb_classes is "
+                             f"{self.nb_classes}: give nb_classes={out.shape[-1]} or a model with {self.nb_classes} "
+                             "outputs")
+        return out
 
     def preprocess(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
         """
@@ -184,14 +213,18 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         return {}
 
     def vote(self, z: "torch.Tensor") -> "torch.Tensor":
-        """The vote function: the base classifier's class index for each noisy input in ``z``."""
+        """
+        The vote function: the base classifier's class index for each noisy input in ``z``, or
+        :data:`~art_some.core.noise.INVALID` where its logits (or postprocessed scores) are not finite.
+        """
         import torch
 
         out = self.logits(z)
         if self.postprocessing_defences:
             post = self._apply_postprocessing(preds=out.float().cpu().numpy(), fit=False)
-            return torch.from_numpy(np.argmax(post, axis=1)).to(z.device)
-        return out.argmax(dim=1)
+            post = torch.from_numpy(np.asarray(post, dtype=np.float32)).to(z.device)
+            return argmax_votes(torch.where(torch.isfinite(out), post, torch.full_like(post, float("nan"))))
+        return argmax_votes(out)
 
     # ----------------------------------------------------------------------------------------------------------
     # PREDICT and CERTIFY
@@ -199,34 +232,99 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
     def _as_input_tensor(self, x) -> "torch.Tensor":
         import torch
 
-        x_t = torch.as_tensor(np.asarray(x, dtype=ART_NUMPY_DTYPE) if not isinstance(x, torch.Tensor) else x)
+        raw_dtype = x.dtype if isinstance(x, (np.ndarray, torch.Tensor)) else None
+        if isinstance(x, torch.Tensor):
+            if x.dtype.is_complex or x.dtype == torch.bool:
+                raise ValueError(f"x must hold real numbers, got dtype {x.dtype}")
+            x_t = x
+        else:
+            try:
+                x_t = torch.as_tensor(np.asarray(x, dtype=ART_NUMPY_DTYPE))
+            except (TypeError, ValueError):
+                raise ValueError(f"x must be a numeric array of shape (N, {', '.join(map(str, self.input_shape))})"
+                                 ) from None
         if tuple(x_t.shape[1:]) != tuple(self.input_shape):
             raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x_t.shape)}")
-        return x_t.to(self._device, dtype=torch.float32)
+        x_t = x_t.to(self._device, dtype=torch.float32)
+        self._warn_out_of_range(x_t, raw_dtype)
+        return x_t
+
+    def _warn_out_of_range(self, x_t: "torch.Tensor", raw_dtype) -> None:
+        """Warn when inputs look like another scale than ``clip_values`` (uint8 0-255 images for a [0, 1] model)."""
+        import torch
+
+        if self.clip_values is None or x_t.numel() == 0:
+            return
+        lo, hi = float(np.min(self.clip_values[0])), float(np.max(self.clip_values[1]))
+        finite = x_t[torch.isfinite(x_t)]
+        if finite.numel() == 0:
+            return
+        width = hi - lo
+        far = bool(finite.min() < lo - width) or bool(finite.max() > hi + width)
+        if far or (str(raw_dtype) in ("uint8", "torch.uint8") and hi <= 1.0):
+            warnings.warn(
+                f"x holds values in [{float(finite.min()):g}, {float(finite.max()):g}]{' (uint8)' if not far else ''}"
+                f", far outside clip_values ({lo:g}, {hi:g}): certificates are for the inputs as given; scale them "
+                f"first (e.g. x / 255 for 8-bit images)", UserWarning, stacklevel=4)
 
     def predict_counts(
-        self, x, n: int | None = None, batch_size: int | None = None, indices=None, squares: bool = False
+        self, x, n: int | None = None, batch_size: int | None = None, indices=None, squares: bool = False,
+        invalid: np.ndarray | None = None,
     ):
         """
         Vote counts ``(N, nb_classes)`` of the base classifier over ``n`` noisy draws per input (default
         ``sample_size``), from the PREDICT stream; with ``squares`` also the sums of squared tallies.
+
+        An input holding NaN or inf, or on whose noisy copies the base classifier's output is not finite, raises
+        :class:`~art_some.core.errors.NonFiniteError` naming it, unless ``invalid`` (a boolean array of length N)
+        is given: then such inputs are marked there and their count rows are zero.
         """
         import torch
 
-        n = self.sample_size if n is None else n
-        _check_positive_int("n", n)
+        n = check_draws("n", self.sample_size if n is None else n)
+        x_t = self._as_input_tensor(x)
+        indices = check_indices(indices, len(x_t))
+        rows = self._finite_rows(x_t, indices, invalid)
         with torch.inference_mode():
-            z0 = self.to_noise_space(self._as_input_tensor(x))
-        return count_votes(
-            self.vote, z0, int(n), self.noise_model, num_classes=self.nb_classes,
-            batch_size=batch_size or self.noise_batch_size, seed=self.seed, stage=PREDICTION,
-            indices=indices, squares=squares,
+            z0 = self.to_noise_space(x_t[rows])
+        sub = None if invalid is None else np.zeros(len(rows), dtype=bool)
+        out = count_votes(
+            self.vote, z0, n, self.noise_model_for(rows), num_classes=self.nb_classes,
+            batch_size=self._batch_size(batch_size), seed=self.seed, stage=PREDICTION,
+            indices=indices[rows], squares=squares, invalid=sub,
         )
+        if sub is not None:
+            invalid[rows] |= sub
+        return tuple(_scatter(part, rows, len(x_t)) for part in out) if squares else _scatter(out, rows, len(x_t))
 
-    def predict_classes(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """PREDICT's decisions (-1 = abstain) and the vote counts behind them, ``sample_size`` draws per input."""
-        counts = self.predict_counts(x)
-        return predict_from_counts(counts, self.alpha), counts
+    def noise_model_for(self, rows: np.ndarray):
+        """The noise model for the inputs at positions ``rows`` of the current call (the same for all here)."""
+        return self.noise_model
+
+    def _finite_rows(self, x_t: "torch.Tensor", indices: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
+        """Positions of the inputs that hold no NaN or inf; the others raise, or are marked in ``invalid``."""
+        import torch
+
+        finite = torch.isfinite(x_t.flatten(1)).all(dim=1).cpu().numpy()
+        if invalid is None:
+            check_finite_inputs(x_t, indices)
+        else:
+            invalid |= ~finite
+        return np.flatnonzero(finite)
+
+    def _batch_size(self, batch_size) -> int:
+        """``batch_size`` or the default ``noise_batch_size`` (0 is an error, not the default)."""
+        return self.noise_batch_size if batch_size is None else batch_size
+
+    def predict_classes(self, x, indices=None, invalid: np.ndarray | None = None, abstain: bool = True):
+        """
+        PREDICT's decisions (-1 = abstain) and the vote counts behind them, ``sample_size`` draws per input. With
+        ``abstain=False`` the smoothed classifier's top class (the argmax of the counts), never -1. ``invalid`` as
+        in :meth:`predict_counts` (marked inputs get -1 and zero counts).
+        """
+        counts = self.predict_counts(x, indices=indices, invalid=invalid)
+        classes = predict_from_counts(counts, self.alpha) if abstain else counts.argmax(axis=1)
+        return _unmark(classes, invalid), counts
 
     def predict(  # type: ignore[override]
         self, x: np.ndarray, batch_size: int = 128, verbose: bool = False, **kwargs
@@ -236,7 +334,9 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         of the top two vote counts rejects a tie at level ``alpha``, otherwise abstain.
 
         Guarantee: a returned class differs from the smoothed classifier's prediction with probability at
-        most ``alpha``.
+        most ``alpha``. An input holding NaN or inf, or on which the base classifier's output is not finite, gets a
+        row of NaN (no vote is counted for it; ART's attacks reject such candidates, as for a plain classifier),
+        with a warning.
 
         :param x: Inputs ``(N, *input_shape)``.
         :param batch_size: Kept for ART compatibility; noisy batches use ``noise_batch_size``.
@@ -250,16 +350,23 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         output = kwargs.get("output", "counts")
         if output not in ("counts", "onehot"):
             raise ValueError(f"output must be 'counts' or 'onehot', got {output!r}")
-        classes, counts = self.predict_classes(self._as_input_tensor(x))
-        if not is_abstain:
-            classes = counts.argmax(axis=1)
+        x_t = self._as_input_tensor(x)
+        invalid = np.zeros(len(x_t), dtype=bool)
+        classes, counts = self.predict_classes(x_t, invalid=invalid, abstain=bool(is_abstain))
         if output == "onehot":
             scores = np.zeros(counts.shape, dtype=ART_NUMPY_DTYPE)
             keep = classes >= 0
             scores[np.flatnonzero(keep), classes[keep]] = 1.0
         else:
             scores = np.where((classes >= 0)[:, None], counts, 0).astype(ART_NUMPY_DTYPE)
-        n_abstain = int(np.sum(classes < 0))
+        if invalid.any():
+            scores[invalid] = np.nan
+            warnings.warn(
+                f"predict: {int(invalid.sum())} of {len(invalid)} inputs (positions "
+                f"{name_indices(np.flatnonzero(invalid))}) hold NaN or inf, or give non-finite logits; their rows are "
+                "NaN (no votes counted)",
+                RuntimeWarning, stacklevel=2)
+        n_abstain = int(np.sum((classes < 0) & ~invalid))
         if n_abstain:
             logger.info("%d of %d predictions abstained", n_abstain, len(classes))
         return scores
@@ -290,8 +397,11 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         """
         import torch
 
+        x_t = self._as_input_tensor(x)
+        indices = check_indices(indices, len(x_t))
+        check_finite_inputs(x_t, indices)  # before the noise-space map, which may spread a NaN to other inputs
         with torch.inference_mode():
-            z0 = self.to_noise_space(self._as_input_tensor(x))
+            z0 = self.to_noise_space(x_t)
         result = certify_votes(
             self.vote,
             self.noise_model,
@@ -300,7 +410,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             n=n,
             alpha=self.alpha if alpha is None else alpha,
             num_classes=self.nb_classes,
-            batch_size=batch_size or self.noise_batch_size,
+            batch_size=self._batch_size(batch_size),
             seed=self.seed,
             indices=indices,
             rule=self.certificate_rule,
@@ -386,6 +496,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
 
         is_tensor = isinstance(x, torch.Tensor)
         x_t = x.detach() if is_tensor else torch.from_numpy(np.asarray(x, dtype=ART_NUMPY_DTYPE))
+        if tuple(x_t.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x_t.shape)}")
         return x_t.to(self._device, dtype=torch.float32).clone().requires_grad_(True), is_tensor
 
     def _labels(self, y, n: int) -> "torch.Tensor":
@@ -400,7 +512,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             y = y.argmax(axis=1)
         if y.shape != (n,):
             raise ValueError(f"y must be {n} class indices or one-hot rows, got shape {y.shape}")
-        return torch.as_tensor(y.astype(np.int64), device=self._device)
+        return torch.as_tensor(check_labels(y, self.nb_classes), device=self._device)
 
     def compute_loss(self, x, y, reduction: str = "none", **kwargs):
         """
@@ -500,5 +612,63 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
 
 
 def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or int(value) != value or value < 1:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)) \
+            or int(value) != value or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, gradient_samples) -> None:
+    """The checks shared by the constructor and ``set_params``."""
+    _check_positive_int("sample_size", sample_size)
+    _check_positive_int("noise_batch_size", noise_batch_size)
+    if gradient_samples is not None:
+        _check_positive_int("gradient_samples", gradient_samples)
+    if isinstance(scale, (bool, np.bool_)):
+        raise ValueError(f"scale (sigma) must be a finite number > 0, got {scale!r}")
+    GaussianNoise(scale)  # validates scale
+    if isinstance(alpha, (bool, np.bool_)):
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    _check_alpha(alpha)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+
+
+def _check_model_dtype(model) -> None:
+    """The engine feeds float32 inputs: a float64 or half-precision model would fail or silently change dtype."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+    if dtypes - {torch.float32}:
+        found = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+        raise ValueError(f"model has {found} parameters; art-some runs the model on float32 inputs: pass "
+                         "model.float() (mixed precision belongs in autocast, not in the weights)")
+
+
+def check_labels(y, nb_classes: int) -> np.ndarray:
+    """Class indices as int64, or a clear error for labels outside 0..nb_classes-1 or non-integral floats."""
+    y = np.asarray(y)
+    if y.dtype.kind == "b" or y.dtype.kind not in "iuf":
+        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype}")
+    if y.dtype.kind == "f" and (not np.all(np.isfinite(y)) or np.any(np.mod(y, 1) != 0)):
+        raise ValueError("labels must be integer class indices; got non-integral or non-finite floats")
+    if len(y) and (y.min() < 0 or y.max() >= nb_classes):
+        raise ValueError(f"labels must lie in 0..{nb_classes - 1}, got values in {int(y.min())}..{int(y.max())}")
+    return y.astype(np.int64)
+
+
+def _scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """``values`` for the inputs at ``rows``, placed in an (n, ...) array of zeros."""
+    if len(rows) == n:
+        return values
+    out = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+    out[rows] = values
+    return out
+
+
+def _unmark(classes: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
+    """No class for an input marked invalid (-1, as an abstention; ``predict`` makes its row NaN)."""
+    if invalid is not None and invalid.any():
+        classes = np.where(invalid, ABSTAIN, classes)
+    return classes
