@@ -270,7 +270,7 @@ def test_learning_rate_drops_at_half_and_three_quarters_of_the_iterations(digits
     clf.optimizer.step = lambda *a, **k: (lrs.append(clf.optimizer.param_groups[0]["lr"]), step(*a, **k))[1]
     trainer.fit(x[:80], y[:80], batch_size=16, nb_epochs=4)  # 5 steps per epoch, 20 in all
     assert lrs == pytest.approx([0.1] * 10 + [0.01] * 5 + [0.001] * 5)
-    assert trainer.owns_lr_schedule and not CRTTrainer(_clf(_mlp(3)), _mlp(1)).owns_lr_schedule
+    assert trainer.owns_lr_schedule and not CRTTrainer(_clf(_mlp(3)), _mlp(1), lr_schedule=False).owns_lr_schedule
     with pytest.raises(ValueError, match="scheduler"):
         trainer.fit(x[:16], y[:16], nb_epochs=1, scheduler=SimpleNamespace(step=lambda: None))
 

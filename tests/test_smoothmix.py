@@ -155,7 +155,8 @@ def test_m_steps_per_loader_batch_and_forward_sizes(digits):
 def test_defaults_and_errors():
     trainer, _ = _trainer(sigma=0.25)
     assert (trainer.step_size, trainer.mix_step, trainer.num_steps, trainer.eta) == (0.5, 0, 4, 5.0)
-    assert _trainer(sigma=1.0)[0].step_size == 2.0 and _trainer(sigma=1.0)[0].mix_step == 1
+    # The SmoothMix code's mix_step default is 0 at every sigma (0 / 1 / 1 by sigma is SOME's choice).
+    assert _trainer(sigma=1.0)[0].step_size == 2.0 and _trainer(sigma=1.0)[0].mix_step == 0
     with pytest.raises(ValueError, match="mix_step"):
         _trainer(num_steps=1, mix_step=2)
     with pytest.raises(ValueError, match="step_size"):

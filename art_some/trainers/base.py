@@ -3,16 +3,22 @@ The training loop shared by every smoothing trainer: batches from numpy arrays o
 raw input space, the estimator's preprocessing and model, and one optimizer step per mini-batch. A trainer only
 defines :meth:`SmoothingTrainer.training_loss` (and, for the SmoothAdv-style trainers that split each loader
 batch into m mini-batches with their own steps, sets ``num_minibatches``).
+
+The loop refuses what would silently turn the weights into NaN: non-finite inputs, labels that are not class
+indices, and any step whose loss or gradient is not finite (:class:`~art_some.core.errors.NonFiniteError`; the
+step is not taken, so the model keeps its last finite weights).
 """
 from __future__ import annotations
 
 import abc
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 from art.defences.trainer import Trainer
 from tqdm.auto import trange
 
+from art_some.core.errors import NonFiniteError, name_indices
 from art_some.core.noise import seed_for
 
 if TYPE_CHECKING:
@@ -103,7 +109,8 @@ class SmoothingTrainer(Trainer, abc.ABC):
     def before_step(self, loader) -> None:
         """
         Called before each optimizer step of an epoch over ``loader``, with ``self.iteration`` the 0-based step count
-        (per-step schedules).
+        (per-step schedules), once the step's loss and gradient have been found finite: what a trainer commits
+        here (a learning rate, DDRS's sigmas) is never the product of a refused step.
         """
 
     def _loader(self, x, y, batch_size: int, drop_last: bool):
@@ -118,21 +125,34 @@ class SmoothingTrainer(Trainer, abc.ABC):
             raise ValueError("y is required when x is an array")
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y)
-        if y.ndim == 2:
-            y = y.argmax(axis=1)
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
         if tuple(x.shape[1:]) != tuple(self._classifier.input_shape):
             raise ValueError(f"x must have shape (N, {self._classifier.input_shape}), got {x.shape}")
+        # Checked once here (after the float32 cast, which is what the model sees), not again per batch.
+        rows = nonfinite_rows(x)
+        if rows:
+            raise NonFiniteError(f"x has non-finite values (nan or inf) in rows {name_indices(rows)}; drop or "
+                                 "repair them before training", rows)
+        y = class_indices(y, self._classifier.nb_classes, "rows {} of y")
         if self._shuffle is None:  # one stream across fit calls, so repeated fit(nb_epochs=1) reshuffles
             self._shuffle = torch.Generator().manual_seed(seed_for(self.seed, TRAINING_STAGE, 1))
         shuffle = self._shuffle
-        dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)))
+        dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
         return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=shuffle, drop_last=drop_last)
 
     def fit(self, x, y=None, batch_size: int = 128, nb_epochs: int = 10, **kwargs) -> list[float]:
         """
         Train the classifier's model.
+
+        Arrays are checked once up front, DataLoader batches as they come: a non-finite input raises
+        :class:`~art_some.core.errors.NonFiniteError` naming the rows (and the batch), a label that is not an
+        integral class index in ``[0, nb_classes)`` a ValueError. A step whose loss or gradient is not finite
+        raises NonFiniteError (epoch and iteration in the message) without being taken, so the model keeps its last
+        finite weights (BatchNorm running statistics included). The check runs after ``backward()`` and before
+        ``step()``: under DDP the gradients are averaged across ranks during backward, so every rank sees the
+        non-finite gradient and stops together instead of one rank stopping while the others wait in the
+        all-reduce. It costs one host synchronisation per step (the one that reading the loss needs anyway).
 
         :param x: Training inputs ``(N, *input_shape)`` in raw input space, or a torch ``DataLoader`` of
                   ``(x, y)`` batches.
@@ -142,41 +162,81 @@ class SmoothingTrainer(Trainer, abc.ABC):
         :param kwargs: ``scheduler`` (stepped once per epoch), ``verbose`` (progress bar), ``drop_last``.
         :return: The mean training loss (over optimizer steps) of each epoch.
         """
+        from torch.utils.data import DataLoader
+
         if int(nb_epochs) != nb_epochs or nb_epochs < 1:
             raise ValueError(f"nb_epochs must be an integer >= 1, got {nb_epochs!r}")
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_batches = isinstance(x, DataLoader)  # arrays were checked as a whole by _loader
         loader = self._loader(x, y, int(batch_size), kwargs.get("drop_last", False))
         scheduler = kwargs.get("scheduler")
-        optimizer = self.optimizer
+        guard = BufferGuard(self.trained_modules())
         history = []
         sampler = getattr(loader, "sampler", None)
-        for _ in trange(int(nb_epochs), desc=type(self).__name__, disable=not kwargs.get("verbose", False)):
-            self.epoch += 1
-            if callable(getattr(sampler, "set_epoch", None)):
-                sampler.set_epoch(self.epoch)  # DistributedSampler: a new shuffle each epoch
-            self.start_epoch()
-            total, steps = 0.0, 0
-            for x_batch, y_batch, *rest in loader:
-                x_batch = x_batch.to(self.device, dtype=self._float_dtype())
-                y_batch = y_batch.to(self.device).long()
-                if y_batch.dim() == 2:
-                    y_batch = y_batch.argmax(dim=1)
-                rest = [t.to(self.device) for t in rest]
-                for x_mini, y_mini, *rest_mini in self.minibatches(x_batch, y_batch, *rest):
-                    optimizer.zero_grad()
-                    loss = self.training_loss(x_mini, y_mini, *rest_mini)
-                    loss.backward()
-                    self.before_step(loader)
-                    optimizer.step()
-                    self.iteration += 1
-                    total += float(loss.detach())
-                    steps += 1
-            if scheduler is not None:
-                scheduler.step()
-            history.append(total / max(1, steps))
-        self._classifier.model.eval()
+        try:
+            for _ in trange(int(nb_epochs), desc=type(self).__name__, disable=not kwargs.get("verbose", False)):
+                self.epoch += 1
+                if callable(getattr(sampler, "set_epoch", None)):
+                    sampler.set_epoch(self.epoch)  # DistributedSampler: a new shuffle each epoch
+                self.start_epoch()
+                total, steps = 0.0, 0
+                for number, (x_batch, y_batch, *rest) in enumerate(loader, 1):
+                    x_batch = x_batch.to(self.device, dtype=self._float_dtype())
+                    if check_batches:
+                        y_batch = self._check_batch(x_batch, y_batch, number)
+                    y_batch = y_batch.to(self.device).long()
+                    if y_batch.dim() == 2:
+                        y_batch = y_batch.argmax(dim=1)
+                    rest = [t.to(self.device) for t in rest]
+                    for x_mini, y_mini, *rest_mini in self.minibatches(x_batch, y_batch, *rest):
+                        total += self._step(loader, guard, steps + 1, x_mini, y_mini, *rest_mini)
+                        steps += 1
+                if scheduler is not None:
+                    scheduler.step()
+                history.append(total / max(1, steps))
+        finally:
+            self._classifier.model.eval()
         return history
+
+    def trained_modules(self) -> list:
+        """The modules whose floating-point buffers a refused step restores (the classifier's model; a denoiser)."""
+        import torch
+
+        modules = [self._classifier.model, getattr(self._classifier, "denoiser", None)]
+        return [m for m in modules if isinstance(m, torch.nn.Module)]
+
+    def _check_batch(self, x_batch, y_batch, number: int):
+        """Refuse a loader batch with non-finite inputs or bad labels; return the labels as class indices."""
+        import torch
+
+        where = f"batch {number} of epoch {self.epoch}"
+        if not bool(torch.isfinite(x_batch).all()):
+            rows = nonfinite_rows(x_batch)
+            raise NonFiniteError(f"non-finite training inputs (nan or inf) in rows {name_indices(rows)} of {where}; "
+                                 "drop or repair them before training", rows)
+        y = y_batch.detach().cpu().numpy() if isinstance(y_batch, torch.Tensor) else np.asarray(y_batch)
+        return torch.from_numpy(class_indices(y, self._classifier.nb_classes, "rows {} of " + where))
+
+    def _step(self, loader, guard: "BufferGuard", iteration: int, x, y, *rest) -> float:
+        """One optimizer step on a mini-batch, refused (weights and buffers unchanged) if not finite."""
+        optimizer = self.optimizer
+        optimizer.zero_grad()
+        saved = guard.save()
+        loss = self.training_loss(x, y, *rest)
+        loss.backward()
+        loss_value, grad_value = finite_check_values(loss, optimizer)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+            optimizer.zero_grad()
+            guard.restore(saved)
+            where = f"at epoch {self.epoch}, iteration {iteration}"
+            what = (f"non-finite training loss ({loss_value})" if not math.isfinite(loss_value)
+                    else f"non-finite gradient ({grad_value}) with a finite loss ({loss_value:.4g})")
+            raise NonFiniteError(f"{what} {where}; lower the learning rate or check the data")
+        self.before_step(loader)
+        optimizer.step()
+        self.iteration += 1
+        return loss_value
 
     def state_dict(self) -> dict:
         """What resuming needs besides the model and optimizer: the epoch and the noise generator's state."""
@@ -198,6 +258,112 @@ class SmoothingTrainer(Trainer, abc.ABC):
         import torch
 
         return torch.float32
+
+
+def nonfinite_rows(x) -> list[int]:
+    """Rows (first axis) of a numpy array or torch tensor that hold a NaN or an infinity."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return (~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).nonzero().flatten().tolist()
+    if np.isfinite(x).all():  # one pass in the common case
+        return []
+    return np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1)).tolist()
+
+
+def class_indices(y: np.ndarray, nb_classes: int, where: str = "rows {} of y") -> np.ndarray:
+    """
+    Labels as int64 class indices: one-hot or score rows ``(N, C)`` by argmax, indices ``(N,)`` as they are.
+    Refuses non-finite values (:class:`~art_some.core.errors.NonFiniteError`), non-integral float indices and
+    indices outside ``[0, nb_classes)`` (ValueError), naming the rows (``where`` formats them).
+    """
+    y = np.asarray(y)
+    if y.ndim == 2:
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            rows = nonfinite_rows(y)
+            raise NonFiniteError(f"labels have non-finite values (nan or inf) in {where.format(name_indices(rows))}",
+                                 rows)
+        y = y.argmax(axis=1)
+    elif y.ndim != 1:
+        raise ValueError(f"labels must be class indices (N,) or one-hot rows (N, {nb_classes}), got shape {y.shape}")
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"labels must be integer class indices in [0, {nb_classes}), got dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        rows = np.flatnonzero(~np.isfinite(y)).tolist()
+        if rows:
+            raise NonFiniteError(f"labels are non-finite (nan or inf) in {where.format(name_indices(rows))}", rows)
+        rows = np.flatnonzero(y != np.round(y)).tolist()
+        if rows:
+            raise ValueError(f"labels must be integral class indices in [0, {nb_classes}), got {y[rows[0]]!r} "
+                             f"in {where.format(name_indices(rows))}")
+    rows = np.flatnonzero((y < 0) | (y >= nb_classes)).tolist()
+    if rows:
+        raise ValueError(f"labels must be class indices in [0, {nb_classes}), got {y[rows[0]]!r} "
+                         f"in {where.format(name_indices(rows))}")
+    return y.astype(np.int64)
+
+
+def finite_check_values(loss: "torch.Tensor", optimizer) -> tuple[float, float]:
+    """
+    ``(loss, largest absolute gradient)`` over the optimizer's parameters as two floats, read in one host
+    synchronisation (the max-abs norm cannot overflow for finite gradients, unlike the 2-norm).
+    """
+    import torch
+
+    loss = loss.detach().float().reshape(())
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return float(loss), 0.0
+    grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
+    try:
+        norms = torch._foreach_norm(grads, math.inf)  # one fused kernel per device and dtype
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        norms = [torch.linalg.vector_norm(g, math.inf) for g in grads]
+    norms = [n.to(loss.device, torch.float32) for n in norms]
+    loss_value, grad_value = torch.stack([loss, torch.stack(norms).max()]).tolist()
+    return loss_value, grad_value
+
+
+class BufferGuard:
+    """
+    The floating-point buffers (BatchNorm running statistics) of some modules, saved before a step's forward passes
+    and restored if the step is refused: train-mode forward passes update them even when the loss turns out
+    non-finite. One concatenation per step where all buffers share a device and dtype; nothing without buffers.
+    """
+
+    def __init__(self, modules):
+        seen, self.buffers = set(), []
+        for module in modules:
+            for buffer in module.buffers():
+                if buffer.is_floating_point() and id(buffer) not in seen:
+                    seen.add(id(buffer))
+                    self.buffers.append(buffer)
+
+    def save(self):
+        import torch
+
+        if not self.buffers:
+            return None
+        with torch.no_grad():
+            try:
+                return torch.cat([b.reshape(-1) for b in self.buffers])
+            except RuntimeError:  # mixed devices or dtypes
+                return [b.clone() for b in self.buffers]
+
+    def restore(self, saved) -> None:
+        import torch
+
+        if saved is None:
+            return
+        with torch.no_grad():
+            if isinstance(saved, list):
+                for buffer, value in zip(self.buffers, saved):
+                    buffer.copy_(value)
+                return
+            offset = 0
+            for buffer in self.buffers:
+                buffer.copy_(saved[offset:offset + buffer.numel()].view_as(buffer))
+                offset += buffer.numel()
 
 
 def per_example(value, like: "torch.Tensor", dim: int = 0):

@@ -16,7 +16,10 @@ class ConsistencyTrainer(SmoothingTrainer):
         (1/m) sum_j CE(f(x + delta_j), y) + lbd * (1/m) sum_j KL(p_bar || p_j) + eta * H(p_bar),
 
     where p_bar = (1/m) sum_j p_j keeps its gradient (as in Jeong & Shin's code; SOME detaches it, see the SOME
-    trainer). Defaults m=2, lbd=10, eta=0.5 are the authors' CIFAR-10 setting whose certification logs are in
+    trainer). As in the official ``train_consistency.py`` (``_chunk_minibatch``), each loader batch is split into m
+    equal chunks (remainder dropped) with one optimizer step each, so an epoch takes m times as many steps as the
+    loader has batches, each on B/m inputs times m noisy copies (a forward pass of B inputs). Defaults m=2, lbd=10,
+    eta=0.5 are the authors' CIFAR-10 setting whose certification logs are in
     ``shared/data/published_logs/consistency_cifar10_r110`` (they use lbd=20 at sigma=0.25 in some tables).
 
     | Paper link: https://arxiv.org/abs/2006.04062
@@ -35,12 +38,11 @@ class ConsistencyTrainer(SmoothingTrainer):
             raise ValueError(f"num_noise_vec must be an integer >= 1, got {num_noise_vec!r}")
         if lbd < 0 or eta < 0:
             raise ValueError(f"lbd and eta must be >= 0, got lbd={lbd!r}, eta={eta!r}")
-        self.num_noise_vec = int(num_noise_vec)
+        self.num_noise_vec = self.num_minibatches = int(num_noise_vec)
         self.lbd = float(lbd)
         self.eta = float(eta)
 
     def training_loss(self, x, y):
-
         # Copy j of the whole batch is chunk j, so chunk j lines up with y.
         noisy = (x.unsqueeze(0) + self.draw_noise(x)).flatten(0, 1)
         logits = self._classifier.logits(noisy, training_mode=True).view(self.num_noise_vec, len(x), -1)

@@ -8,6 +8,7 @@ training (one extra teacher forward per step; no attack, no extra noise draws).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 from art_some.trainers.base import SmoothingTrainer
@@ -32,26 +33,39 @@ class CRTTrainer(SmoothingTrainer):
         L = w * mean_b ||z_s(x_noisy) - z_t(x_noisy)||_2 + (1 - w) * CE(z_s(x_noisy), y),   w = 1 by default,
 
     so with w = 1 the labels are not used. The student is then certified as an ordinary fixed-sigma smoothed
-    classifier: its certificate does not depend on the teacher. The official schedule multiplies the learning rate
-    by 0.1 at 50% and 75% of all *iterations*; pass ``total_epochs`` to run it (stepped before every optimizer
-    step, so do not also step an epoch scheduler).
+    classifier: its certificate does not depend on the teacher.
+
+    The learning rate follows the official schedule by default: x0.1 at 50% and 75% of all *iterations*, set before
+    every optimizer step (so pass no epoch scheduler). The official code always runs it; here it spans
+    ``total_epochs``, or, when that is not given, the epochs of the first :meth:`fit` call (``fit(x, y,
+    nb_epochs=N)`` decays at 50% and 75% of N epochs). A run split over several ``fit`` calls needs
+    ``total_epochs``; ``lr_schedule=False`` turns the schedule off (a constant rate, or your own epoch scheduler).
 
     | Paper link: https://arxiv.org/abs/2210.14283
 
     :param classifier: The student, a :class:`~art_some.SmoothedClassifier` with an optimizer.
-    :param teacher: The robust teacher's base classifier: a :class:`~art_some.SmoothedClassifier` (its own
-                    preprocessing and model are used), a ``torch.nn.Module`` returning logits (given the student's
-                    preprocessing), or the path of a checkpoint saved by ``art-some train``.
+    :param teacher: The robust teacher's base classifier (required): a :class:`~art_some.SmoothedClassifier` (its
+                    own preprocessing and model are used), a ``torch.nn.Module`` returning logits (given the
+                    student's preprocessing), or the path of a checkpoint saved by ``art-some train``.
     :param sigma: Training noise level (default: the student's ``scale``; the teacher should be robust at it).
     :param transfer_weight: w, the weight of the logit-matching term (1 in the paper's configs).
-    :param total_epochs: Length of the run, for the per-iteration learning-rate milestones (None: no schedule).
+    :param total_epochs: Length of the run, for the per-iteration learning-rate milestones (None: the epochs of the
+                         first ``fit`` call).
     :param milestones: Fractions of the total iterations at which the learning rate drops.
     :param lr_gamma: Factor of each drop.
+    :param lr_schedule: Run the milestone schedule (default True, as the official code); False keeps the
+                        optimizer's learning rate and accepts an epoch ``scheduler`` in ``fit``.
     :param seed: Seed of the noise and shuffling.
     """
 
-    def __init__(self, classifier, teacher, sigma=None, transfer_weight: float = 1.0, total_epochs: int | None = None,
-                 milestones=(0.5, 0.75), lr_gamma: float = 0.1, seed: int = 0):
+    def __init__(self, classifier, teacher=None, sigma=None, transfer_weight: float = 1.0,
+                 total_epochs: int | None = None, milestones=(0.5, 0.75), lr_gamma: float = 0.1,
+                 lr_schedule: bool = True, seed: int = 0):
+        # teacher defaults to None only so that its absence gets this message rather than a TypeError about
+        # whichever other argument the caller did pass.
+        if teacher is None:
+            raise ValueError("CRT needs a teacher (teacher=...): a robust SmoothedClassifier, a torch.nn.Module "
+                             "returning logits, or the path of a checkpoint saved by art-some train")
         super().__init__(classifier, sigma=sigma, seed=seed)
         if not 0.0 <= float(transfer_weight) <= 1.0:
             raise ValueError(f"transfer_weight must lie in [0, 1], got {transfer_weight!r}")
@@ -64,6 +78,8 @@ class CRTTrainer(SmoothingTrainer):
             raise ValueError(f"lr_gamma must be > 0, got {lr_gamma!r}")
         self.transfer_weight = float(transfer_weight)
         self.total_epochs = None if total_epochs is None else int(total_epochs)
+        self._inferred_total = False
+        self.lr_schedule = bool(lr_schedule)
         self.milestones = milestones
         self.lr_gamma = float(lr_gamma)
         self.teacher_forward = self._teacher(teacher)
@@ -72,7 +88,7 @@ class CRTTrainer(SmoothingTrainer):
     @property
     def owns_lr_schedule(self) -> bool:
         """True when the trainer steps the learning rate itself (per iteration)."""
-        return self.total_epochs is not None
+        return self.lr_schedule
 
     def _teacher(self, teacher):
         """A function from raw noisy inputs to the teacher's logits (eval mode, no gradient)."""
@@ -119,20 +135,35 @@ class CRTTrainer(SmoothingTrainer):
         return self.lr_gamma ** passed
 
     def fit(self, x, y=None, batch_size: int = 128, nb_epochs: int = 10, **kwargs) -> list[float]:
+        """ART's ``fit`` (see the base class); the schedule spans ``total_epochs``, else this call's epochs."""
         if self.owns_lr_schedule and kwargs.get("scheduler") is not None:
-            raise ValueError("with total_epochs the trainer steps the learning rate itself: pass no scheduler")
+            raise ValueError("CRT steps the learning rate itself (the official 50%/75% schedule): pass no scheduler, "
+                             "or lr_schedule=False to use your own")
+        if self.lr_schedule and self.total_epochs is None:
+            self.total_epochs, self._inferred_total = self.epoch + int(nb_epochs), True
+        elif self._inferred_total and self.epoch + nb_epochs > self.total_epochs:
+            warnings.warn(f"CRT's learning-rate schedule spans the first fit call ({self.total_epochs} epochs in "
+                          "all); later epochs run at the final rate. Pass total_epochs=... for a run split over "
+                          "several fit calls", stacklevel=2)
         return super().fit(x, y, batch_size=batch_size, nb_epochs=nb_epochs, **kwargs)
 
     def before_step(self, loader) -> None:
-        if self.total_epochs is None:
+        if not self.lr_schedule or self.total_epochs is None:
             return
-        factor = self.learning_rate_factor(self.iteration, self.total_epochs * self.steps_per_epoch(loader))
+        try:
+            steps = self.steps_per_epoch(loader)
+        except TypeError:  # an IterableDataset's loader has no len()
+            raise ValueError("CRT's learning-rate schedule counts iterations, so the DataLoader needs a length; "
+                             "pass lr_schedule=False for one without") from None
+        factor = self.learning_rate_factor(self.iteration, self.total_epochs * steps)
         for group, base in zip(self.optimizer.param_groups, self._base_lrs):
             group["lr"] = base * factor
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "base_lrs": list(self._base_lrs)}
+        return {**super().state_dict(), "base_lrs": list(self._base_lrs), "total_epochs": self.total_epochs}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._base_lrs = [float(v) for v in state.get("base_lrs", self._base_lrs)]
+        if self.total_epochs is None and state.get("total_epochs") is not None:
+            self.total_epochs = int(state["total_epochs"])

@@ -18,6 +18,7 @@ BASES = {"gaussian": GaussianAugmentationTrainer, "smoothadv": SmoothAdvTrainer,
 # The official scripts' sigma steps and draws per batch (train_rs.py, train_smooth_adv.py, train_macer.py).
 SIGMA_STEPS = {"gaussian": 1, "smoothadv": 0, "macer": 10}
 SIGMA_SAMPLES = {"gaussian": 1, "smoothadv": 1, "macer": 64}
+SEARCH_MODES = ("train", "eval")
 BASE_DEFAULTS = {"gaussian": {}, "smoothadv": {"epsilon": 0.25, "num_steps": 2, "num_noise_vec": 1, "warmup": 1},
                  "macer": {"num_noise_vec": 64, "lbd": 12.0, "gamma": 8.0, "form": "ddrs"}}
 
@@ -62,6 +63,19 @@ class DDRSTrainer(SmoothingTrainer):
     is not confirmed). After training, sigma is optimised on test inputs by
     :class:`~art_some.estimators.DataDependentSmoothedClassifier`.
 
+    The search during training runs the network in **train mode**, as the official scripts do (their ``get_sigma``
+    has ``model.eval()`` commented out), through the bare module (no DDP bookkeeping: these passes have no
+    parameter backward). For a BatchNorm network this is the right choice: the loss the sigmas are for is
+    computed in train mode with batch statistics, so the search ascends the radius of that same function, whereas
+    in eval mode it would use running statistics that lag behind the weights (badly so early in training). The
+    side effect is that the search's forward passes also update the running statistics; their inputs are the
+    same noisy copies x + sigma_i eps that the Gaussian and MACER losses see and that certification sees, and the
+    running statistics do not enter the training loss or its gradient, so the weights and sigmas are the same as
+    without that update. Dropout is active in the search too (as in the official code). ``sigma_search_mode="eval"``
+    searches on the eval-mode network instead (running statistics, no dropout, nothing updated), as the
+    test-time search does. A sigma is written back to the table only when the step it was found for is taken
+    (a refused non-finite step leaves the table unchanged).
+
     | Paper link: https://arxiv.org/abs/2012.04351
 
     :param classifier: A :class:`~art_some.SmoothedClassifier` with an optimizer.
@@ -73,16 +87,21 @@ class DDRSTrainer(SmoothingTrainer):
     :param sigma_range: sigma is clamped to this range.
     :param prob_clamp: Clamp of the soft probabilities before Phi^-1.
     :param epoch_switch: Epochs trained at the fixed sigma0 before sigma moves (the SmoothAdv script: 60 of 90).
+    :param sigma_search_mode: ``"train"`` (default, the official scripts) or ``"eval"``: the network's mode during
+                              the sigma search (see above).
     :param seed: Seed of the noise and shuffling.
     :param base_kwargs: Options of the base trainer (e.g. ``epsilon`` for SmoothAdv, ``lbd`` for MACER).
     """
 
     def __init__(self, classifier, base: str = "gaussian", sigma=None, sigma_steps: int | None = None,
                  sigma_samples: int | None = None, sigma_lr: float = 1e-4, sigma_range=(1e-3, 2.0),
-                 prob_clamp=(0.02, 0.98), epoch_switch: int = 0, seed: int = 0, **base_kwargs):
+                 prob_clamp=(0.02, 0.98), epoch_switch: int = 0, sigma_search_mode: str = "train", seed: int = 0,
+                 **base_kwargs):
         super().__init__(classifier, sigma=sigma, seed=seed)
         if base not in BASES:
             raise ValueError(f"base must be one of {sorted(BASES)}, got {base!r}")
+        if sigma_search_mode not in SEARCH_MODES:
+            raise ValueError(f"sigma_search_mode must be one of {', '.join(SEARCH_MODES)}, got {sigma_search_mode!r}")
         self.sigma_steps = SIGMA_STEPS[base] if sigma_steps is None else sigma_steps
         self.sigma_samples = SIGMA_SAMPLES[base] if sigma_samples is None else sigma_samples
         checks = (("sigma_steps", self.sigma_steps, 0), ("sigma_samples", self.sigma_samples, 1),
@@ -100,7 +119,9 @@ class DDRSTrainer(SmoothingTrainer):
         self.num_minibatches = self.base.num_minibatches
         self.sigma_lr, self.sigma_range, self.prob_clamp = float(sigma_lr), tuple(sigma_range), tuple(prob_clamp)
         self.epoch_switch = int(epoch_switch)
+        self.sigma_search_mode = sigma_search_mode
         self.sigmas = None  # the per-example table, created with the first loader
+        self._pending = None  # (indices, sigmas) of the step in progress, stored once the step is taken
 
     def _loader(self, x, y, batch_size: int, drop_last: bool):
         from torch.utils.data import DataLoader
@@ -137,16 +158,20 @@ class DDRSTrainer(SmoothingTrainer):
         index = index.cpu()
         sigma = self.sigmas[index].to(x.device)
         if self.epoch > self.epoch_switch and self.sigma_steps > 0:
-            clf = self._classifier
-            # Eval passes on the bare module (no DDP bookkeeping), as the SmoothAdv/SmoothMix adversaries.
-            sigma = optimize_sigma(lambda z: stacked_logits(clf, z, False)[0], x, sigma, lr=self.sigma_lr,
-                                   num_steps=self.sigma_steps, num_samples=self.sigma_samples,
+            clf, training = self._classifier, self.sigma_search_mode == "train"
+            sigma = optimize_sigma(lambda z: stacked_logits(clf, z, training, bare=True)[0], x, sigma,
+                                   lr=self.sigma_lr, num_steps=self.sigma_steps, num_samples=self.sigma_samples,
                                    prob_clamp=self.prob_clamp, sigma_range=self.sigma_range,
                                    generator=self.generator(x.device))
-            self._write_back(index, sigma.float().cpu())
+            self._pending = (index, sigma.float().cpu())
         elif self.epoch <= self.epoch_switch:
             sigma = sigma.new_full(sigma.shape, self.sigma)
         return self.base.training_loss(x, y, sigma=sigma)
+
+    def before_step(self, loader) -> None:
+        if self._pending is not None:
+            self._write_back(*self._pending)
+            self._pending = None
 
     def _write_back(self, index, sigma) -> None:
         """Store the new sigmas; under DDP every rank stores every rank's, so the tables stay identical."""

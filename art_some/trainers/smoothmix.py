@@ -26,11 +26,6 @@ def default_step_size(sigma: float) -> float:
     return 2.0 * sigma
 
 
-def default_mix_step(sigma: float) -> int:
-    """The official CIFAR-10 mix_step: 0 at sigma 0.25, 1 (the one-step adversary) at 0.5 and 1.0."""
-    return 0 if sigma <= 0.25 else 1
-
-
 def warmup_factor(epoch: int, warmup: int = 10) -> float:
     """w_e = min(1, epoch / warmup) for a 1-based epoch (the official ``(epoch + 1) / W`` with 0-based epochs)."""
     return min(1.0, epoch / warmup)
@@ -133,15 +128,18 @@ def mixup(x_clean: "torch.Tensor", x_adv: "torch.Tensor", target: "torch.Tensor"
     return x_mix, y_mix, u
 
 
-def stacked_logits(classifier, z: "torch.Tensor", training: bool) -> "torch.Tensor":
+def stacked_logits(classifier, z: "torch.Tensor", training: bool, bare: bool | None = None) -> "torch.Tensor":
     """
     Head logits ``(M, N, C)`` of raw inputs ``z`` (M = 1 for a single network). Training passes go through the
     classifier's model (a DDP wrapper included); eval passes, used by the adversary, go to the bare module so
     that no gradient synchronisation is expected.
+
+    :param bare: Use the bare module whatever the mode (default: only in eval mode); for train-mode passes that
+                 have no parameter backward, such as DDRS's sigma search.
     """
     import torch
 
-    model = classifier.model if training else unwrap(classifier.model)
+    model = unwrap(classifier.model) if (not training if bare is None else bare) else classifier.model
     z = classifier.preprocess(z, training_mode=training)
     if callable(getattr(unwrap(model), "head_logits", None)):
         return torch.stack(model(z, per_head=True))
@@ -195,7 +193,10 @@ class SmoothMixTrainer(SmoothingTrainer):
     :param num_steps: T, attack steps (4 on CIFAR-10).
     :param step_size: alpha, the L2 length of each step (default 2 sigma, the official CIFAR-10 setting).
     :param eta: Weight of the mixup term (5 on CIFAR-10).
-    :param mix_step: s, the adversary iterate used as the clean side (default: 0 at sigma 0.25, 1 above).
+    :param mix_step: s, the adversary iterate used as the clean side (default 0, the clean input: the default of
+                     the official ``train.py`` at every sigma; its EXPERIMENTS.MD also lists runs with 1, the
+                     one-step adversary, e.g. the CIFAR-10 sigma 0.5 ``_adv`` logs; choosing 0 / 1 / 1 by sigma is
+                     SOME's setting, see :class:`~art_some.trainers.some.SOMETrainer`).
     :param warmup: W, epochs of the linear warm-up of eta and the one-step ball.
     :param maxnorm: Optional L2 bound of the adversary (None: unrestricted, the default).
     :param detach_target: Detach the mixup target F_hat(x_c) (the official code does not).
@@ -203,7 +204,7 @@ class SmoothMixTrainer(SmoothingTrainer):
     """
 
     def __init__(self, classifier, sigma=None, num_noise_vec: int = 2, num_steps: int = 4,
-                 step_size: float | None = None, eta: float = 5.0, mix_step: int | None = None, warmup: int = 10,
+                 step_size: float | None = None, eta: float = 5.0, mix_step: int = 0, warmup: int = 10,
                  maxnorm: float | None = None, detach_target: bool = False, seed: int = 0):
         super().__init__(classifier, sigma=sigma, seed=seed)
         _check_int("num_noise_vec", num_noise_vec, 1)
@@ -216,7 +217,6 @@ class SmoothMixTrainer(SmoothingTrainer):
         self.step_size = float(default_step_size(self.sigma) if step_size is None else step_size)
         if self.step_size <= 0:
             raise ValueError(f"step_size must be > 0, got {step_size!r}")
-        mix_step = default_mix_step(self.sigma) if mix_step is None else mix_step
         _check_int("mix_step", mix_step, 0)
         self.mix_step = int(mix_step)
         if self.mix_step > self.num_steps:

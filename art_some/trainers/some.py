@@ -16,7 +16,6 @@ from art_some.trainers.smoothmix import (
     _check_int,
     attack_smoothed,
     clip_range,
-    default_mix_step,
     default_step_size,
     kl_to_target,
     mixup,
@@ -37,6 +36,15 @@ LAMBDA_LAST = {
     "smoothmix": {0.25: 1.6, 0.5: 1.0, 1.0: 1.6},
 }
 CONSISTENCY_LBD = {0.25: 20.0, 0.5: 10.0, 1.0: 10.0}
+
+
+def default_mix_step(sigma: float) -> int:
+    """
+    SOME's SmoothMix mix_step: 0 at sigma 0.25, 1 (the one-step adversary) at 0.5 and 1.0, from the SOME commands.
+    This is SOME's choice; SmoothMix's own code defaults to 0 at every sigma, and so does
+    :class:`~art_some.trainers.smoothmix.SmoothMixTrainer`.
+    """
+    return 0 if sigma <= 0.25 else 1
 
 
 def some_defaults(base: str, sigma: float) -> dict:
@@ -116,7 +124,8 @@ class SOMETrainer(SmoothingTrainer):
       SmoothMix mask, 1 where the head-averaged smoothed prediction is right).
 
     Defaults per base method and sigma (0.25 / 0.5 / 1.0) come from the official commands (:func:`some_defaults`):
-    lambda_last, Consistency's lbd 20 / 10 / 10, SmoothMix's step 2 sigma and mix_step 0 / 1 / 1; eta 0.5,
+    lambda_last, Consistency's lbd 20 / 10 / 10, SmoothMix's step 2 sigma and mix_step 0 / 1 / 1 (SOME's choice by
+    sigma, :func:`default_mix_step`; the SmoothMix code's own default is 0 everywhere); eta 0.5,
     smoothmix_eta 5, 4 attack steps, warm-up 10 epochs, m = 2. The schedule runs over ``total_epochs`` (the
     official 150; default: the epochs of the first ``fit`` call).
 
@@ -135,7 +144,7 @@ class SOMETrainer(SmoothingTrainer):
     :param smoothmix_eta: Weight of the mixup term.
     :param num_steps: SmoothMix attack steps T.
     :param step_size: SmoothMix attack step alpha.
-    :param mix_step: SmoothMix's clean-side iterate s.
+    :param mix_step: SmoothMix's clean-side iterate s (default: SOME's 0 at sigma 0.25, 1 above).
     :param warmup: SmoothMix's warm-up epochs W (w_t = min(1, t / W)).
     :param mix_mask: ``"teaching"`` or ``"correct"`` (see above).
     :param detach_mix_target: Detach the mixup target (not done by either official code).
