@@ -7,10 +7,12 @@ conventions, so ``load_checkpoint`` rebuilds the model without executing pickled
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
 
+from art_some.core.errors import NonFiniteError
 from art_some.hookspecs import hookimpl
 from art_some.models.cifar_resnet import CifarResNet
 from art_some.models.diffusion import DiffusionDenoiser, IdentityDenoiser, create_denoiser, register_builtin_denoisers
@@ -110,27 +112,20 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
     ``{"state_dict": ..., "meta": {...}}`` read with ``weights_only=True``.
 
     :return: ``(model, meta)`` with the model in eval mode.
+    :raises ValueError: naming the file (and the metadata field) when the file is corrupt, its metadata cannot
+                        rebuild the model, or its weights do not fit that model.
+    :raises NonFiniteError: when a weight is NaN or infinite (such a model votes garbage with confident radii).
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    state, meta = _read_checkpoint(path, device)
+    name, constructor, kwargs = _model_spec(path, meta)
     try:
-        if path.suffix in (".pt", ".pth"):
-            blob = torch.load(path, map_location=device, weights_only=True)
-            state, meta = blob["state_dict"], dict(blob["meta"])
-        else:
-            from safetensors import safe_open
-
-            state = None
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})[METADATA_KEY])
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
-        raise ValueError(f"checkpoint {path} has no art-some metadata ({err})") from None
-    except Exception as err:
-        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors/torch file ({err})") from None
-    model = create_model(meta["model"], **meta.get("model_kwargs", {}))
+        model = constructor(**kwargs)
+    except Exception as err:  # whatever the constructor says, the metadata asked for it
+        raise ValueError(f"checkpoint {path}: field 'model_kwargs' {kwargs!r} cannot build model {name!r} "
+                         f"({type(err).__name__}: {err})") from None
     try:
         if state is None:
             from safetensors.torch import load_model
@@ -138,6 +133,109 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
             load_model(model, str(path), device=device)
         else:
             model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not match model {meta['model']!r}: {err}") from None
+    except Exception as err:  # RuntimeError for missing/unexpected/misshapen tensors, SafetensorError for bad data
+        raise ValueError(f"checkpoint {path} does not match model {name!r}: {err}") from None
+    check_finite_weights(model, f"checkpoint {path}")
     return model.to(device).eval(), meta
+
+
+def _read_checkpoint(path: Path, device: str) -> tuple[dict | None, dict]:
+    """The state dict (None for safetensors, which loads into the model directly) and the metadata of ``path``."""
+    import torch
+
+    try:
+        if path.suffix in (".pt", ".pth"):
+            blob = torch.load(path, map_location=device, weights_only=True)
+            if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
+                raise KeyError("a torch checkpoint must be a dict with 'state_dict' and 'meta'")
+            state, meta = blob["state_dict"], blob["meta"]
+        else:
+            from safetensors import safe_open
+
+            state = None
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+            if METADATA_KEY not in header:
+                raise KeyError(f"no {METADATA_KEY!r} field; write checkpoints with art_some.models.save_checkpoint")
+            meta = json.loads(header[METADATA_KEY])
+    except KeyError as err:
+        raise ValueError(f"checkpoint {path} has no art-some metadata ({err.args[0]})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"checkpoint {path}: metadata field {METADATA_KEY!r} is not valid JSON ({err})") from None
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors/torch file ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint {path}: its metadata must be a JSON object, got {type(meta).__name__}")
+    return state, dict(meta)
+
+
+def _model_spec(path: Path, meta: dict):
+    """``(name, constructor, kwargs)`` from the metadata, each field checked before anything is built."""
+    from art_some.plugins import registered
+
+    name = meta.get("model")
+    models = registered("models")
+    if not isinstance(name, str) or name not in models:
+        raise ValueError(f"checkpoint {path}: field 'model' is {name!r}, not a registered model; "
+                         f"registered: {', '.join(sorted(models))}")
+    kwargs = meta.get("model_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"checkpoint {path}: field 'model_kwargs' must be a JSON object of constructor arguments, "
+                         f"got {kwargs!r}")
+    _check_kwargs(path, name, models[name], kwargs)
+    return name, models[name], kwargs
+
+
+def _check_kwargs(path: Path, name: str, constructor, kwargs: dict) -> None:
+    """Unknown keywords and values of another type than a parameter's default, in words rather than a TypeError."""
+    try:
+        params = inspect.signature(constructor).parameters
+    except (TypeError, ValueError):
+        return  # no signature to check against (a builtin): the constructor call will tell
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise ValueError(f"checkpoint {path}: field 'model_kwargs' has unknown argument(s) {', '.join(unknown)} "
+                             f"for model {name!r}; it takes: {', '.join(accepted) or 'none'}")
+    for key, value in kwargs.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if type(default) in (bool, int, float, str) and not _same_kind(value, default):
+            raise ValueError(f"checkpoint {path}: field 'model_kwargs' gives {key}={value!r}; model {name!r} "
+                             f"expects {type(default).__name__} (default {default!r})")
+
+
+def _same_kind(value, default) -> bool:
+    """Loose on purpose: any number for a numeric default (``dropout=0`` may take 0.5), None for anything."""
+    if value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    return isinstance(value, str)
+
+
+def check_finite_weights(module, where: str) -> None:
+    """
+    Refuse a module with NaN or inf weights, naming its tensors: a NaN network still votes (argmax of NaN is
+    class 0), so nothing downstream would notice.
+
+    :param where: What was loaded, for the message (e.g. ``"checkpoint model.safetensors"``).
+    :raises NonFiniteError: if any floating-point parameter or buffer is not finite.
+    """
+    import torch
+
+    bad = []
+    for key, tensor in module.state_dict().items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(tensor).sum())
+            inf = int((~finite).sum()) - nan
+            counts = [f"{count} {what}" for count, what in ((nan, "NaN"), (inf, "inf")) if count]
+            bad.append(f"{key} ({', '.join(counts)})")
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more tensors" if len(bad) > 10 else "")
+        raise NonFiniteError(f"{where} has non-finite weights in {shown}; refusing to load it")

@@ -222,22 +222,26 @@ class DiffusionDenoiser(nn.Module):
         ``DDPMScheduler`` arguments; default linear, T = 1000). Nothing is downloaded.
 
         :param kwargs: ``scheduler`` and the constructor's keyword arguments.
+        :raises ValueError: naming the file when the folder is incomplete or corrupt (bad ``config.json``, missing,
+                            truncated or mismatched weights); :class:`~art_some.core.errors.NonFiniteError` for NaN
+                            or inf weights.
         """
-        from diffusers import DDPMScheduler, UNet2DModel
-
         path = Path(path)
+        if path.is_file():
+            raise ValueError(f"denoiser path {path} is a file: pass a diffusers folder as path=, or a weights file "
+                             "as checkpoint= with unet_config=")
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a local diffusers folder")
         scheduler_args = kwargs.pop("scheduler", None)
-        if (path / "unet").is_dir():
-            unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True)
-            if scheduler_args is None and (path / "scheduler").is_dir():
-                scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
-            else:
-                scheduler = DDPMScheduler(**(scheduler_args or {}))
+        pipeline = (path / "unet").is_dir()
+        if not pipeline and not (path / "config.json").exists():
+            raise ValueError(f"{path} is neither a diffusers pipeline folder (no unet/) nor a UNet2DModel folder "
+                             "(no config.json)")
+        unet = _load_unet_folder(path / "unet" if pipeline else path)
+        if scheduler_args is None and pipeline and (path / "scheduler").is_dir():
+            scheduler = _load_scheduler_folder(path / "scheduler")
         else:
-            unet = UNet2DModel.from_pretrained(path, local_files_only=True)
-            scheduler = DDPMScheduler(**(scheduler_args or {}))
+            scheduler = _scheduler(scheduler_args)
         return cls(unet.eval(), scheduler.alphas_cumprod, **kwargs)
 
     @classmethod
@@ -247,13 +251,118 @@ class DiffusionDenoiser(nn.Module):
         (``.safetensors``, or a torch state dict loaded with ``weights_only=True``).
 
         :param kwargs: ``scheduler`` (``DDPMScheduler`` arguments) and the constructor's keyword arguments.
+        :raises ValueError: naming the file when the config cannot build a UNet or the weights are truncated, corrupt
+                            or not this UNet's; :class:`~art_some.core.errors.NonFiniteError` for NaN or inf weights.
         """
-        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers import UNet2DModel
 
-        if not isinstance(unet_config, dict):
-            unet_config = json.loads(Path(unet_config).read_text())
-        unet = UNet2DModel.from_config(unet_config)
+        if isinstance(unet_config, dict):
+            config, where = unet_config, "unet_config"
+        elif not Path(unet_config).is_file():
+            raise FileNotFoundError(f"unet_config file not found: {unet_config}")
+        else:
+            config, where = _read_json(Path(unet_config), "unet_config"), f"unet_config {unet_config}"
+        _check_unet_class(config, where)
+        try:
+            unet = UNet2DModel.from_config(config)
+        except Exception as err:  # diffusers raises ValueError/TypeError/KeyError for bad settings
+            raise ValueError(f"{where} cannot build a UNet2DModel ({_summary(err)})") from None
         file = Path(file)
+        if not file.is_file():
+            raise FileNotFoundError(f"denoiser checkpoint not found: {file}")
+        where = f"denoiser checkpoint {file}"
+        _load_state_strictly(unet, _read_state(file), where)
+        _check_finite(unet, where)
+        return cls(unet.eval(), _scheduler(kwargs.pop("scheduler", None)).alphas_cumprod, **kwargs)
+
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _load_unet_folder(folder: Path) -> nn.Module:
+    """A ``UNet2DModel`` from a diffusers model folder, refusing what diffusers would only log."""
+    from diffusers import UNet2DModel
+    from diffusers.utils import is_accelerate_available
+
+    where = f"denoiser folder {folder}"
+    _check_unet_class(_read_json(folder / "config.json", where), str(folder / "config.json"))
+    present = [name for name in WEIGHT_FILES if (folder / name).is_file()]
+    sharded = any(folder.glob("diffusion_pytorch_model*.index.json"))
+    if not present and not sharded:
+        raise ValueError(f"{where} has no weights: expected {' or '.join(WEIGHT_FILES)}")
+    if WEIGHT_FILES[0] in present:
+        _check_safetensors(folder / WEIGHT_FILES[0])  # diffusers' own message does not say what is wrong
+    try:
+        unet, info = UNet2DModel.from_pretrained(
+            folder, local_files_only=True, output_loading_info=True,
+            # Asking for the weights file that exists spares diffusers' "falling back to .bin" messages.
+            use_safetensors=(WEIGHT_FILES[0] in present) if present else None,
+            # Without accelerate diffusers turns this off anyway, after a 5-line "install accelerate" notice.
+            low_cpu_mem_usage=is_accelerate_available(),
+        )
+    except Exception as err:  # OSError for unreadable weights, RuntimeError for shape mismatches, ...
+        raise ValueError(f"{where}: cannot load the UNet ({_summary(err)})") from None
+    # diffusers only logs missing weights and initialises them at random: that is a corrupt denoiser.
+    _refuse_key_mismatch(info.get("missing_keys", []), info.get("unexpected_keys", []), where)
+    _check_finite(unet, where)
+    return unet
+
+
+def _load_scheduler_folder(folder: Path):
+    from diffusers import DDPMScheduler
+
+    file = folder / "scheduler_config.json"
+    config = _read_json(file, f"scheduler folder {folder}")
+    try:
+        return DDPMScheduler.from_config(config)
+    except Exception as err:
+        raise ValueError(f"{file} is not a valid DDPMScheduler config ({_summary(err)})") from None
+
+
+def _scheduler(args):
+    """A ``DDPMScheduler`` from the ``scheduler`` argument (a dict of its keyword arguments, or None)."""
+    from diffusers import DDPMScheduler
+
+    if args is not None and not isinstance(args, dict):
+        raise ValueError(f"scheduler must be a dict of DDPMScheduler arguments, got {args!r}")
+    try:
+        return DDPMScheduler(**(args or {}))
+    except Exception as err:
+        raise ValueError(f"scheduler={args!r} is not valid DDPMScheduler arguments ({_summary(err)})") from None
+
+
+def _check_safetensors(file: Path) -> None:
+    """Read the header and the layout of a safetensors file only: enough to tell a truncated one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except Exception as err:
+        raise ValueError(f"{file} is truncated or not a safetensors file ({_summary(err)})") from None
+
+
+def _read_json(file: Path, where: str) -> dict:
+    """A JSON object from ``file``, with one-line errors naming it."""
+    if not file.is_file():
+        raise ValueError(f"{where}: {file} is missing")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} must hold a JSON object of settings, got {type(data).__name__}")
+    return data
+
+
+def _check_unet_class(config: dict, where: str) -> None:
+    name = config.get("_class_name", "UNet2DModel")
+    if name != "UNet2DModel":
+        raise ValueError(f"{where} describes model class {name!r}, not a UNet2DModel")
+
+
+def _read_state(file: Path) -> dict:
+    try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -261,9 +370,49 @@ class DiffusionDenoiser(nn.Module):
         else:
             state = torch.load(file, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-        unet.load_state_dict(state)
-        scheduler = DDPMScheduler(**(kwargs.pop("scheduler", None) or {}))
-        return cls(unet.eval(), scheduler.alphas_cumprod, **kwargs)
+    except Exception as err:  # SafetensorError, pickle's errors, zip errors: all mean an unreadable file
+        raise ValueError(f"denoiser checkpoint {file} is truncated, corrupt or not a safetensors/torch file "
+                         f"({_summary(err)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"denoiser checkpoint {file} holds no state dict (a dict of tensor names to tensors)")
+    return state
+
+
+def _load_state_strictly(unet: nn.Module, state: dict, where: str) -> None:
+    try:
+        result = unet.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even when not strict
+        raise ValueError(f"{where} does not fit this UNet ({_summary(err)})") from None
+    _refuse_key_mismatch(result.missing_keys, result.unexpected_keys, where)
+
+
+def _refuse_key_mismatch(missing, unexpected, where: str) -> None:
+    def some(keys) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} UNet tensor(s) missing ({some(list(missing))})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensor(s) the UNet does not have ({some(list(unexpected))})")
+    if problems:
+        raise ValueError(f"{where} is not a checkpoint of this UNet: {'; '.join(problems)}")
+
+
+def _summary(err: Exception) -> str:
+    """The first problem of a long torch/diffusers message (state-dict errors list every tensor)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    if not lines:
+        return type(err).__name__
+    return lines[0] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else "")
+
+
+def _check_finite(unet: nn.Module, where: str) -> None:
+    from art_some.models import check_finite_weights  # the package imports this module first
+
+    check_finite_weights(unet, where)
 
 
 def _pair(size) -> tuple[int, int]:
