@@ -25,3 +25,17 @@ def name_indices(indices: Sequence[int], limit: int = 10) -> str:
     if len(items) > limit:
         return ", ".join(items[:limit]) + f" and {len(items) - limit} more"
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def user_stacklevel() -> int:
+    """
+    The ``stacklevel`` for :func:`warnings.warn`, called by the function that calls this, that points at the first
+    caller outside art-some and ART (whose estimators wrap ``predict``): the user's own line, however deep the
+    package's calls go (so Python's once-per-line filter also merges the repeats of one user call).
+    """
+    import sys
+
+    frame, level = sys._getframe(2), 2  # the frame that will call warnings.warn is level 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(("art_some", "art.")):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -391,8 +391,10 @@ class SmoothReduceClassifier(SmoothedClassifier):
         counts, squares = self.predict_counts(x, squares=True, indices=indices, invalid=invalid)
         top = counts.argmax(axis=1)
         if abstain:
-            with np.errstate(invalid="ignore", divide="ignore"):  # zero rows of inputs marked invalid
-                p_lower = self._vote_average_lower(counts, squares, top, _check_alpha(self.alpha) / self.nb_classes)
+            rows = np.flatnonzero(counts.sum(axis=1) > 0)  # inputs marked invalid have no draws
+            p_lower = np.zeros(len(counts))
+            p_lower[rows] = self._vote_average_lower(counts[rows], squares[rows], top[rows],
+                                                     _check_alpha(self.alpha) / self.nb_classes)
             top = np.where(p_lower > 0.5, top, ABSTAIN)
         if invalid is not None:
             top = np.where(invalid, ABSTAIN, top)

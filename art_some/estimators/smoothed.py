@@ -23,7 +23,7 @@ from art_some.core.certify import (
     predict_from_counts,
 )
 from art_some.core.certify import certify as certify_votes
-from art_some.core.errors import name_indices
+from art_some.core.errors import name_indices, user_stacklevel
 from art_some.core.noise import PREDICTION, GaussianNoise, argmax_votes, check_indices, count_votes, seed_for
 from art_some.core.stats import _check_alpha
 
@@ -265,7 +265,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             warnings.warn(
                 f"x holds values in [{float(finite.min()):g}, {float(finite.max()):g}]{' (uint8)' if not far else ''}"
                 f", far outside clip_values ({lo:g}, {hi:g}): certificates are for the inputs as given; scale them "
-                f"first (e.g. x / 255 for 8-bit images)", UserWarning, stacklevel=4)
+                f"first (e.g. x / 255 for 8-bit images)", UserWarning, stacklevel=user_stacklevel())
 
     def predict_counts(
         self, x, n: int | None = None, batch_size: int | None = None, indices=None, squares: bool = False,
@@ -365,7 +365,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
                 f"predict: {int(invalid.sum())} of {len(invalid)} inputs (positions "
                 f"{name_indices(np.flatnonzero(invalid))}) hold NaN or inf, or give non-finite logits; their rows are "
                 "NaN (no votes counted)",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning, stacklevel=user_stacklevel())
         n_abstain = int(np.sum((classes < 0) & ~invalid))
         if n_abstain:
             logger.info("%d of %d predictions abstained", n_abstain, len(classes))
@@ -623,9 +623,8 @@ def _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, g
     _check_positive_int("noise_batch_size", noise_batch_size)
     if gradient_samples is not None:
         _check_positive_int("gradient_samples", gradient_samples)
-    if isinstance(scale, (bool, np.bool_)):
+    if isinstance(scale, (bool, np.bool_)) or np.ndim(scale) != 0 or not np.isfinite(scale) or not scale > 0:
         raise ValueError(f"scale (sigma) must be a finite number > 0, got {scale!r}")
-    GaussianNoise(scale)  # validates scale
     if isinstance(alpha, (bool, np.bool_)):
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
     _check_alpha(alpha)
