@@ -4,6 +4,10 @@ The extension points of art-some (pluggy project ``art_some``).
 Each hook is called with a ``register(name, obj, **meta)`` callback; a plugin calls it once per thing it adds.
 Built-ins use these same hooks. Third-party packages expose a module with ``@hookimpl`` functions under the
 ``art_some`` entry-point group.
+
+A plugin is all or nothing: if one of its hooks raises, or it implements a hook not defined here (a misspelt
+name), art-some skips the whole plugin with a warning and carries on. Names are unique within a kind: a name
+taken already (by a built-in, or by a plugin loaded earlier) is skipped with a warning naming both plugins.
 """
 import pluggy
 
