@@ -9,6 +9,8 @@ torch.set_num_threads(2)
 warnings.filterwarnings("ignore", message=".*Gaussian noise will be added.*")
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+# The published certification logs the tests read, carried in the project (see its README for provenance).
+PUBLISHED_LOGS = os.path.join(os.path.dirname(__file__), "data", "published_logs")
 
 
 class Linear2(torch.nn.Module):
