@@ -294,11 +294,11 @@ def class_indices(y: np.ndarray, nb_classes: int, where: str = "rows {} of y") -
             raise NonFiniteError(f"labels are non-finite (nan or inf) in {where.format(name_indices(rows))}", rows)
         rows = np.flatnonzero(y != np.round(y)).tolist()
         if rows:
-            raise ValueError(f"labels must be integral class indices in [0, {nb_classes}), got {y[rows[0]]!r} "
+            raise ValueError(f"labels must be integral class indices in [0, {nb_classes}), got {y[rows[0]].item()!r} "
                              f"in {where.format(name_indices(rows))}")
     rows = np.flatnonzero((y < 0) | (y >= nb_classes)).tolist()
     if rows:
-        raise ValueError(f"labels must be class indices in [0, {nb_classes}), got {y[rows[0]]!r} "
+        raise ValueError(f"labels must be class indices in [0, {nb_classes}), got {y[rows[0]].item()!r} "
                          f"in {where.format(name_indices(rows))}")
     return y.astype(np.int64)
 
@@ -326,44 +326,35 @@ def finite_check_values(loss: "torch.Tensor", optimizer) -> tuple[float, float]:
 
 class BufferGuard:
     """
-    The floating-point buffers (BatchNorm running statistics) of some modules, saved before a step's forward passes
-    and restored if the step is refused: train-mode forward passes update them even when the loss turns out
-    non-finite. One concatenation per step where all buffers share a device and dtype; nothing without buffers.
+    The buffers of some modules (BatchNorm running statistics and batch counts), saved before a step's forward
+    passes and restored if the step is refused: train-mode forward passes update them even when the loss turns
+    out non-finite. One concatenation per device and dtype per step; nothing for modules without buffers.
     """
 
     def __init__(self, modules):
-        seen, self.buffers = set(), []
+        seen, groups = set(), {}
         for module in modules:
             for buffer in module.buffers():
-                if buffer.is_floating_point() and id(buffer) not in seen:
+                if id(buffer) not in seen:
                     seen.add(id(buffer))
-                    self.buffers.append(buffer)
+                    groups.setdefault((buffer.device, buffer.dtype), []).append(buffer)
+        self.groups = list(groups.values())
 
-    def save(self):
+    def save(self) -> list:
         import torch
 
-        if not self.buffers:
-            return None
         with torch.no_grad():
-            try:
-                return torch.cat([b.reshape(-1) for b in self.buffers])
-            except RuntimeError:  # mixed devices or dtypes
-                return [b.clone() for b in self.buffers]
+            return [torch.cat([b.reshape(-1) for b in group]) for group in self.groups]
 
-    def restore(self, saved) -> None:
+    def restore(self, saved: list) -> None:
         import torch
 
-        if saved is None:
-            return
         with torch.no_grad():
-            if isinstance(saved, list):
-                for buffer, value in zip(self.buffers, saved):
-                    buffer.copy_(value)
-                return
-            offset = 0
-            for buffer in self.buffers:
-                buffer.copy_(saved[offset:offset + buffer.numel()].view_as(buffer))
-                offset += buffer.numel()
+            for group, flat in zip(self.groups, saved):
+                offset = 0
+                for buffer in group:
+                    buffer.copy_(flat[offset:offset + buffer.numel()].view_as(buffer))
+                    offset += buffer.numel()
 
 
 def per_example(value, like: "torch.Tensor", dim: int = 0):
