@@ -424,3 +424,71 @@ def test_ddrs_train_mode_search_updates_batchnorm_statistics_only_as_the_officia
         stats[mode] = (int(clf.model[1].num_batches_tracked), clf.model[1].running_mean.clone())
     assert stats["train"][0] == 3 and stats["eval"][0] == 1
     assert not torch.equal(stats["train"][1], stats["eval"][1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Under DDP every rank stops together (no rank left waiting in an all-reduce)
+# ---------------------------------------------------------------------------------------------------------------
+def _ddp_worker(rank, world, port, out_dir):
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data.distributed import DistributedSampler
+
+    from art_some.data import digits_arrays
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for scenario in ("nan_input", "blow_up"):
+            x, y = digits_arrays("train")
+            x = x[:32].copy()
+            if scenario == "nan_input":
+                x[3, 0, 0, 0] = np.nan  # rank 1's second row of its first batch (unshuffled: rank r gets r, r+2, ...)
+            data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y[:32]).long())
+            torch.manual_seed(0)
+            net = DigitsCNN()
+            clf = estimator("smoothed", 1e6 if scenario == "blow_up" else 0.05, model=DistributedDataParallel(net))
+            loader = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, world, rank, shuffle=False))
+            try:
+                GaussianAugmentationTrainer(clf).fit(loader, nb_epochs=2)
+                message = "no error"
+            except ValueError as err:
+                message = f"{type(err).__name__}: {err}"
+            finite_weights = all(bool(torch.isfinite(v).all()) for v in net.state_dict().values())
+            torch.save({"message": message, "finite": finite_weights, "state": net.state_dict()},
+                       os.path.join(out_dir, f"{scenario}{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_ddp_all_ranks_stop_together(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=False)
+    for _ in range(240):  # a rank left waiting would hang: give up after two minutes
+        if context.join(timeout=0.5):
+            break
+    else:
+        for process in context.processes:
+            process.terminate()
+        pytest.fail("a rank hung")
+    nan_input, blow_up = ([torch.load(tmp_path / f"{s}{r}.pt") for r in range(2)] for s in ("nan_input", "blow_up"))
+    assert all(r["finite"] for r in nan_input + blow_up)
+    # The rank with the NaN names it; the other stops with it instead of waiting in the gradient all-reduce.
+    assert nan_input[1]["message"].startswith("NonFiniteError: non-finite training inputs (nan or inf) in rows 1 of "
+                                              "batch 1 of epoch 1")
+    assert nan_input[0]["message"] == ("ValueError: another rank refused its part of batch 1 of epoch 1 (see that "
+                                       "rank's error)")
+    # The gradients are averaged in backward, so both ranks see the non-finite step at the same iteration.
+    iterations = [re.search(r"iteration (\d+)", r["message"]).group(1) for r in blow_up]
+    assert all(r["message"].startswith("NonFiniteError: non-finite") for r in blow_up)
+    assert iterations[0] == iterations[1]
+    assert all(torch.equal(blow_up[0]["state"][k], blow_up[1]["state"][k]) for k in blow_up[0]["state"])

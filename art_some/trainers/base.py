@@ -207,16 +207,34 @@ class SmoothingTrainer(Trainer, abc.ABC):
         return [m for m in modules if isinstance(m, torch.nn.Module)]
 
     def _check_batch(self, x_batch, y_batch, number: int):
-        """Refuse a loader batch with non-finite inputs or bad labels; return the labels as class indices."""
+        """
+        Refuse a loader batch with non-finite inputs or bad labels; return the labels as class indices. Under
+        torch.distributed the ranks agree first (one small all-reduce per batch), so that they all stop rather
+        than one rank stopping while the others wait for it in the gradient all-reduce.
+        """
         import torch
 
         where = f"batch {number} of epoch {self.epoch}"
-        if not bool(torch.isfinite(x_batch).all()):
-            rows = nonfinite_rows(x_batch)
-            raise NonFiniteError(f"non-finite training inputs (nan or inf) in rows {name_indices(rows)} of {where}; "
-                                 "drop or repair them before training", rows)
-        y = y_batch.detach().cpu().numpy() if isinstance(y_batch, torch.Tensor) else np.asarray(y_batch)
-        return torch.from_numpy(class_indices(y, self._classifier.nb_classes, "rows {} of " + where))
+        error, labels = None, None
+        try:
+            if not bool(torch.isfinite(x_batch).all()):
+                rows = nonfinite_rows(x_batch)
+                raise NonFiniteError(f"non-finite training inputs (nan or inf) in rows {name_indices(rows)} of "
+                                     f"{where}; drop or repair them before training", rows)
+            y = y_batch.detach().cpu().numpy() if isinstance(y_batch, torch.Tensor) else np.asarray(y_batch)
+            labels = torch.from_numpy(class_indices(y, self._classifier.nb_classes, "rows {} of " + where))
+        except ValueError as err:
+            error = err
+        if _world_size() > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([error is not None], dtype=torch.int32, device=x_batch.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if error is None and bool(flag.item()):
+                error = ValueError(f"another rank refused its part of {where} (see that rank's error)")
+        if error is not None:
+            raise error
+        return labels
 
     def _step(self, loader, guard: "BufferGuard", iteration: int, x, y, *rest) -> float:
         """One optimizer step on a mini-batch, refused (weights and buffers unchanged) if not finite."""
@@ -367,6 +385,12 @@ def per_example(value, like: "torch.Tensor", dim: int = 0):
     if not isinstance(value, torch.Tensor) or value.dim() == 0:
         return value
     return value.to(like.device, like.dtype).view(*([1] * dim), -1, *([1] * (like.dim() - dim - 1)))
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _rank() -> int:
