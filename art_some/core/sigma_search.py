@@ -50,7 +50,9 @@ def optimize_sigma(forward: Callable, x: "torch.Tensor", sigma0, *, lr: float, n
     sigma certifies the fixed-sigma smoothed classifier at that input, not a classifier that re-optimises sigma at
     every input (see :class:`~art_some.estimators.DataDependentSmoothedClassifier`).
 
-    :param forward: Maps raw inputs ``(K, ...)`` to logits ``(K, C)`` (put the model in eval mode first).
+    :param forward: Maps raw inputs ``(K, ...)`` to logits ``(K, C)``, with the model in the mode wanted: eval mode
+                    at test time; DDRS's training searches in train mode, as its official scripts do (see
+                    :class:`~art_some.trainers.ddrs.DDRSTrainer`).
     :param x: Inputs ``(B, ...)``.
     :param sigma0: Starting sigma: a number or one per input.
     :param lr: Step size (the official script: 1e-4; the ddsmoothing package: 0.04).
