@@ -19,7 +19,7 @@ from art_some import (
 )
 from art_some.core.certify import certify, predict
 from art_some.core.errors import NonFiniteError
-from art_some.core.noise import INVALID, ESTIMATION, GaussianNoise, argmax_votes, count_votes
+from art_some.core.noise import ESTIMATION, INVALID, GaussianNoise, argmax_votes, count_votes
 from art_some.models import DigitsCNN, create_model
 from conftest import Linear2, make_classifier
 
