@@ -6,6 +6,7 @@ the inputs have been checked.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import shutil
 import sys
@@ -25,12 +26,29 @@ def _fail_cleanly(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError) as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        except (ValueError, KeyError, OSError) as err:
+            if isinstance(err, KeyError):
+                message = err.args[0] if err.args else err
+            elif isinstance(err, OSError) and err.errno is not None:
+                message = _os_error_message(err)
+            else:  # our own errors, FileNotFoundError("checkpoint not found: ...") among them
+                message = err
             click.echo(f"Error: {message}", err=True)
             sys.exit(2)
 
     return wrapper
+
+
+def _os_error_message(err: OSError) -> str:
+    """One line for an operating-system error (disk full, read-only or missing folder, ...): what, where, what to do."""
+    where = f": {err.filename}" if err.filename else ""
+    what = err.strerror or str(err)
+    if err.errno == errno.EEXIST:
+        what = "a file is in the way of a folder"
+    advice = {errno.ENOSPC: "; free some space and run the command again (it resumes)",
+              errno.EDQUOT: "; free some space and run the command again (it resumes)",
+              errno.EROFS: "; write to another location", errno.EACCES: "; write to another location"}
+    return what + where + advice.get(err.errno, "")
 
 
 def _device(name: str) -> str:
@@ -171,7 +189,8 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
     clf, data, estimator = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
                                                   batch_size, seed, device, options)
     indices = list(range(0, len(data), skip))[:max_inputs]
-    records = certify_dataset(clf, data, indices, output, n=n, method=estimator)
+    records = certify_dataset(clf, data, indices, output, n=n, method=estimator,
+                              run_info=_run_info(dataset, split, model_ref, data_root))
     click.echo(summary_table(records, radii))
     click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')}")
 
@@ -219,11 +238,20 @@ def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alph
     y = np.array([int(data[i][1]) for i in indices])
     result = audit(clf, x, y, attacks=list(attacks), n=n, n0=n0, alpha=alpha, eps=eps, budgets=budgets,
                    verify_n=verify_n, verify_alpha=verify_alpha, indices=indices, output_dir=output_dir,
-                   batch_size=chunk)
+                   batch_size=chunk, run_info=_run_info(dataset, split, model_ref, data_root))
     click.echo((Path(output_dir) / "audit.md").read_text())
     click.echo(f"reports: {Path(output_dir)}/audit.json, audit.csv, audit.md, audit.png"
                + (f"; {len(result.violations)} violation(s) saved in {Path(output_dir) / 'violations'}"
                   if result.violations else ""))
+
+def _run_info(dataset, split, model_ref, data_root=None) -> dict:
+    """
+    The header entries only the command line knows: the data set and split (compared on resume), and where the
+    model and data were read from (recorded, not compared: the weights hash and the inputs' hashes are).
+    """
+    return {"dataset": dataset, "split": split,
+            "source": {"model": str(model_ref), "data_root": None if data_root is None else str(data_root)}}
+
 
 def _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha, batch_size, seed, device,
                            options):
@@ -380,7 +408,9 @@ def demo(output_dir, sigma, epochs, n0, n, alpha, seed, max_inputs, retrain):
                         num_classes=10, input_shape=[1, 8, 8])
     indices = list(range(len(test_data)))[:max_inputs]
     click.echo(f"Certifying {len(indices)} test digits (n0={n0}, n={n}, alpha={alpha})...")
-    records = certify_dataset(clf, test_data, indices, records_path, n=n, method="smoothed")
+    records = certify_dataset(clf, test_data, indices, records_path, n=n, method="smoothed",
+                              run_info=_run_info("digits", "test", checkpoint),
+                              hint="use --retrain (or another --output-dir) to start over")
     plot = out / "certified_accuracy.png"
     plot_certified_accuracy({f"digits, sigma={sigma}": records}, plot, title="art-some demo")
     click.echo(summary_table(records, _parse_radii(DEFAULT_RADII)))
@@ -392,15 +422,20 @@ def demo(output_dir, sigma, epochs, n0, n, alpha, seed, max_inputs, retrain):
 @click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Comma-separated radii.")
 @_fail_cleanly
 def report(files, radii):
-    """Print certified accuracy at radii, ACR and abstention rate for JSONL records or community TSV logs."""
-    from art_some.core.results import read_records, summary_table
+    """
+    Print where the records come from (the JSONL header: versions, estimator, settings, weights hash, data), then
+    certified accuracy at radii, ACR and abstention rate, for JSONL records or community TSV logs.
+    """
+    from art_some.core.results import describe_header, read_header, read_records, summary_table
 
     radii = _parse_radii(radii)
     for path in files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no such file: {path}")
+        records = read_records(path)
         click.echo(f"== {path}")
-        click.echo(summary_table(read_records(path), radii))
+        click.echo(describe_header(read_header(path)))
+        click.echo(summary_table(records, radii))
 
 
 @cli.command()

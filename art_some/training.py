@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from art_some.core.noise import seed_for
+from art_some.core.results import write_atomically
 from art_some.trainers.base import TRAINING_STAGE
 
 STATE_FILE = "train_state.pt"
@@ -102,17 +103,41 @@ def _load_state(path: Path, config: TrainConfig, world: int, device_type: str, o
         raise ValueError(f"{path} is not a readable art-some training state ({err}); use --restart") from None
     differ = config.same_run(saved)
     if differ:
-        raise ValueError(f"{out} holds a run with different settings ({', '.join(differ)}); use --restart")
+        then = ", ".join(f"{k} {getattr(saved, k)!r}" for k in differ)
+        now = ", ".join(f"{k} {getattr(config, k)!r}" for k in differ)
+        raise ValueError(f"{out} holds a run with different settings ({then}; this run has {now}); use --restart "
+                         "or another --output-dir")
     if state["world"] != world or state["device"] != device_type:
         raise ValueError(f"{out} was trained with {state['world']} process(es) on {state['device']}; resume it the "
                          f"same way (now {world} on {device_type}) or use --restart")
     return state
 
 
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _exported_epoch(path: Path):
+    """The epoch that ``model.safetensors`` says it holds (None if it is missing or unreadable)."""
+    from safetensors import safe_open
+
+    from art_some.models import METADATA_KEY
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})[METADATA_KEY]).get("epoch")
+    except Exception:
+        return None
+
+
+def _history_lines(history: list[float]) -> str:
+    return "".join(json.dumps({"epoch": e + 1, "loss": value}) + "\n" for e, value in enumerate(history))
+
+
+def _exports_stale(model_path: Path, history_path: Path, epoch: int, history: list[float]) -> bool:
+    """Whether the exports lag the resume state (a crash between their writes, which come after the state's)."""
+    if _exported_epoch(model_path) != epoch:
+        return True
+    try:
+        return history_path.read_text() != _history_lines(history)
+    except OSError:
+        return True
 
 
 def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu", data_root=None, workers: int = 0,
@@ -120,7 +145,8 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     """
     Train (or resume training) and checkpoint after every epoch into ``output_dir``: ``model.safetensors`` (the
     weights, with metadata that ``art-some certify`` reads), ``train_state.pt`` (optimizer, scheduler and
-    trainer state, the config) and ``history.jsonl`` (one line per epoch).
+    trainer state, the config) and ``history.jsonl`` (one line per epoch). Each epoch writes the state first, each
+    file atomically; a resumed run first rewrites exports that lag the state (a crash between the writes).
 
     :return: The mean training loss (rank 0's, under DDP) of every epoch of the run so far; None on the other
              ranks.
@@ -198,6 +224,19 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
 
     meta = {"sigma": config.sigma, "dataset": config.dataset, "num_classes": info["num_classes"],
             "input_shape": list(info["input_shape"]), "estimator": estimator, "method": config.method}
+
+    def export() -> None:
+        """model.safetensors (what certify reads) and history.jsonl, from the weights and history in memory."""
+        save = dict(meta, epoch=trainer.epoch, trainer_kwargs=kwargs)
+        write_atomically(model_path, lambda p: save_checkpoint(
+            p, unwrap(net), config.model, {**config.model_kwargs, "num_classes": info["num_classes"]}, **save))
+        write_atomically(history_path, _history_lines(history))
+
+    # The state is written first each epoch, so a crash before the exports leaves them an epoch behind: rewrite
+    # them from the state before anything else (else a finished run would report a stale model as final).
+    if state is not None and rank == 0 and _exports_stale(model_path, history_path, trainer.epoch, history):
+        echo(f"Re-exporting {model_path.name} and {history_path.name} from the resume state (epoch {trainer.epoch})")
+        export()
     sampler = DistributedSampler(data, seed=config.seed) if world > 1 else None
     while trainer.epoch < config.epochs:
         shuffle = torch.Generator().manual_seed(seed_for(config.seed, TRAINING_STAGE, 1000 + trainer.epoch))
@@ -216,12 +255,8 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
             blob = {"config": json.dumps(asdict(config)), "world": world, "device": torch.device(device).type,
                     "model": unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "ranks": ranks, "history": history}
-            _write_atomically(state_path, lambda p: torch.save(blob, p))
-            save = dict(meta, epoch=trainer.epoch, trainer_kwargs=kwargs)
-            _write_atomically(model_path, lambda p: save_checkpoint(
-                p, unwrap(net), config.model, {**config.model_kwargs, "num_classes": info["num_classes"]}, **save))
-            lines = "".join(json.dumps({"epoch": e + 1, "loss": value}) + "\n" for e, value in enumerate(history))
-            _write_atomically(history_path, lambda p: p.write_text(lines))
+            write_atomically(state_path, lambda p: torch.save(blob, p))
+            export()
     _barrier(world)
     if world > 1:
         import torch.distributed as dist

@@ -145,7 +145,8 @@ def test_interrupted_certify_resumes_without_loss_or_duplicates(tmp_path):
     proc = subprocess.Popen(args + ["--output", str(out)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+    # Two records after the header line.
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)

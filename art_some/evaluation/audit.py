@@ -28,7 +28,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from art_some.core.noise import seed_for
-from art_some.core.results import RecordWriter, certified_accuracy
+from art_some.core.results import (
+    RecordWriter,
+    certified_accuracy,
+    check_same_run,
+    input_hash,
+    mismatch_message,
+    provenance,
+    write_atomically,
+)
 from art_some.core.stats import binomial_test_two_sided
 
 # Verification noise is keyed by indices far above any data-set index, so it is fresh: independent of the
@@ -89,7 +97,7 @@ def _broken_at(record: dict, attack: str | None) -> float:
 def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: int = 1000, n0: int | None = None,
           alpha: float | None = None, eps: Sequence[float] = DEFAULT_EPS, budgets: dict | None = None,
           verify_n: int = 1000, verify_alpha: float = 0.001, indices=None, radii=None, output_dir=None,
-          batch_size: int = 16, progress: bool = True) -> AuditResult:
+          batch_size: int = 16, progress: bool = True, run_info: dict | None = None) -> AuditResult:
     """
     Audit ``estimator``'s certificates on ``x`` against the registered attack recipes ``attacks``.
 
@@ -112,6 +120,13 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
                        violations saved under ``violations/`` and the reports written by :func:`write_reports`.
     :param batch_size: Inputs per chunk (each chunk's records are written when it is done).
     :param progress: Show a progress bar.
+    :param run_info: JSON-able entries for the header of ``audit.jsonl`` that only the caller knows (the command
+                     line's data set, split and model reference; a ``source`` entry is recorded, not compared).
+
+    With ``output_dir``, ``audit_config.json`` beside ``audit.jsonl`` is the records' header
+    (:func:`~art_some.core.results.provenance`: these settings, the estimator's parameters and weights hash,
+    versions, ``run_info``); resuming with anything else, or with other inputs at recorded indices (each record
+    keeps its input's hash), is refused, and so is a second audit writing the same folder at the same time.
     """
     from art_some.plugins import entries
 
@@ -143,53 +158,106 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     for name, options in budgets.items():
         if "eps" in options:
             raise ValueError(f"budgets[{name!r}] sets eps: give the budgets in eps=...")
+    _check_budgets(estimator, registry, list(attacks), budgets, eps)
     out = None if output_dir is None else Path(output_dir)
-    config = {"attacks": list(attacks), "eps": eps, "budgets": budgets, "n": n, "n0": n0, "alpha": alpha,
-              "verify_n": int(verify_n), "verify_alpha": float(verify_alpha),
-              "seed": int(getattr(estimator, "seed", 0)), "estimator": type(estimator).__name__,
-              "certificate": {k: str(v) for k, v in estimator.certificate_info().items()}
-              if callable(getattr(estimator, "certificate_info", None)) else {}}
+    writer = None
     if out is not None:
-        _check_config(out, config)
-    writer = RecordWriter(out / "audit.jsonl") if out is not None else None
+        config = json.loads(json.dumps(
+            {"kind": "audit", "attacks": list(attacks), "eps": eps, "budgets": budgets, "n": n, "n0": n0,
+             "alpha": alpha, "verify_n": int(verify_n), "verify_alpha": float(verify_alpha),
+             "certificate": {k: str(v) for k, v in estimator.certificate_info().items()}
+             if callable(getattr(estimator, "certificate_info", None)) else {}, **(run_info or {})}, default=str))
+        writer = _open_records(out, provenance(estimator, **config), x, indices)
     state = _Audit(estimator, list(attacks), registry, budgets, eps, int(verify_n), float(verify_alpha), out)
     wanted = {int(i) for i in indices}
     records = [r for r in writer.records if r["idx"] in wanted] if writer else []
     try:
-        todo = [j for j in range(len(x)) if writer is None or int(indices[j]) not in writer.done]
-        chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-        for chunk in tqdm(chunks, desc="audit", disable=not progress):
-            for record in state.run(x[chunk], y[chunk], indices[chunk], n=n, n0=n0, alpha=alpha):
-                records.append(record)
-                if writer is not None:
-                    writer.append(record)
+        try:
+            todo = [j for j in range(len(x)) if writer is None or int(indices[j]) not in writer.done]
+            chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+            for chunk in tqdm(chunks, desc="audit", disable=not progress):
+                for j, record in zip(chunk, state.run(x[chunk], y[chunk], indices[chunk], n=n, n0=n0, alpha=alpha)):
+                    record["input_sha256"] = input_hash(x[j])
+                    records.append(record)
+                    if writer is not None:
+                        writer.append(record)
+        finally:
+            state.restore()
+        records.sort(key=lambda r: r["idx"])
+        violations = [v for r in records for v in r.get("violations", [])]
+        if radii is None:
+            top = max([r["radius"] for r in records] + eps)
+            radii = np.round(np.linspace(0.0, top, 17), 4)
+        result = AuditResult(records, list(attacks), np.asarray(radii, dtype=np.float64), violations)
+        if out is not None:
+            write_reports(result, out)  # still under the records' lock: one audit writes this folder at a time
     finally:
         if writer is not None:
             writer.close()
-        state.restore()
-    records.sort(key=lambda r: r["idx"])
-    violations = [v for r in records for v in r.get("violations", [])]
-    if radii is None:
-        top = max([r["radius"] for r in records] + eps)
-        radii = np.round(np.linspace(0.0, top, 17), 4)
-    result = AuditResult(records, list(attacks), np.asarray(radii, dtype=np.float64), violations)
-    if out is not None:
-        write_reports(result, out)
     return result
 
 
-def _check_config(out: Path, config: dict) -> None:
-    """Write the audit's settings beside its records, or refuse to resume records made with other settings."""
-    path = out / "audit_config.json"
-    text = json.dumps(config, sort_keys=True, default=str)
-    if path.exists() and (out / "audit.jsonl").exists():
-        saved = json.loads(path.read_text())
-        if saved != json.loads(text):
-            differ = sorted(k for k in config if saved.get(k) != json.loads(text).get(k))
-            raise ValueError(f"{out} holds an audit with other settings ({', '.join(differ)}); use a new output_dir")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+def _check_budgets(estimator, registry, attacks, budgets, eps) -> None:
+    """
+    Refuse budget options an attack recipe does not take, and build each attack once with its budget (ART checks
+    its arguments then), so that a typo is a one-line error before any file is written, not a failure mid-run.
+    """
+    import inspect
+
+    for name in attacks:
+        options = budgets.get(name, {})
+        params = inspect.signature(registry[name].obj).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            takes = sorted(set(list(params)[1:]) - {"eps"})
+            unknown = sorted(set(options) - set(takes))
+            if unknown:
+                raise ValueError(f"budget {name}.{unknown[0]} is not an option of the {name} attack; it takes "
+                                 f"{', '.join(takes) or 'none'}")
+    # Built as the run builds them: some constructors call predict (APGD), which must not see abstentions.
+    abstains = getattr(estimator, "predict_abstains", None)
+    if abstains is not None:
+        estimator.predict_abstains = False
+    try:
+        for name in attacks:
+            options = budgets.get(name, {})
+            try:
+                registry[name].obj(estimator, eps=eps[0] if registry[name].meta.get("bounded") else None, **options)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"the {name} attack rejected its budget {options}: {err}") from None
+    finally:
+        if abstains is not None:
+            estimator.predict_abstains = abstains
+
+
+def _open_records(out: Path, header: dict, x, indices) -> RecordWriter:
+    """
+    Open (or resume) ``audit.jsonl`` and write ``audit_config.json`` beside it (the header of the audit's records),
+    refusing an audit with other settings or other inputs at the recorded indices. The records' lock is taken
+    first, so that two audits of one folder cannot both pass the check.
+    """
+    hint = "use another --output-dir or remove that folder"
+    records, config = out / "audit.jsonl", out / "audit_config.json"
+    existed = records.exists()
+    writer = RecordWriter(records)
+    try:
+        if writer.records:
+            saved = json.loads(config.read_text()) if config.exists() else {}
+            differences = check_same_run(saved, header)
+            if differences:
+                raise ValueError(f"{out} holds an audit with other settings: "
+                                 + mismatch_message(config, differences, hint))
+        recorded = {r["idx"]: r.get("input_sha256") for r in writer.records}
+        for j, idx in enumerate(int(i) for i in indices):
+            if idx in recorded and recorded[idx] != input_hash(x[j]):
+                raise ValueError(f"{out} holds an audit with other settings: its input {idx} has sha256 "
+                                 f"{recorded[idx]}, this run's {input_hash(x[j])}; {hint}")
+        write_atomically(config, json.dumps(header, indent=1, sort_keys=True))
+    except BaseException:
+        writer.close()
+        if not existed:
+            records.unlink(missing_ok=True)
+        raise
+    return writer
 
 
 class _Audit:

@@ -2,6 +2,9 @@
 Certify a data set with any smoothed estimator, one input at a time, appending each record to a JSONL file so
 an interrupted run resumes where it stopped (records are keyed by dataset index, and noise by index too, so a
 resumed run writes exactly the records an uninterrupted one would).
+
+The file's header (:func:`~art_some.core.results.provenance`) holds what determines the records; a run with other
+settings, another model or other data is refused instead of being mixed into the file.
 """
 from __future__ import annotations
 
@@ -12,7 +15,18 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from art_some.core.results import RecordWriter, records_from_result, write_tsv
+from art_some.core.results import (
+    DEFAULT_HINT,
+    RecordWriter,
+    RunMismatchError,
+    input_hash,
+    provenance,
+    records_from_result,
+    write_atomically,
+    write_tsv,
+)
+
+CHECKED_INPUTS = 8  # recorded inputs compared with the data set on resume (a cheap check that it is the same data)
 
 
 def certify_dataset(
@@ -27,10 +41,18 @@ def certify_dataset(
     batch_size: int | None = None,
     method: str = "smoothed",
     progress: bool = True,
+    run_info: dict | None = None,
+    hint: str = DEFAULT_HINT,
 ) -> list[dict]:
     """
     Certify ``dataset[i]`` for each ``i`` in ``indices`` and append the records to ``output`` (JSONL); skips
     indices already recorded there; writes the community TSV beside it at the end.
+
+    The file's header records this run (estimator, its parameters and weights hash, n, n0, alpha, method and
+    ``run_info``); resuming a file with another header raises
+    :class:`~art_some.core.results.RunMismatchError` naming the fields, and so does a recorded input that differs
+    from the data set's (the first few are compared). Each record stores its input's hash (``input_sha256``).
+    A second writer of the same file is refused (:class:`~art_some.core.results.FileInUseError`).
 
     :param estimator: A smoothed estimator with ``certify_detailed``.
     :param dataset: A torch Dataset of ``(x, label)``.
@@ -39,18 +61,40 @@ def certify_dataset(
     :param n: Estimation draws; ``n0``, ``alpha``, ``batch_size`` default to the estimator's.
     :param method: Method name stored in each record.
     :param progress: Show a progress bar.
+    :param run_info: JSON-able header entries the caller knows (the command line's data set, split and model
+                     reference); a ``source`` entry is recorded but not compared.
+    :param hint: The end of a mismatch message (what to do instead).
     :return: All records in the file, sorted by index.
     """
-    with RecordWriter(output) as writer:
+    header = provenance(
+        estimator,
+        kind="certify",
+        method=method,
+        n=int(n),
+        n0=int(getattr(estimator, "sample_size", 0) if n0 is None else n0),
+        alpha=float(getattr(estimator, "alpha", 0.0) if alpha is None else alpha),
+        **(run_info or {}),
+    )
+    with RecordWriter(output, header=header, hint=hint) as writer:
+        _check_recorded_inputs(writer, dataset, hint)
         todo = [int(i) for i in indices if int(i) not in writer.done]
         for i in tqdm(todo, desc="certify", disable=not progress, initial=len(indices) - len(todo), total=len(indices)):
             x, label = dataset[i]
             x = np.asarray(x, dtype=np.float32)[None]
             result = estimator.certify_detailed(x, n=n, n0=n0, alpha=alpha, batch_size=batch_size, indices=[i])
-            writer.append(records_from_result(result, [int(label)], [i], method)[0])
+            record = records_from_result(result, [int(label)], [i], method)[0]
+            writer.append({**record, "input_sha256": input_hash(x[0])})
         records = sorted(writer.records, key=lambda r: r["idx"])
-    tsv = Path(output).with_suffix(".tsv")
-    tmp = tsv.with_suffix(".tsv.tmp")
-    write_tsv(records, tmp)
-    os.replace(tmp, tsv)
+        # Under the writer's lock, so that two runs cannot interleave their logs either.
+        write_atomically(Path(output).with_suffix(".tsv"), lambda tmp: write_tsv(records, tmp))
     return records
+
+
+def _check_recorded_inputs(writer: RecordWriter, dataset, hint: str) -> None:
+    """Compare the first recorded inputs with the data set's, so records of other data are not extended."""
+    for record in [r for r in writer.records if "input_sha256" in r][:CHECKED_INPUTS]:
+        idx = int(record["idx"])
+        now = input_hash(np.asarray(dataset[idx][0], dtype=np.float32)) if 0 <= idx < len(dataset) else None
+        if now != record["input_sha256"]:
+            raise RunMismatchError(writer.path, {f"input {idx} (sha256)": (record["input_sha256"], now)}, hint)
+
