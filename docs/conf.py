@@ -6,13 +6,17 @@ sys.path.insert(0, os.path.abspath(".."))
 
 project = "art-some"
 author = "art-some developers"
+copyright = "2026, art-some developers"
 from art_some import __version__ as release  # noqa: E402
 
 version = release
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode", "sphinx.ext.napoleon"]
+# myst_parser renders the Markdown results pages (included from the .rst pages); sphinx_click documents the CLI.
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode", "sphinx.ext.napoleon", "myst_parser", "sphinx_click"]
+myst_enable_extensions = ["dollarmath"]
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}
-exclude_patterns = ["_build"]
+# The Markdown figures pages are pulled into their method's page by ``.. include::``, not built on their own.
+exclude_patterns = ["_build", "*_results.md", "performance.md"]
 try:
     import sphinx_rtd_theme  # noqa: F401
 
