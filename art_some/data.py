@@ -140,5 +140,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     """
     from art_some.plugins import get
 
+    from art_some.plugins import registered
+
+    if name not in registered("datasets"):
+        raise ValueError(f"unknown dataset {name!r} (--dataset); registered: {', '.join(sorted(registered('datasets')))}")
     loader = get("datasets", name)
     return loader(root=root, split=split, augment=True) if augment else loader(root=root, split=split)

@@ -103,3 +103,25 @@ def test_checkpoint_errors(tmp_path):
     save_checkpoint(wrong, CifarResNet(20), "digits_cnn", {"num_classes": 10})
     with pytest.raises(ValueError, match="does not match"):
         load_checkpoint(wrong)
+
+
+def test_checkpoints_get_the_same_permissions_as_other_outputs(tmp_path):
+    import os
+    import stat
+
+    from art_some.models import DigitsCNN, save_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, DigitsCNN(), "digits_cnn", {"num_classes": 10})
+    other = tmp_path / "other.txt"
+    other.write_text("x")
+    assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(other).st_mode)
+
+
+def test_an_unknown_dataset_names_the_option():
+    import pytest
+
+    from art_some.data import load_dataset
+
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist' \(--dataset\); registered: .*digits"):
+        load_dataset("mnist")

@@ -104,6 +104,10 @@ def save_checkpoint(path: str | os.PathLike, model, model_name: str, model_kwarg
     info = {"model": model_name, "model_kwargs": model_kwargs or {}, **meta}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_model(model, str(path), metadata={METADATA_KEY: json.dumps(info)})
+    # safetensors creates its file with mode 0600; give checkpoints the permissions of every other output.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
