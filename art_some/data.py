@@ -138,11 +138,10 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     Load the registered dataset ``name``: returns ``(dataset, info)``. ``augment`` asks for the training
     augmentation; it is passed only when true, so plugin loaders without the argument keep working.
     """
-    from art_some.plugins import get
+    from art_some.plugins import get, registered
 
-    from art_some.plugins import registered
-
-    if name not in registered("datasets"):
-        raise ValueError(f"unknown dataset {name!r} (--dataset); registered: {', '.join(sorted(registered('datasets')))}")
+    known = registered("datasets")
+    if name not in known:
+        raise ValueError(f"unknown dataset {name!r} (--dataset); registered: {', '.join(sorted(known))}")
     loader = get("datasets", name)
     return loader(root=root, split=split, augment=True) if augment else loader(root=root, split=split)
