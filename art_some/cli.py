@@ -244,6 +244,7 @@ def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alph
                + (f"; {len(result.violations)} violation(s) saved in {Path(output_dir) / 'violations'}"
                   if result.violations else ""))
 
+
 def _run_info(dataset, split, model_ref, data_root=None) -> dict:
     """
     The header entries only the command line knows: the data set and split (compared on resume), and where the

@@ -91,6 +91,26 @@ def test_header_comes_first_and_readers_return_records_only(tmp_path, test_data)
     assert out.with_suffix(".tsv").read_text().count("\n") == 4  # the TSV has no header object
 
 
+@pytest.mark.parametrize("name", ["data_dependent", "denoised_multiscale", "smooth_reduce", "smoothed", "some"])
+def test_every_estimator_has_a_stable_json_header(name, trained_digits_classifier, digits):
+    from test_audit import _tiny
+
+    from art_some.core.results import provenance
+    from art_some.plugins import registered
+
+    (x_train, _), _ = digits
+    est = _tiny(name, registered("estimators")[name], trained_digits_classifier, x_train[:300])
+    header = provenance(est, n=100)
+    assert header == json.loads(json.dumps(header)) == provenance(est, n=100)
+    assert header["model_sha256"] == weights_hash(est.model)
+    if name == "data_dependent":  # the kNN rule's reference data decides the sigmas: it is in the header
+        assert len(header["estimator_params"]["sigma_rule"]["reference"]["sha256"]) == 64
+    if name == "denoised_multiscale":
+        assert header["estimator_params"]["denoiser"]["sha256"] and header["estimator_params"]["sigmas"] == [0.25, 0.5]
+    est.set_params(seed=5)
+    assert check_same_run(header, provenance(est, n=100)) == {"seed": (0, 5)}
+
+
 def test_weights_hash_follows_the_weights_not_the_object():
     torch.manual_seed(0)
     a = DigitsCNN()
@@ -465,3 +485,28 @@ def test_a_crash_between_the_state_and_the_export_is_repaired_on_rerun(tmp_path,
     assert all(torch.equal(exported[k], reference[k]) for k in exported)
     again = run(*TRAIN, "--epochs", 2, "--output-dir", out)  # up to date: nothing to re-export
     assert again.exit_code == 0 and "Re-exporting" not in again.output
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Non-finite values end to end (the trainers and load_checkpoint refuse them; the command line says so)
+# ----------------------------------------------------------------------------------------------------------------
+def test_train_with_a_diverging_learning_rate_stops_at_the_first_non_finite_loss(tmp_path):
+    out = tmp_path / "t"
+    result = run("train", "--method", "gaussian", "--model", "digits_cnn", "--optimizer", "sgd", "--lr", "1e6",
+                 "--epochs", 2, "--device", "cpu", "--output-dir", out)
+    one_line_error(result, "non-finite", "loss")
+    assert files_under(out) == []  # that epoch's checkpoint was not saved
+
+
+def test_certify_refuses_a_checkpoint_with_nan_weights(tmp_path):
+    from art_some.models import save_checkpoint
+
+    model = DigitsCNN(num_classes=10)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    checkpoint = tmp_path / "nan.safetensors"
+    save_checkpoint(checkpoint, model, "digits_cnn", {"num_classes": 10}, sigma=0.25, dataset="digits",
+                    num_classes=10, input_shape=[1, 8, 8])
+    result = run("certify", "--model", checkpoint, "--n", 100, "--device", "cpu", "--output", tmp_path / "r.jsonl")
+    one_line_error(result, "non-finite", str(checkpoint))
+    assert files_under(tmp_path) == [checkpoint]

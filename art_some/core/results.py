@@ -148,7 +148,11 @@ def _jsonable(value, depth: int = 0):
     names = getattr(value, "params", None)  # ART's preprocessors and defences list their settings there
     if isinstance(names, (list, tuple)) and all(isinstance(p, str) for p in names):
         return {"class": _qualname(value), **{p: _jsonable(getattr(value, p, None), depth + 1) for p in names}}
-    return {"class": _qualname(value)}
+    # Any other object (a sigma rule, ...) by its public attributes, and its private arrays: a kNN rule keeps its
+    # reference data in ``_reference``, which decides the certificates (other private state may be a cache).
+    fields = {k.lstrip("_"): v for k, v in sorted(getattr(value, "__dict__", {}).items())
+              if not callable(v) and (not k.startswith("_") or isinstance(v, (np.ndarray, torch.Tensor)))}
+    return {"class": _qualname(value), **{k: _jsonable(v, depth + 1) for k, v in fields.items()}}
 
 
 def provenance(estimator, **settings) -> dict:

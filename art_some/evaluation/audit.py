@@ -120,8 +120,8 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
                        violations saved under ``violations/`` and the reports written by :func:`write_reports`.
     :param batch_size: Inputs per chunk (each chunk's records are written when it is done).
     :param progress: Show a progress bar.
-    :param run_info: JSON-able entries for the header of ``audit.jsonl`` that only the caller knows (the command
-                     line's data set, split and model reference; a ``source`` entry is recorded, not compared).
+    :param run_info: JSON-able entries for the audit's header that only the caller knows (the command line's data
+                     set, split and model reference; a ``source`` entry is recorded, not compared).
 
     With ``output_dir``, ``audit_config.json`` beside ``audit.jsonl`` is the records' header
     (:func:`~art_some.core.results.provenance`: these settings, the estimator's parameters and weights hash,
