@@ -239,6 +239,17 @@ def test_a_finite_loss_with_a_non_finite_gradient_is_refused(digits):
     assert same(before, snapshot(trained(trainer)))
 
 
+def test_a_gradient_whose_norm_overflows_is_refused_with_its_largest_entry(digits):
+    # An entry of 1e20 is finite, but its float32 norm is not (and one SGD step would throw the weights away).
+    (x, y), _ = digits
+    trainer = GaussianAugmentationTrainer(estimator("smoothed", 0.05))
+    weight = trainer.get_classifier().model.classifier[-1].weight
+    original = trainer.training_loss
+    trainer.training_loss = lambda *a, **k: original(*a, **k) + weight[0, 0] * 1e20
+    with pytest.raises(NonFiniteError, match=r"gradient too large for a finite norm \(largest entry 1e\+20\)"):
+        trainer.fit(x[:16], y[:16], batch_size=16, nb_epochs=1)
+
+
 def test_a_refused_step_restores_the_batchnorm_running_statistics(digits):
     (x, y), _ = digits
     clf = estimator("smoothed", 0.05, model=bn_net())

@@ -245,11 +245,16 @@ class SmoothingTrainer(Trainer, abc.ABC):
         loss.backward()
         loss_value, grad_value = finite_check_values(loss, optimizer)
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+            largest = largest_gradient(optimizer) if math.isfinite(loss_value) else math.nan
             optimizer.zero_grad()
             guard.restore(saved)
             where = f"at epoch {self.epoch}, iteration {iteration}"
-            what = (f"non-finite training loss ({loss_value})" if not math.isfinite(loss_value)
-                    else f"non-finite gradient ({grad_value}) with a finite loss ({loss_value:.4g})")
+            if not math.isfinite(loss_value):
+                what = f"non-finite training loss ({loss_value})"
+            elif not math.isfinite(largest):
+                what = f"non-finite gradient ({largest}) with a finite loss ({loss_value:.4g})"
+            else:  # finite entries whose norm overflows: the step would throw the weights out of range anyway
+                what = f"gradient too large for a finite norm (largest entry {largest:.3g}) with loss {loss_value:.4g}"
             raise NonFiniteError(f"{what} {where}; lower the learning rate or check the data")
         self.before_step(loader)
         optimizer.step()
@@ -323,23 +328,38 @@ def class_indices(y: np.ndarray, nb_classes: int, where: str = "rows {} of y") -
 
 def finite_check_values(loss: "torch.Tensor", optimizer) -> tuple[float, float]:
     """
-    ``(loss, largest absolute gradient)`` over the optimizer's parameters as two floats, read in one host
-    synchronisation (the max-abs norm cannot overflow for finite gradients, unlike the 2-norm).
+    ``(loss, largest per-tensor gradient 2-norm)`` over the optimizer's parameters as two floats, read in one host
+    synchronisation. The 2-norm is the cheapest fused reduction (``clip_grad_norm_``'s); it is non-finite when an
+    entry is, and also when finite entries above about 1e19 overflow its float32 sum of squares (see
+    :func:`largest_gradient`).
     """
     import torch
 
     loss = loss.detach().float().reshape(())
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    grads = _gradients(optimizer)
     if not grads:
         return float(loss), 0.0
-    grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
     try:
-        norms = torch._foreach_norm(grads, math.inf)  # one fused kernel per device and dtype
+        norms = torch._foreach_norm(grads, 2)  # one fused kernel per device and dtype
     except (AttributeError, RuntimeError, TypeError, NotImplementedError):
-        norms = [torch.linalg.vector_norm(g, math.inf) for g in grads]
+        norms = [torch.linalg.vector_norm(g) for g in grads]
     norms = [n.to(loss.device, torch.float32) for n in norms]
     loss_value, grad_value = torch.stack([loss, torch.stack(norms).max()]).tolist()
     return loss_value, grad_value
+
+
+def largest_gradient(optimizer) -> float:
+    """The largest absolute gradient entry (exact, slower than the norm: only for the message of a refused step)."""
+    import torch
+
+    values = [float(torch.linalg.vector_norm(g.float(), math.inf)) for g in _gradients(optimizer)]
+    # Python's max() skips NaN depending on the order, so report any non-finite entry first.
+    return next((v for v in values if not math.isfinite(v)), max(values, default=0.0))
+
+
+def _gradients(optimizer) -> list:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return [g.coalesce().values() if g.is_sparse else g for g in grads]
 
 
 class BufferGuard:
