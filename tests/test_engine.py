@@ -155,3 +155,21 @@ def test_property_counts_invariant_to_batching(num, batch_size, n_inputs):
     b = count_votes(vote, x, num, noise, num_classes=C, batch_size=10_000, seed=2, stage=ESTIMATION)
     np.testing.assert_array_equal(a, b)
     assert np.all(a.sum(axis=1) == num)
+
+
+def test_long_calls_show_a_progress_bar_when_asked_and_short_ones_stay_quiet(capsys):
+    import time
+
+    def slow_vote(z):
+        time.sleep(0.3)
+        return torch.zeros(len(z), dtype=torch.long)
+
+    x = torch.zeros((2, 3))
+    count_votes(slow_vote, x, 10, GaussianNoise(0.5), num_classes=C, batch_size=4, seed=0, stage=ESTIMATION,
+                verbose=True, desc="CERTIFY estimation")
+    assert "CERTIFY estimation" in capsys.readouterr().err
+    count_votes(slow_vote, x, 10, GaussianNoise(0.5), num_classes=C, batch_size=4, seed=0, stage=ESTIMATION,
+                verbose=False, desc="CERTIFY estimation")
+    count_votes(make_vote(), x.view(2, 3, 1, 1).expand(2, 3, 2, 2), 10, GaussianNoise(0.5), num_classes=C,
+                batch_size=4, seed=0, stage=ESTIMATION, verbose=True)  # under a second: no bar
+    assert capsys.readouterr().err == ""

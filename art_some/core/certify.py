@@ -115,6 +115,7 @@ def certify(
     indices: Sequence[int] | None = None,
     device=None,
     rule: CertificateRule = cohen_rule,
+    verbose: bool | None = False,
 ) -> CertifyResult:
     """
     CERTIFY (Cohen et al., Algorithm 1, generalised): ``n0`` selection draws pick the class, ``n`` fresh
@@ -140,14 +141,17 @@ def certify(
     :param rule: Certificate rule mapping (selection counts, estimation counts, alpha, noise) to
                  ``(predict, radius, p_lower)``. A rule with the attribute ``uses_squares = True`` also gets the
                  estimation draws' sums of squared tallies as ``squares=`` (for variance-adaptive bounds).
+    :param verbose: Progress bars over the draws (None: when standard error is a terminal; see ``count_votes``).
     :return: a :class:`CertifyResult`.
     """
     alpha = _check_alpha(alpha)
     check_draws("n0", n0)
     _check_inputs(x, "n", n, indices)
     start = time.perf_counter()
-    common = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, indices=indices, device=device)
-    counts0 = count_votes(vote_fn, x, int(n0), noise, stage=SELECTION, **common)
+    common = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, indices=indices, device=device,
+                  verbose=verbose)
+    counts0 = count_votes(vote_fn, x, int(n0), noise, stage=SELECTION, desc="CERTIFY selection", **common)
+    common["desc"] = "CERTIFY estimation"
     if getattr(rule, "uses_squares", False):
         counts, squares = count_votes(vote_fn, x, int(n), noise, stage=ESTIMATION, squares=True, **common)
         pred, radius, p_lower = rule(counts0, counts, alpha, noise, squares=squares)

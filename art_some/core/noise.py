@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from art_some.core.errors import NonFiniteError, name_indices
 
@@ -112,6 +113,11 @@ class NoiseStream:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def _quiet(verbose: bool | None) -> bool | None:
+    """tqdm's ``disable``: None lets tqdm show the bar only on a terminal."""
+    return None if verbose is None else not verbose
+
+
 def check_indices(indices, n_inputs: int) -> np.ndarray:
     """The inputs' global indices as an int64 array (default ``0..N-1``), or a clear error."""
     if indices is None:
@@ -201,6 +207,8 @@ def count_votes(
     device: "torch.device | str | None" = None,
     squares: bool = False,
     invalid: np.ndarray | None = None,
+    verbose: bool | None = False,
+    desc: str = "draws",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """
     Count the votes of ``vote_fn`` on ``num`` noisy copies of each input.
@@ -222,6 +230,8 @@ def count_votes(
                     :class:`~art_some.core.errors.NonFiniteError` at once, naming the inputs. A boolean array of
                     length N opts into marking instead: ``invalid[i]`` is set for each such input, whose count
                     rows are then all zeros (so PREDICT on them abstains; ``predict`` turns them into NaN rows).
+    :param verbose: A progress bar over the draws (labelled ``desc``): True, False, or None for "when standard error is
+                    a terminal". It appears only once a call has run for a second, so short calls stay quiet.
     :return: int64 array ``(N, C)`` of vote counts (each row sums to ``num`` for class-index votes), and with
              ``squares`` the ``(N, C)`` sums of squared tallies too.
     """
@@ -243,7 +253,9 @@ def count_votes(
     streams: dict[int, NoiseStream] = {}
     counts = torch.zeros((n_inputs, num_classes), dtype=torch.long, device=device)
     squared = torch.zeros_like(counts) if squares else None
-    with torch.inference_mode():
+    bar = tqdm(total=n_inputs * num, desc=desc, unit="draw", unit_scale=True, disable=_quiet(verbose), delay=1.0,
+               leave=False)
+    with torch.inference_mode(), bar:
         for batch in _plan_batches(n_inputs, num, batch_size):
             eps, owner = [], []
             for i, k in batch:
@@ -277,6 +289,7 @@ def count_votes(
             for i in list(streams):
                 if i < last:
                     del streams[i]
+            bar.update(sum(k for _, k in batch))
     counts = counts.cpu().numpy()
     squared = None if squared is None else squared.cpu().numpy()
     if invalid is not None and invalid.any():

@@ -102,6 +102,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         predict_rule: str = "cascade",
         hybrid_weight: float = 0.1,
         gradient_level: float | None = None,
+        verbose: bool | None = None,
     ):
         """
         Create a denoised (multi-scale) smoothed classifier.
@@ -131,6 +132,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         :param predict_rule: ``"cascade"`` (with a guarantee, may abstain) or ``"hybrid"`` (official, empirical).
         :param hybrid_weight: w of the hybrid rule, in [0, 1] (official 0.1).
         :param gradient_level: None to differentiate the mean over levels, or one of ``sigmas``.
+        :param verbose: Progress bars for ``certify`` (None: when standard error is a terminal).
         """
         import torch
 
@@ -153,6 +155,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             noise_batch_size=noise_batch_size,
             seed=seed,
             gradient_samples=gradient_samples,
+            verbose=verbose,
         )
         self._sigmas = sigmas
         self.denoiser = denoiser
@@ -276,7 +279,8 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             "denoiser": type(self._denoiser).__name__,
         }
 
-    def _counter(self, z0: "torch.Tensor", indices, batch_size: int | None, invalid: np.ndarray | None = None):
+    def _counter(self, z0: "torch.Tensor", indices, batch_size: int | None, invalid: np.ndarray | None = None,
+                 verbose: bool | None = False):
         """
         The engine's count function for level s (0 = largest sigma), keyed on the level's own streams. With
         ``invalid`` (length N), inputs with non-finite outputs are marked there (zero counts) instead of raising.
@@ -293,6 +297,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
                 lambda z: self.level_vote(z, sigma), z0[torch.as_tensor(positions, device=z0.device)], num,
                 GaussianNoise(sigma), num_classes=self.nb_classes, batch_size=self._batch_size(batch_size),
                 seed=self.seed, stage=stage + LEVEL_STAGE_STRIDE * level, indices=indices[positions], invalid=marks,
+                verbose=verbose, desc=f"sigma {sigma:g}",
             )
             if marks is not None:
                 invalid[positions] |= marks
@@ -329,7 +334,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             z0 = self._as_input_tensor(x)
         check_finite_inputs(z0, check_indices(indices, len(z0)))
         result = cascade_certify(
-            self._counter(z0, indices, batch_size), self.levels, len(z0), n0=int(n0), n=int(n), alpha=alpha,
+            self._counter(z0, indices, batch_size, verbose=self.verbose), self.levels, len(z0), n0=int(n0), n=int(n), alpha=alpha,
             p0=float(self.p0), alpha_split=self.alpha_split, num_classes=self.nb_classes,
         )
         result.extra.update(self.certificate_info())

@@ -65,6 +65,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         "noise_batch_size",
         "seed",
         "gradient_samples",
+        "verbose",
     ]
 
     def __init__(
@@ -86,6 +87,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         noise_batch_size: int = 1000,
         seed: int = 0,
         gradient_samples: int | None = None,
+        verbose: bool | None = None,
     ):
         """
         Create a smoothed classifier.
@@ -107,8 +109,10 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         :param noise_batch_size: Noisy inputs per forward pass (the engine's batch size).
         :param seed: Base seed of every noise stream.
         :param gradient_samples: Noise draws per input for EOT gradients and losses (default: ``sample_size``).
+        :param verbose: Progress bars for ``certify`` (True, False, or None: when standard error is a terminal); a
+                        bar appears once a call has run for a second. ``predict`` stays quiet (attacks call it often).
         """
-        _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, gradient_samples)
+        _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, gradient_samples, verbose)
         if isinstance(nb_classes, bool) or int(nb_classes) != nb_classes or int(nb_classes) < 2:
             raise ValueError(f"nb_classes must be an integer >= 2, got {nb_classes!r}")
         _check_model_dtype(model)
@@ -131,6 +135,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         self.noise_batch_size = int(noise_batch_size)
         self.seed = int(seed)
         self.gradient_samples = None if gradient_samples is None else int(gradient_samples)
+        self.verbose = verbose
         self._gradient_generator = None
 
     def set_params(self, **kwargs) -> None:
@@ -142,7 +147,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         try:
             super().set_params(**kwargs)
             _check_smoothing_params(self.sample_size, self.scale, self.alpha, self.noise_batch_size, self.seed,
-                                    self.gradient_samples)
+                                    self.gradient_samples, self.verbose)
             _check_model_dtype(self._model)
         except Exception:
             for key, value in backup.items():
@@ -414,6 +419,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             seed=self.seed,
             indices=indices,
             rule=self.certificate_rule,
+            verbose=self.verbose,
         )
         result.extra.update(self.certificate_info())
         return result
@@ -617,7 +623,8 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, gradient_samples) -> None:
+def _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, gradient_samples,
+                            verbose=None) -> None:
     """The checks shared by the constructor and ``set_params``."""
     _check_positive_int("sample_size", sample_size)
     _check_positive_int("noise_batch_size", noise_batch_size)
@@ -630,6 +637,8 @@ def _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, g
     _check_alpha(alpha)
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if verbose not in (None, True, False):
+        raise ValueError(f"verbose must be True, False or None (bars on a terminal only), got {verbose!r}")
 
 
 def _check_model_dtype(model) -> None:
