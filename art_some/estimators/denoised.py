@@ -334,8 +334,8 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             z0 = self._as_input_tensor(x)
         check_finite_inputs(z0, check_indices(indices, len(z0)))
         result = cascade_certify(
-            self._counter(z0, indices, batch_size, verbose=self.verbose), self.levels, len(z0), n0=int(n0), n=int(n), alpha=alpha,
-            p0=float(self.p0), alpha_split=self.alpha_split, num_classes=self.nb_classes,
+            self._counter(z0, indices, batch_size, verbose=self.verbose), self.levels, len(z0), n0=int(n0), n=int(n),
+            alpha=alpha, p0=float(self.p0), alpha_split=self.alpha_split, num_classes=self.nb_classes,
         )
         result.extra.update(self.certificate_info())
         return result
