@@ -200,7 +200,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
         return history
 
     def trained_modules(self) -> list:
-        """The modules whose floating-point buffers a refused step restores (the classifier's model; a denoiser)."""
+        """The modules whose buffers a refused step restores (the classifier's model; a denoiser if there is one)."""
         import torch
 
         modules = [self._classifier.model, getattr(self._classifier, "denoiser", None)]

@@ -155,6 +155,7 @@ class DDRSTrainer(SmoothingTrainer):
         if index is None:
             raise ValueError("DDRS needs the example indices (use DDRSTrainer.fit, which adds them)")
         self.base._generator = self.generator(x.device)  # one noise stream for sigma search and training
+        self._pending = None
         index = index.cpu()
         sigma = self.sigmas[index].to(x.device)
         if self.epoch > self.epoch_switch and self.sigma_steps > 0:
