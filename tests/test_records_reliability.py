@@ -209,7 +209,7 @@ def test_header_less_files_still_read_but_are_not_resumed_with_a_header(tmp_path
     with RecordWriter(old) as writer:  # the low-level writer without a header still resumes it
         assert writer.done == {0, 1} and writer.header is None
     data, info = test_data
-    with pytest.raises(RunMismatchError, match="without an art-some header"):
+    with pytest.raises(RunMismatchError, match="has no art-some header"):
         certify_dataset(estimator(info), data, [0], old, n=100, progress=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({HEADER_KEY: {"schema": 1}}) + "\n")
