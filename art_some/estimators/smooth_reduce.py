@@ -105,8 +105,9 @@ class SmoothReduceClassifier(SmoothedClassifier):
     :param radius_space: Report radii in the ``"input"`` space (divided by the resize's operator norm; default)
                           or in the ``"resized"`` space the noise lives in.
     :param unsound_paper_radius: Independent noise with the paper's uncorrected radius in the resized space.
-                                 Unsound; warns on every certificate. It sets ``radius_space`` to ``"resized"``
-                                 (the space its radii are in), which stays so if the flag is later turned off.
+                                 Unsound; warns on every certificate. With a ``resize`` it sets ``radius_space`` to
+                                 ``"resized"`` (the space its radii are in), which stays so if the flag is later
+                                 turned off.
     """
 
     estimator_params = SmoothedClassifier.estimator_params + [
@@ -223,7 +224,7 @@ class SmoothReduceClassifier(SmoothedClassifier):
             raise ValueError("unsound_paper_radius=True is the paper's rule: it needs noise_mode='independent' and "
                              "certificate='votes'")
         self._check_model(model_size)
-        if self.unsound_paper_radius and self.radius_space == "input":
+        if self.unsound_paper_radius and self.radius_space == "input" and self.resize is not None:
             # The paper's radii are in the resized space; say so where users read it, not only in the records.
             self.radius_space = "resized"
         # Operator norms of the linear map from the input to the noise space (computed, not assumed).
@@ -407,7 +408,7 @@ class SmoothReduceClassifier(SmoothedClassifier):
             "aggregation": self.aggregation if isinstance(self.aggregation, str) else repr(self.aggregation),
             "scores": self.scores,
             "certificate": self.certificate if self.certificate == "votes" else f"vote_average/{self.bound}",
-            "radius_space": self.radius_space,
+            "radius_space": "resized" if self.unsound_paper_radius else self.radius_space,
             "radius_divisor": self.radius_divisor,
             "resize_norm": self.resize_norm,
             **self.layout.describe(),
