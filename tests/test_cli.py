@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from art_some import __version__
 from art_some.cli import cli
 from art_some.core.results import read_jsonl
-from conftest import SHARED
+from conftest import PUBLISHED_LOGS
 
 COMMANDS = ["certify", "demo", "report", "plugins", "train"]
 
@@ -124,9 +124,8 @@ def test_corrupt_checkpoint_is_rejected(tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "published_logs")), reason="no shared logs")
 def test_report_on_a_published_log():
-    path = os.path.join(SHARED, "data", "published_logs", "some_cifar10_r110", "Gaussian_noise-0.25.tsv")
+    path = os.path.join(PUBLISHED_LOGS, "some_cifar10_r110", "Gaussian_noise-0.25.tsv")
     result = run("report", path, "--radii", "0,0.25,0.5")
     assert result.exit_code == 0
     assert "83.4" in result.output and "71.6" in result.output and "ACR 0.537" in result.output

@@ -15,10 +15,7 @@ from art_some.core.results import (
     summary_table,
     write_tsv,
 )
-from conftest import SHARED
-
-LOGS = os.path.join(SHARED, "data", "published_logs")
-needs_logs = pytest.mark.skipif(not os.path.isdir(LOGS), reason="shared published logs not present")
+from conftest import PUBLISHED_LOGS as LOGS
 
 # (file, ACR) from the published_logs README / the SOME spec's table.
 PUBLISHED_ACR = [
@@ -42,13 +39,11 @@ PUBLISHED_ACR = [
 GRID = [0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5]
 
 
-@needs_logs
 @pytest.mark.parametrize("name,acr", PUBLISHED_ACR)
 def test_published_acr_is_reproduced(name, acr):
     assert round(average_certified_radius(read_tsv(os.path.join(LOGS, name))), 3) == acr
 
 
-@needs_logs
 @pytest.mark.parametrize(
     "name,row,abstained",
     [

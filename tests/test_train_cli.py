@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from art_some.cli import cli
 from art_some.core.results import read_jsonl
+from conftest import PUBLISHED_LOGS
 
 TRAIN = ["train", "--method", "some", "--model", "some_digits_cnn", "--num-heads", "3", "--optimizer", "adam",
          "--lr", "1e-3", "--batch-size", "128", "--device", "cpu", "--option", "base=consistency"]
@@ -142,8 +143,6 @@ def test_crt_distils_a_trained_teacher_checkpoint(tmp_path):
 def test_smoothmix_certification_log_has_the_released_format_and_replays(tmp_path):
     # Spec B.5 test 9: certify a saved SmoothMix model and write rows in the format of the released logs
     # (data/certify/*.tsv of jh-jeong/smoothmix); the same seed gives the same rows.
-    from conftest import SHARED
-
     model = tmp_path / "smoothmix"
     args = ["train", "--method", "smoothmix", *PLAIN, "--epochs", 1, "--output-dir", model]
     assert run(*args).exit_code == 0
@@ -154,7 +153,7 @@ def test_smoothmix_certification_log_has_the_released_format_and_replays(tmp_pat
                      "--output", out, "--device", "cpu")
         assert result.exit_code == 0, result.output
         rows.append([line.split("\t")[:5] for line in out.with_suffix(".tsv").read_text().splitlines()])
-    released = os.path.join(SHARED, "data", "published_logs", "smoothmix_cifar10", "smoothmix_noise-0.25.tsv")
+    released = os.path.join(PUBLISHED_LOGS, "smoothmix_cifar10", "smoothmix_noise-0.25.tsv")
     with open(released) as f:
         assert out.with_suffix(".tsv").read_text().splitlines()[0] == f.readline().rstrip("\n")
     assert rows[0] == rows[1] and len(rows[0]) == 7
