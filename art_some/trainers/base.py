@@ -159,7 +159,9 @@ class SmoothingTrainer(Trainer, abc.ABC):
         :param y: Labels (indices or one-hot) when ``x`` is an array; None for a DataLoader.
         :param batch_size: Batch size for arrays.
         :param nb_epochs: Number of epochs.
-        :param kwargs: ``scheduler`` (stepped once per epoch), ``verbose`` (progress bar), ``drop_last``.
+        :param kwargs: ``scheduler`` (stepped once per epoch), ``verbose`` (a progress bar over epochs with the loss:
+                       True, False, or None, the default, for "when standard error is a terminal"; it appears once
+                       training has run for a second), ``drop_last``.
         :return: The mean training loss (over optimizer steps) of each epoch.
         """
         from torch.utils.data import DataLoader
@@ -175,7 +177,10 @@ class SmoothingTrainer(Trainer, abc.ABC):
         history = []
         sampler = getattr(loader, "sampler", None)
         try:
-            for _ in trange(int(nb_epochs), desc=type(self).__name__, disable=not kwargs.get("verbose", False)):
+            verbose = kwargs.get("verbose")  # None: a bar when standard error is a terminal (tqdm's rule)
+            epochs = trange(int(nb_epochs), desc=type(self).__name__, unit="epoch", delay=1.0,
+                            disable=None if verbose is None else not verbose)
+            for _ in epochs:
                 self.epoch += 1
                 if callable(getattr(sampler, "set_epoch", None)):
                     sampler.set_epoch(self.epoch)  # DistributedSampler: a new shuffle each epoch
@@ -195,6 +200,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
                 if scheduler is not None:
                     scheduler.step()
                 history.append(total / max(1, steps))
+                epochs.set_postfix(loss=f"{history[-1]:.4f}", refresh=False)
         finally:
             self._classifier.model.eval()
         return history
