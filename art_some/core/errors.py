@@ -1,6 +1,7 @@
 """
-The errors art-some raises on purpose. Each is a :class:`ValueError`, so the command line turns it into a one-line
-message with exit code 2, and code that already catches ``ValueError`` keeps working.
+The errors and warnings art-some raises on purpose. Each error is a :class:`ValueError`, so the command line turns
+it into a one-line message with exit code 2, and code that already catches ``ValueError`` keeps working. Warnings
+point at the user's own line (:func:`user_stacklevel`, :func:`warn_unsound`).
 """
 from __future__ import annotations
 
@@ -39,3 +40,23 @@ def user_stacklevel() -> int:
     while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(("art_some", "art.")):
         frame, level = frame.f_back, level + 1
     return level
+
+
+class UnsoundCertificateWarning(UserWarning):
+    """A certificate rule that a spec marks unsound was used; its radii may be larger than the truth."""
+
+
+def warn_unsound(message: str) -> None:
+    """
+    Warn at the user's line (the first caller outside art-some and ART), every time: a fresh registry defeats
+    Python's once-per-call-site default (each unsound certificate deserves its own warning) while the user's
+    filters still apply.
+    """
+    import sys
+    import warnings
+
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(("art_some", "art.")):
+        frame = frame.f_back
+    warnings.warn_explicit(message, UnsoundCertificateWarning, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__", "art_some"), registry={})

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from art_some.core.certify import ABSTAIN, CertifyResult, check_finite_inputs, cohen_rule
+from art_some.core.errors import warn_unsound
 from art_some.core.input_dependent import KNNSigma, semi_elastic_radius
 from art_some.core.noise import GaussianNoise, check_indices, seed_for
 from art_some.core.sigma_search import optimize_sigma
 from art_some.core.stats import clopper_pearson_lower
-from art_some.estimators.smooth_reduce import _warn_unsound
 from art_some.estimators.smoothed import SmoothedClassifier
 
 if TYPE_CHECKING:
@@ -265,7 +265,7 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
         guarantee is about g_sigma_x only (records say so, and a :class:`UnsoundCertificateWarning` is issued).
         """
         if self.certificate == "fixed_sigma":
-            _warn_unsound("certificate='fixed_sigma' certifies the fixed-sigma classifier g_sigma_x at each input, "
+            warn_unsound("certificate='fixed_sigma' certifies the fixed-sigma classifier g_sigma_x at each input, "
                           "not the input-dependent classifier that predict() evaluates (Sukenik et al. 2022)")
         x_t = self._as_input_tensor(x)
         indices = check_indices(indices, len(x_t))

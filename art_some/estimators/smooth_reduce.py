@@ -24,13 +24,12 @@ A resize of the whole input before the noise (the paper's 32 to 36) puts the cer
 from __future__ import annotations
 
 import logging
-import sys
-import warnings
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from art_some.core.certify import ABSTAIN, cohen_rule
+from art_some.core.errors import UnsoundCertificateWarning, warn_unsound  # noqa: F401 (re-exported)
 from art_some.core.noise import INVALID, argmax_votes
 from art_some.core.stats import _check_alpha, bernstein_lower, gaussian_radius, hoeffding_lower
 from art_some.estimators.smoothed import SmoothedClassifier
@@ -47,22 +46,6 @@ CERTIFICATES = ("votes", "vote_average")
 BOUNDS = ("bernstein", "hoeffding")
 RADIUS_SPACES = ("input", "resized")
 
-
-class UnsoundCertificateWarning(UserWarning):
-    """A certificate rule that a spec marks unsound was used; its radii may be larger than the truth."""
-
-
-def _warn_unsound(message: str, stacklevel: int | None = None) -> None:
-    """
-    Warn at the user's line (the first caller outside art-some, however deep the call), every time: a fresh registry
-    defeats Python's once-per-call-site default (each unsound certificate deserves its own warning) while the
-    user's filters still apply. ``stacklevel`` is ignored (kept for callers that pass it).
-    """
-    frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("art_some"):
-        frame = frame.f_back
-    warnings.warn_explicit(message, UnsoundCertificateWarning, frame.f_code.co_filename, frame.f_lineno,
-                           module=frame.f_globals.get("__name__", "art_some"), registry={})
 
 PAPER_RULE_WARNING = (
     "unsound_paper_radius=True: independent noise per patch with the uncorrected radius sigma * Phi^-1(pA_lower), "
@@ -236,7 +219,7 @@ class SmoothReduceClassifier(SmoothedClassifier):
         self._noise_size, self._aggregate, self.layout, self._model_size = noise_size, aggregate, layout, model_size
         self.resize_norm, self.stack_norm = resize_norm, stack_norm
         if self.unsound_paper_radius:
-            _warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm), stacklevel=3)
+            warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm))
 
     def _size(self, name: str, value, like: tuple) -> tuple[int, ...]:
         """One int resizes the spatial axes (H, W) and keeps a video's T; a tuple gives every non-channel axis."""
@@ -376,7 +359,7 @@ class SmoothReduceClassifier(SmoothedClassifier):
                          indices=None):
         """:meth:`SmoothedClassifier.certify_detailed` with this estimator's rule; warns on every call if unsound."""
         if self.unsound_paper_radius:
-            _warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm), stacklevel=2)
+            warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm))
         return super().certify_detailed(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices)
 
     def predict_classes(self, x, indices=None, invalid=None, abstain: bool = True) -> tuple[np.ndarray, np.ndarray]:
