@@ -51,7 +51,7 @@ class CertifyResult:
         return len(self.predict)
 
 
-CertificateRule = Callable[[np.ndarray, np.ndarray, float, object], tuple[np.ndarray, np.ndarray, np.ndarray]]
+RuleFunction = Callable[[np.ndarray, np.ndarray, float, object], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def cohen_rule(selection_counts: np.ndarray, estimation_counts: np.ndarray, alpha: float, noise):
@@ -69,7 +69,7 @@ def cohen_rule(selection_counts: np.ndarray, estimation_counts: np.ndarray, alph
     c_hat = selection_counts.argmax(axis=1)
     n = estimation_counts.sum(axis=1)
     p_lower = clopper_pearson_lower(estimation_counts[rows, c_hat], n, alpha)
-    abstain = p_lower < 0.5
+    abstain = p_lower < 0.5  # the abstain test of every rule (art_some.core.rules.certifies)
     radius = np.where(abstain, 0.0, gaussian_radius(p_lower, noise.sigma))
     return np.where(abstain, ABSTAIN, c_hat).astype(np.int64), radius.astype(np.float64), p_lower
 
@@ -114,7 +114,7 @@ def certify(
     seed: int = 0,
     indices: Sequence[int] | None = None,
     device=None,
-    rule: CertificateRule = cohen_rule,
+    rule=cohen_rule,
     verbose: bool | None = False,
 ) -> CertifyResult:
     """
@@ -138,12 +138,16 @@ def certify(
     :param seed: Base seed.
     :param indices: Global input indices that key the noise (default ``0..N-1``).
     :param device: Device for sampling and forward passes.
-    :param rule: Certificate rule mapping (selection counts, estimation counts, alpha, noise) to
-                 ``(predict, radius, p_lower)``. A rule with the attribute ``uses_squares = True`` also gets the
-                 estimation draws' sums of squared tallies as ``squares=`` (for variance-adaptive bounds).
+    :param rule: A :class:`~art_some.core.rules.CertificateRule` (default Cohen's), or a function mapping
+                 (selection counts, estimation counts, alpha, noise) to ``(predict, radius, p_lower)``. A rule with
+                 ``needs_squares`` also gets the estimation draws' sums of squared tallies (variance-adaptive
+                 bounds).
     :param verbose: Progress bars over the draws (None: when standard error is a terminal; see ``count_votes``).
     :return: a :class:`CertifyResult`.
     """
+    from art_some.core.rules import as_rule
+
+    rule = as_rule(rule)
     alpha = _check_alpha(alpha)
     check_draws("n0", n0)
     _check_inputs(x, "n", n, indices)
@@ -152,15 +156,15 @@ def certify(
                   verbose=verbose)
     counts0 = count_votes(vote_fn, x, int(n0), noise, stage=SELECTION, desc="CERTIFY selection", **common)
     common["desc"] = "CERTIFY estimation"
-    if getattr(rule, "uses_squares", False):
+    if rule.needs_squares:
         counts, squares = count_votes(vote_fn, x, int(n), noise, stage=ESTIMATION, squares=True, **common)
-        pred, radius, p_lower = rule(counts0, counts, alpha, noise, squares=squares)
     else:
         counts, squares = count_votes(vote_fn, x, int(n), noise, stage=ESTIMATION, **common), None
-        pred, radius, p_lower = rule(counts0, counts, alpha, noise)
+    pred, radius, p_lower = rule.certify(counts0, counts, alpha, noise, squares=squares)
     seconds = np.full(len(pred), (time.perf_counter() - start) / max(1, len(pred)))
     return CertifyResult(
-        pred, radius, p_lower, counts0, counts, int(n0), int(n), alpha, noise.sigma, seconds, squares
+        pred, radius, p_lower, counts0, counts, int(n0), int(n), alpha, noise.sigma, seconds, squares,
+        extra=dict(rule.info()),
     )
 
 

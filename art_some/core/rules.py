@@ -19,8 +19,11 @@ from art_some.core.certify import ABSTAIN, cohen_rule, predict_from_counts
 
 
 def certifies(p_lower) -> np.ndarray:
-    """The one abstain test of every rule: a class is certified only when its lower bound exceeds 1/2."""
-    return np.asarray(p_lower) > 0.5
+    """
+    The one abstain test of every rule, Cohen et al.'s: a class is certified when the lower bound on its
+    probability is at least 1/2 (at exactly 1/2 the radius is 0), and the rule abstains below.
+    """
+    return np.asarray(p_lower) >= 0.5
 
 
 class CertificateRule:
@@ -44,6 +47,10 @@ class CertificateRule:
     def predict(self, counts: np.ndarray, alpha: float, squares: np.ndarray | None = None) -> np.ndarray:
         """PREDICT's decision: the top class if the binomial test rejects a tie with the runner-up at ``alpha``."""
         return predict_from_counts(counts, alpha)
+
+    def scores(self, counts: np.ndarray) -> np.ndarray:
+        """What ``predict`` shows per class for PREDICT's ``counts`` (the counts themselves here)."""
+        return counts
 
     def info(self) -> dict:
         """Entries for each certificate record."""
@@ -78,6 +85,9 @@ class ScaledRule(CertificateRule):
 
     def predict(self, counts, alpha, squares=None):
         return self.base.predict(counts, alpha, squares)
+
+    def scores(self, counts):
+        return self.base.scores(counts)
 
     def info(self) -> dict:
         return self.base.info()

@@ -18,17 +18,16 @@ for each input, with two sigma rules and two certificates.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from art_some.core.certify import ABSTAIN, CertifyResult, check_finite_inputs, cohen_rule
-from art_some.core.errors import warn_unsound
+from art_some.core.certify import ABSTAIN, CertifyResult
 from art_some.core.input_dependent import KNNSigma, semi_elastic_radius
-from art_some.core.noise import GaussianNoise, check_indices, seed_for
+from art_some.core.noise import GaussianNoise, seed_for
+from art_some.core.rules import CertificateRule, CohenRule, certifies
 from art_some.core.sigma_search import optimize_sigma
 from art_some.core.stats import clopper_pearson_lower
 from art_some.estimators.smoothed import SmoothedClassifier
@@ -186,23 +185,15 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
             out.append(sigma.cpu().numpy())
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
-    def certificate_rule(self, selection_counts, estimation_counts, alpha, noise):
+    @property
+    def certificate_rule(self) -> CertificateRule:
         """
-        ``"fixed_sigma"``: Cohen's rule at each input's sigma (a certificate of g_sigma_x). ``"input_dependent"``:
-        the same class and Clopper-Pearson bound, and the radius of Sukenik et al.'s worst case over every
-        sigma(x') = sigma(x) exp(+-r ||x' - x||) (non-central chi-square bounds in the input dimension).
+        ``"fixed_sigma"``: Cohen's rule at each input's sigma (a certificate of g_sigma_x, not of G; warns on every
+        use). ``"input_dependent"``: :class:`InputDependentRule`, Sukenik et al.'s certificate of G.
         """
         if self.certificate == "fixed_sigma":
-            return cohen_rule(selection_counts, estimation_counts, alpha, noise)
-        rows = np.arange(len(selection_counts))
-        c_hat = selection_counts.argmax(axis=1)
-        p_lower = clopper_pearson_lower(estimation_counts[rows, c_hat], estimation_counts.sum(axis=1), alpha)
-        sigma = np.broadcast_to(np.asarray(noise.sigma, dtype=np.float64), p_lower.shape)
-        radius = semi_elastic_radius(p_lower, sigma, self.rate, self.dimension, radius_steps=self.radius_steps,
-                                     sigma_steps=self.sigma_steps_grid)
-        abstain = p_lower < 0.5
-        return (np.where(abstain, ABSTAIN, c_hat).astype(np.int64), np.where(abstain, 0.0, radius),
-                p_lower)
+            return FixedSigmaRule()
+        return InputDependentRule(self.rate, self.dimension, self.radius_steps, self.sigma_steps_grid)
 
     @property
     def dimension(self) -> int:
@@ -218,71 +209,9 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
     # ----------------------------------------------------------------------------------------------------------
     # PREDICT, CERTIFY and gradients at sigma(x)
     # ----------------------------------------------------------------------------------------------------------
-    _sigma_now = None
-
-    @property
-    def noise_model(self) -> GaussianNoise:
-        """The noise at the sigmas of the inputs being processed (it exists only during a call, see ``_at``)."""
-        if self._sigma_now is None:
-            raise RuntimeError("the data-dependent noise model only exists during predict/certify calls")
-        return GaussianNoise(self._sigma_now)
-
-    def noise_model_for(self, rows: np.ndarray) -> GaussianNoise:
-        """N(0, sigma_i^2 I) for the inputs at positions ``rows`` of the current call."""
-        return GaussianNoise(self._sigma_now[rows])
-
-    @contextlib.contextmanager
-    def _at(self, sigma: np.ndarray):
-        """Within the block, the engine's noise model is N(0, sigma_i^2 I) for input i (NaN: a skipped input)."""
-        previous, self._sigma_now = self._sigma_now, np.asarray(sigma, dtype=np.float64)
-        try:
-            yield
-        finally:
-            self._sigma_now = previous
-
-    def _sigmas_of_finite(self, x_t: "torch.Tensor", indices: np.ndarray, invalid) -> np.ndarray:
-        """sigma(x) for the inputs without NaN or inf (NaN for the others, which raise unless ``invalid`` is given)."""
-        rows = self._finite_rows(x_t, indices, invalid)
-        sigma = np.full(len(x_t), np.nan)
-        if len(rows):
-            sigma[rows] = self.sigma_of(x_t[rows], indices[rows])
-        return sigma
-
-    def predict_counts(self, x, n: int | None = None, batch_size: int | None = None, indices=None,
-                       squares: bool = False, invalid: np.ndarray | None = None):
-        """Vote counts of the base classifier at sigma(x), ``n`` draws per input (default ``sample_size``)."""
-        x_t = self._as_input_tensor(x)
-        indices = check_indices(indices, len(x_t))
-        with self._at(self._sigmas_of_finite(x_t, indices, None if invalid is None else invalid.copy())):
-            return super().predict_counts(x_t, n=n, batch_size=batch_size, indices=indices, squares=squares,
-                                          invalid=invalid)
-
-    def certify_detailed(self, x, n: int, n0: int | None = None, alpha: float | None = None,
-                         batch_size: int | None = None, indices=None) -> CertifyResult:
-        """
-        CERTIFY at sigma(x). Guarantee (``certificate="input_dependent"``): with probability at least 1 - alpha,
-        the returned class is G's prediction everywhere within the returned radius. With ``"fixed_sigma"`` the
-        guarantee is about g_sigma_x only (records say so, and a :class:`UnsoundCertificateWarning` is issued).
-        """
-        if self.certificate == "fixed_sigma":
-            warn_unsound("certificate='fixed_sigma' certifies the fixed-sigma classifier g_sigma_x at each input, "
-                          "not the input-dependent classifier that predict() evaluates (Sukenik et al. 2022)")
-        x_t = self._as_input_tensor(x)
-        indices = check_indices(indices, len(x_t))
-        check_finite_inputs(x_t, indices)
-        sigma = self.sigma_of(x_t, indices)
-        with self._at(sigma):
-            result = super().certify_detailed(x_t, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices)
-        result.extra["sigma"] = sigma
-        return result
-
-    def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
-        """log G(x) at sigma(x), treated as a constant (EOT over ``gradient_samples`` draws)."""
-        import torch
-
-        noise = GaussianNoise(self.sigma_of(x.detach()))
-        probs = self.expected_scores(x, noise, lambda z: self.soft_scores(z, training_mode=training_mode))
-        return torch.log(probs.clamp_min(1e-20))
+    def noise_for(self, x: "torch.Tensor", indices: np.ndarray | None = None) -> GaussianNoise:
+        """N(0, sigma(x_i)^2 I) for each raw input x_i (``indices`` key the optimize rule's search draws)."""
+        return GaussianNoise(self.sigma_of(x, indices))
 
     def certify_with_memory(self, x, n: int, memory, order=None, **kwargs) -> CertifyResult:
         """
@@ -296,12 +225,7 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
 
         :return: The :class:`CertifyResult` with adjusted ``predict`` and ``radius``, ``extra["memory_changed"]``.
         """
-        previous = self.certificate
-        self.certificate = "fixed_sigma"
-        try:
-            result = self.certify_detailed(x, n, **kwargs)
-        finally:
-            self.certificate = previous
+        result = self._certify_with(FixedSigmaRule(), x, n, **kwargs)
         flat = np.asarray(self._as_input_tensor(x).cpu().numpy(), dtype=np.float64).reshape(len(result), -1)
         labels, radii, changed = memory.process(flat, result.predict, result.radius, order=order)
         result.predict, result.radius = labels.astype(np.int64), radii.astype(np.float64)
@@ -321,3 +245,32 @@ def _check_search(lr, steps, samples, sigma_range, prob_clamp) -> None:
         raise ValueError(f"sigma_range must satisfy 0 < lo <= hi, got {sigma_range!r}")
     if not 0 < prob_clamp[0] < prob_clamp[1] < 1:
         raise ValueError(f"prob_clamp must satisfy 0 < lo < hi < 1, got {prob_clamp!r}")
+
+
+class FixedSigmaRule(CohenRule):
+    """DDRS's per-input certificate: Cohen's rule at sigma(x), which certifies g_sigma_x, not G. Unsound for G."""
+
+    sound = False
+    warning = ("certificate='fixed_sigma' certifies the fixed-sigma classifier g_sigma_x at each input, not the "
+               "input-dependent classifier that predict() evaluates (Sukenik et al. 2022)")
+
+
+class InputDependentRule(CertificateRule):
+    """
+    Sukenik et al.'s certificate of the input-dependent classifier G: Cohen's class and Clopper-Pearson bound, and
+    the radius of the worst case over every sigma(x') = sigma(x) exp(+-r ||x' - x||) (non-central chi-square bounds
+    in the input dimension ``dimension``), for a sigma rule whose log is ``rate``-Lipschitz.
+    """
+
+    def __init__(self, rate: float, dimension: int, radius_steps: int, sigma_steps: int):
+        self.rate, self.dimension, self.radius_steps, self.sigma_steps = rate, dimension, radius_steps, sigma_steps
+
+    def certify(self, selection_counts, estimation_counts, alpha, noise, squares=None):
+        rows = np.arange(len(selection_counts))
+        c_hat = selection_counts.argmax(axis=1)
+        p_lower = clopper_pearson_lower(estimation_counts[rows, c_hat], estimation_counts.sum(axis=1), alpha)
+        sigma = np.broadcast_to(np.asarray(noise.sigma, dtype=np.float64), p_lower.shape)
+        radius = semi_elastic_radius(p_lower, sigma, self.rate, self.dimension, radius_steps=self.radius_steps,
+                                     sigma_steps=self.sigma_steps)
+        sure = certifies(p_lower)
+        return np.where(sure, c_hat, ABSTAIN).astype(np.int64), np.where(sure, radius, 0.0), p_lower

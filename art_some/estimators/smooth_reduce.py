@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from art_some.core.certify import ABSTAIN, cohen_rule
+from art_some.core.certify import ABSTAIN
 from art_some.core.errors import UnsoundCertificateWarning, warn_unsound  # noqa: F401 (re-exported)
 from art_some.core.noise import INVALID, argmax_votes
+from art_some.core.rules import CertificateRule, CohenRule, ScaledRule, certifies
 from art_some.core.stats import _check_alpha, bernstein_lower, gaussian_radius, hoeffding_lower
 from art_some.estimators.smoothed import SmoothedClassifier
 from art_some.patches import RESIZE_MODES, PatchLayout, make_layout, resize, resize_operator_norm
@@ -322,67 +323,21 @@ class SmoothReduceClassifier(SmoothedClassifier):
             return torch.softmax(aggregated, dim=1)
         return aggregated / aggregated.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
-    def _vote_average_lower(self, counts: np.ndarray, squares: np.ndarray, top: np.ndarray, alpha: float) -> np.ndarray:
-        """Lower confidence bound on the top class's mean patch-vote fraction, from tallies and squared tallies."""
-        rows = np.arange(len(counts))
-        draws = counts.sum(axis=1) / self.num_patches
-        mean = counts[rows, top] / (draws * self.num_patches)
-        if self.bound == "hoeffding":
-            return hoeffding_lower(mean, draws, alpha)
-        second = squares[rows, top] / float(self.num_patches) ** 2 / draws
-        variance = np.maximum(second - mean**2, 0.0) * draws / np.maximum(draws - 1, 1)
-        return bernstein_lower(mean, variance, draws, alpha)
-
-    def certificate_rule(self, selection_counts, estimation_counts, alpha, noise, squares=None):
+    @property
+    def certificate_rule(self) -> CertificateRule:
         """
         ``votes``: Cohen's Clopper-Pearson bound on the aggregated votes, radius sigma * Phi^-1(pA_lower) in the noise
         space divided by :attr:`radius_divisor` (sqrt(m_max) for independent noise, the resize norm for input-space
-        radii). ``vote_average``: the class with the most patch votes, a Hoeffding/Bernstein lower bound on its mean
-        patch-vote fraction, abstain unless it exceeds 1/2, radius sigma * Phi^-1(bound) divided by the resize norm
-        for input-space radii.
+        radii); the paper's rule (``unsound_paper_radius``) divides by nothing and warns on every use.
+        ``vote_average``: :class:`VoteAverageRule`.
 
         Guarantee (all but the paper's rule): with probability at least 1 - alpha, the returned class is the
         smoothed classifier's prediction everywhere within the returned L2 radius in ``radius_space``.
         """
         if self.certificate == "votes":
-            predict, radius, p_lower = cohen_rule(selection_counts, estimation_counts, alpha, noise)
-            return predict, radius / self.radius_divisor, p_lower
-        top = selection_counts.argmax(axis=1)
-        p_lower = self._vote_average_lower(estimation_counts, squares, top, alpha)
-        abstain = p_lower <= 0.5
-        radius = np.where(abstain, 0.0, gaussian_radius(p_lower, noise.sigma) / self.radius_divisor)
-        return np.where(abstain, ABSTAIN, top).astype(np.int64), radius, p_lower
-
-    certificate_rule.uses_squares = True  # type: ignore[attr-defined]
-
-    def certify_detailed(self, x, n: int, n0: int | None = None, alpha: float | None = None, batch_size=None,
-                         indices=None):
-        """:meth:`SmoothedClassifier.certify_detailed` with this estimator's rule; warns on every call if unsound."""
-        if self.unsound_paper_radius:
-            warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm))
-        return super().certify_detailed(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices)
-
-    def predict_classes(self, x, indices=None, invalid=None, abstain: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """
-        PREDICT: Cohen's binomial test on the aggregated votes. For ``vote_average``: the class with the most patch
-        votes when a lower bound on its mean patch-vote fraction exceeds 1/2, else abstain; the class is chosen from
-        the same draws, so the bound is taken at alpha / nb_classes (a union over the classes that could be chosen),
-        and a returned class is the smoothed prediction with probability at least 1 - alpha. The counts returned are
-        then patch-vote fractions summed over draws (rows sum to ``sample_size``).
-        """
-        if self.certificate == "votes":
-            return super().predict_classes(x, indices=indices, invalid=invalid, abstain=abstain)
-        counts, squares = self.predict_counts(x, squares=True, indices=indices, invalid=invalid)
-        top = counts.argmax(axis=1)
-        if abstain:
-            rows = np.flatnonzero(counts.sum(axis=1) > 0)  # inputs marked invalid have no draws
-            p_lower = np.zeros(len(counts))
-            p_lower[rows] = self._vote_average_lower(counts[rows], squares[rows], top[rows],
-                                                     _check_alpha(self.alpha) / self.nb_classes)
-            top = np.where(p_lower > 0.5, top, ABSTAIN)
-        if invalid is not None:
-            top = np.where(invalid, ABSTAIN, top)
-        return top.astype(np.int64), counts / self.num_patches
+            return ScaledRule(CohenRule(), self.radius_divisor, sound=not self.unsound_paper_radius,
+                              warning=PAPER_RULE_WARNING.format(factor=self.stack_norm))
+        return VoteAverageRule(self.num_patches, self.bound, self.nb_classes, self.radius_divisor)
 
     def certificate_info(self) -> dict:
         """Noise mode, aggregation, certificate, radius space and the divisor, the layout, and whether it is sound."""
@@ -397,3 +352,47 @@ class SmoothReduceClassifier(SmoothedClassifier):
             **self.layout.describe(),
             "sound": not self.unsound_paper_radius,
         }
+
+
+class VoteAverageRule(CertificateRule):
+    """
+    The vote-averaged Smooth-Mean's certificate: p^c = mean over the P patches of P(patch votes c) is a Gaussian
+    smoothing of a [0, 1]-valued function, so sigma * Phi^-1 of a lower confidence bound on it (Hoeffding, or
+    empirical Bernstein from the squared tallies) is a sound radius in the noise space, with no coverage correction.
+
+    CERTIFY: the class with the most selection patch votes, abstain unless its bound exceeds 1/2, radius divided
+    by ``divisor`` (the resize norm for input-space radii). PREDICT: the class with the most patch votes when its
+    bound at alpha / nb_classes (a union over the classes that could be chosen from the same draws) exceeds 1/2;
+    its scores are patch-vote fractions summed over draws (rows sum to the number of draws).
+    """
+
+    needs_squares = True
+
+    def __init__(self, num_patches: int, bound: str, nb_classes: int, divisor: float = 1.0):
+        self.num_patches, self.bound, self.nb_classes, self.divisor = int(num_patches), bound, nb_classes, divisor
+
+    def lower_bound(self, counts: np.ndarray, squares: np.ndarray, top: np.ndarray, alpha: float) -> np.ndarray:
+        """Lower confidence bound on the ``top`` class's mean patch-vote fraction, from tallies and squared tallies."""
+        rows = np.arange(len(counts))
+        draws = counts.sum(axis=1) / self.num_patches
+        mean = counts[rows, top] / (draws * self.num_patches)
+        if self.bound == "hoeffding":
+            return hoeffding_lower(mean, draws, alpha)
+        second = squares[rows, top] / float(self.num_patches) ** 2 / draws
+        variance = np.maximum(second - mean**2, 0.0) * draws / np.maximum(draws - 1, 1)
+        return bernstein_lower(mean, variance, draws, alpha)
+
+    def certify(self, selection_counts, estimation_counts, alpha, noise, squares=None):
+        top = selection_counts.argmax(axis=1)
+        p_lower = self.lower_bound(estimation_counts, squares, top, alpha)
+        sure = certifies(p_lower)
+        radius = np.where(sure, gaussian_radius(p_lower, noise.sigma) / self.divisor, 0.0)
+        return np.where(sure, top, ABSTAIN).astype(np.int64), radius, p_lower
+
+    def predict(self, counts, alpha, squares=None):
+        top = counts.argmax(axis=1)
+        p_lower = self.lower_bound(counts, squares, top, _check_alpha(alpha) / self.nb_classes)
+        return np.where(certifies(p_lower), top, ABSTAIN).astype(np.int64)
+
+    def scores(self, counts):
+        return counts / self.num_patches

@@ -19,12 +19,11 @@ from art_some.core.certify import (
     CertifyResult,
     check_draws,
     check_finite_inputs,
-    cohen_rule,
-    predict_from_counts,
 )
 from art_some.core.certify import certify as certify_votes
-from art_some.core.errors import name_indices, user_stacklevel
+from art_some.core.errors import name_indices, user_stacklevel, warn_unsound
 from art_some.core.noise import PREDICTION, GaussianNoise, argmax_votes, check_indices, count_votes, seed_for
+from art_some.core.rules import CertificateRule, CohenRule
 from art_some.core.stats import _check_alpha
 
 if TYPE_CHECKING:
@@ -165,9 +164,17 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         """The noise model: isotropic Gaussian with sigma = ``scale`` in raw input space."""
         return GaussianNoise(self.scale)
 
-    def certificate_rule(self, selection_counts, estimation_counts, alpha, noise):
+    def noise_for(self, x: "torch.Tensor", indices: np.ndarray | None = None):
+        """
+        The noise model for the raw inputs ``x`` (with global ``indices``): :attr:`noise_model` for every input
+        here; data-dependent smoothing returns one sigma per input.
+        """
+        return self.noise_model
+
+    @property
+    def certificate_rule(self) -> CertificateRule:
         """The certificate rule: Cohen et al.'s Clopper-Pearson bound and radius sigma * Phi^-1(pA_lower)."""
-        return cohen_rule(selection_counts, estimation_counts, alpha, noise)
+        return CohenRule()
 
     def logits(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
         """
@@ -294,17 +301,13 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             z0 = self.to_noise_space(x_t[rows])
         sub = None if invalid is None else np.zeros(len(rows), dtype=bool)
         out = count_votes(
-            self.vote, z0, n, self.noise_model_for(rows), num_classes=self.nb_classes,
+            self.vote, z0, n, self.noise_for(x_t[rows], indices[rows]), num_classes=self.nb_classes,
             batch_size=self._batch_size(batch_size), seed=self.seed, stage=PREDICTION,
             indices=indices[rows], squares=squares, invalid=sub,
         )
         if sub is not None:
             invalid[rows] |= sub
         return tuple(_scatter(part, rows, len(x_t)) for part in out) if squares else _scatter(out, rows, len(x_t))
-
-    def noise_model_for(self, rows: np.ndarray):
-        """The noise model for the inputs at positions ``rows`` of the current call (the same for all here)."""
-        return self.noise_model
 
     def _finite_rows(self, x_t: "torch.Tensor", indices: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
         """Positions of the inputs that hold no NaN or inf; the others raise, or are marked in ``invalid``."""
@@ -323,13 +326,22 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
 
     def predict_classes(self, x, indices=None, invalid: np.ndarray | None = None, abstain: bool = True):
         """
-        PREDICT's decisions (-1 = abstain) and the vote counts behind them, ``sample_size`` draws per input. With
-        ``abstain=False`` the smoothed classifier's top class (the argmax of the counts), never -1. ``invalid`` as
-        in :meth:`predict_counts` (marked inputs get -1 and zero counts).
+        PREDICT's decisions (-1 = abstain) by the certificate rule, ``sample_size`` draws per input, and the scores
+        behind them (the vote counts for Cohen's rule). With ``abstain=False`` the smoothed classifier's top class
+        (the argmax of the counts), never -1. ``invalid`` as in :meth:`predict_counts` (marked inputs get -1 and
+        zero scores).
         """
-        counts = self.predict_counts(x, indices=indices, invalid=invalid)
-        classes = predict_from_counts(counts, self.alpha) if abstain else counts.argmax(axis=1)
-        return _unmark(classes, invalid), counts
+        rule = self.certificate_rule
+        if rule.needs_squares:
+            counts, squares = self.predict_counts(x, indices=indices, invalid=invalid, squares=True)
+        else:
+            counts, squares = self.predict_counts(x, indices=indices, invalid=invalid), None
+        classes = counts.argmax(axis=1)
+        if abstain:
+            drawn = np.flatnonzero(counts.sum(axis=1) > 0)  # inputs marked invalid have no votes
+            classes = np.full(len(counts), ABSTAIN, dtype=np.int64)
+            classes[drawn] = rule.predict(counts[drawn], self.alpha, None if squares is None else squares[drawn])
+        return _unmark(classes.astype(np.int64), invalid), rule.scores(counts)
 
     def predict(  # type: ignore[override]
         self, x: np.ndarray, batch_size: int = 128, verbose: bool = False, **kwargs
@@ -400,16 +412,24 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         :param indices: Global indices that key each input's noise (default ``0..N-1``).
         :return: a :class:`~art_some.core.certify.CertifyResult`.
         """
+        return self._certify_with(self.certificate_rule, x, n, n0=n0, alpha=alpha, batch_size=batch_size,
+                                  indices=indices)
+
+    def _certify_with(self, rule: CertificateRule, x, n: int, n0=None, alpha=None, batch_size=None, indices=None):
+        """CERTIFY with the parts of this estimator and ``rule``; warns on every use of an unsound rule."""
         import torch
 
+        if not rule.sound:
+            warn_unsound(rule.warning or f"{type(rule).__name__} is not a sound certificate")
         x_t = self._as_input_tensor(x)
         indices = check_indices(indices, len(x_t))
         check_finite_inputs(x_t, indices)  # before the noise-space map, which may spread a NaN to other inputs
+        noise = self.noise_for(x_t, indices)
         with torch.inference_mode():
             z0 = self.to_noise_space(x_t)
         result = certify_votes(
             self.vote,
-            self.noise_model,
+            noise,
             z0,
             n0=self.sample_size if n0 is None else n0,
             n=n,
@@ -418,9 +438,11 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             batch_size=self._batch_size(batch_size),
             seed=self.seed,
             indices=indices,
-            rule=self.certificate_rule,
+            rule=rule,
             verbose=self.verbose,
         )
+        if np.ndim(noise.sigma):  # a sigma per input: every record says its own
+            result.extra["sigma"] = np.asarray(noise.sigma)
         result.extra.update(self.certificate_info())
         return result
 
@@ -494,7 +516,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         """
         import torch
 
-        probs = self.expected_scores(x, self.noise_model, lambda z: self.soft_scores(z, training_mode=training_mode))
+        noise = self.noise_for(x.detach())
+        probs = self.expected_scores(x, noise, lambda z: self.soft_scores(z, training_mode=training_mode))
         return torch.log(probs.clamp_min(1e-20))
 
     def _to_torch(self, x) -> tuple["torch.Tensor", bool]:
