@@ -402,3 +402,12 @@ def test_an_empty_batch_gives_empty_results(clf):
     prediction, radius = clf.certify(empty, n=10)
     assert prediction.shape == radius.shape == (0,)
     assert clf.predict(empty).shape == (0, 10)
+
+
+@pytest.mark.parametrize("x", [np.zeros((1, 1, 8, 8), complex), np.zeros((1, 1, 8, 8), bool),
+                               np.full((1, 1, 8, 8), "a"), torch.zeros((1, 1, 8, 8), dtype=torch.bool)],
+                         ids=["complex", "bool", "strings", "bool tensor"])
+def test_inputs_that_are_not_real_numbers_are_refused_not_cast(clf, x):
+    for call in (lambda: clf.predict(x), lambda: clf.certify(x, n=10)):
+        with pytest.raises(ValueError, match="real"):
+            call()

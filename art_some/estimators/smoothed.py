@@ -246,15 +246,19 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
 
         raw_dtype = x.dtype if isinstance(x, (np.ndarray, torch.Tensor)) else None
         if isinstance(x, torch.Tensor):
-            if x.dtype.is_complex or x.dtype == torch.bool:
+            if x.dtype.is_complex or x.dtype == torch.bool:  # as for arrays: no silent cast
                 raise ValueError(f"x must hold real numbers, got dtype {x.dtype}")
             x_t = x
         else:
             try:
-                x_t = torch.as_tensor(np.asarray(x, dtype=ART_NUMPY_DTYPE))
-            except (TypeError, ValueError):
+                raw = np.asarray(x) if not isinstance(x, np.ndarray) else x
+            except ValueError:  # a ragged nested list
                 raise ValueError(f"x must be a numeric array of shape (N, {', '.join(map(str, self.input_shape))})"
                                  ) from None
+            if raw.dtype.kind not in "fiu":  # complex, bool, strings, objects: no silent cast to float32
+                raise ValueError(f"x must be a real-valued numeric array of shape (N, "
+                                 f"{', '.join(map(str, self.input_shape))}), got dtype {raw.dtype}")
+            x_t = torch.as_tensor(raw.astype(ART_NUMPY_DTYPE, copy=False))
         if tuple(x_t.shape[1:]) != tuple(self.input_shape):
             raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x_t.shape)}")
         x_t = x_t.to(self._device, dtype=torch.float32)
