@@ -19,11 +19,13 @@ from tqdm.auto import tqdm
 
 from art_some.core.errors import NonFiniteError, name_indices
 
+# Stages keep the selection (n0) and estimation (n) draws of CERTIFY independent of each other and of PREDICT;
+# every stage and key of the package is listed in art_some.core.streams.
+from art_some.core.streams import ESTIMATION, PREDICTION, SELECTION  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:
     import torch
 
-# Stages keep the selection (n0) and estimation (n) draws of CERTIFY independent of each other and of PREDICT.
-SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
 # A block holds at most this many floats (16 MB in float32); it bounds the memory one stream caches.
 NOISE_BLOCK_ELEMENTS = 2**22
 

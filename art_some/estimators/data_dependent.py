@@ -30,6 +30,7 @@ from art_some.core.noise import GaussianNoise, seed_for
 from art_some.core.rules import CertificateRule, CohenRule, certifies
 from art_some.core.sigma_search import optimize_sigma
 from art_some.core.stats import clopper_pearson_lower
+from art_some.core.streams import SIGMA_SEARCH
 from art_some.estimators.smoothed import SmoothedClassifier
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 SIGMA_RULES = ("optimize", "knn")
 CERTIFICATES = ("input_dependent", "fixed_sigma")
-SIGMA_STAGE = 5
+SIGMA_STAGE = SIGMA_SEARCH  # kept for callers of the old name
 # The optimize rule's test-time ascent settings: the ANCER/ddsmoothing package's and the DDRS scripts' (spec A.1).
 SIGMA_SEARCH_PRESETS = {
     "ancer": {"sigma_lr": 0.04, "sigma_steps": 900, "sigma_samples": 100, "prob_clamp": (0.001, 0.999)},
@@ -168,7 +169,7 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
         """DDRS's ascent per input, each input on its own stream keyed by its index."""
         import torch
 
-        generators = [torch.Generator(device=x.device).manual_seed(seed_for(self.seed, SIGMA_STAGE, int(i)))
+        generators = [torch.Generator(device=x.device).manual_seed(seed_for(self.seed, SIGMA_SEARCH, int(i)))
                       for i in indices]
         out = []
         # Inputs are optimised in chunks, each with its own stream, so sigma(x_i) does not depend on the batch.

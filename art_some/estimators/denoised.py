@@ -15,6 +15,7 @@ from art_some.core.cascade import ALPHA_SPLITS, cascade_certify, cascade_predict
 from art_some.core.certify import ABSTAIN, CertifyResult, check_finite_inputs
 from art_some.core.noise import PREDICTION, GaussianNoise, check_indices, count_votes, non_finite_output_error
 from art_some.core.stats import _check_alpha
+from art_some.core.streams import CHOICE, LEVEL_STRIDE, level_stage
 from art_some.estimators.smoothed import SmoothedClassifier, _check_positive_int, _scatter
 
 if TYPE_CHECKING:
@@ -22,9 +23,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Level s of the cascade (0 = the largest sigma) draws from stream stage + 8 s, so every level gets fresh noise
-# and a single level uses exactly the streams of a plain SmoothedClassifier with the same seed.
-LEVEL_STAGE_STRIDE = 8
+# Level s of the cascade (0 = the largest sigma) draws from level_stage(stage, s) (art_some.core.streams), so every
+# level gets fresh noise and a single level uses exactly the streams of a plain SmoothedClassifier.
+LEVEL_STAGE_STRIDE = LEVEL_STRIDE  # kept for callers of the old name
 PREDICT_RULES = ("cascade", "hybrid")
 
 
@@ -296,7 +297,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             counts = count_votes(
                 lambda z: self.level_vote(z, sigma), z0[torch.as_tensor(positions, device=z0.device)], num,
                 GaussianNoise(sigma), num_classes=self.nb_classes, batch_size=self._batch_size(batch_size),
-                seed=self.seed, stage=stage + LEVEL_STAGE_STRIDE * level, indices=indices[positions], invalid=marks,
+                seed=self.seed, stage=level_stage(stage, level), indices=indices[positions], invalid=marks,
                 verbose=verbose, desc=f"sigma {sigma:g}",
             )
             if marks is not None:
@@ -341,10 +342,12 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         return result
 
     def predict_counts(self, x, n: int | None = None, batch_size: int | None = None, indices=None,
-                       squares: bool = False, sigma: float | None = None, invalid: np.ndarray | None = None):
+                       squares: bool = False, sigma: float | None = None, invalid: np.ndarray | None = None,
+                       stage: int = PREDICTION):
         """
-        Vote counts of one level (default the top level) over ``n`` draws (default ``sample_size``); non-finite
-        inputs and outputs raise, or are marked in ``invalid``, as in :meth:`SmoothedClassifier.predict_counts`.
+        Vote counts of one level (default the top level) over ``n`` draws (default ``sample_size``) from the level's
+        ``stage`` streams (PREDICTION; the audit's level choice draws from CHOICE); non-finite inputs and outputs
+        raise, or are marked in ``invalid``, as in :meth:`SmoothedClassifier.predict_counts`.
         """
         import torch
 
@@ -361,7 +364,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         out = count_votes(
             lambda z: self.level_vote(z, sigma), z0[rows], int(n), GaussianNoise(sigma), num_classes=self.nb_classes,
             batch_size=self._batch_size(batch_size), seed=self.seed,
-            stage=PREDICTION + LEVEL_STAGE_STRIDE * self.levels.index(sigma), indices=indices[rows], squares=squares,
+            stage=level_stage(stage, self.levels.index(sigma)), indices=indices[rows], squares=squares,
             invalid=marks,
         )
         if marks is not None:
@@ -434,12 +437,12 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
     def audit_counts(self, x, n: int, indices=None) -> np.ndarray:
         """
         What the attack audit compares with a certified class: ``n`` votes of the level the cascade answers at. The
-        level is chosen on separate draws (streams ``indices + 2**39``): the first, from the largest sigma, whose top
-        class has a vote share of at least p0 (a point estimate of the cascade's rule); no such level is an
+        level is chosen on separate draws (the CHOICE stage of each level): the first, from the largest sigma, whose
+        top class has a vote share of at least p0 (a point estimate of the cascade's rule); no such level is an
         abstention (all-zero counts, which confirm no flip). The returned votes are fresh draws at that level.
         """
-        indices = np.arange(len(x)) if indices is None else np.asarray(indices)
-        choose = np.stack([self.predict_counts(x, n=n, indices=indices + 2**39, sigma=s) for s in self.levels])
+        indices = check_indices(indices, len(x))
+        choose = np.stack([self.predict_counts(x, n=n, indices=indices, sigma=s, stage=CHOICE) for s in self.levels])
         answers = choose.max(axis=2) >= float(self.p0) * n
         level = np.where(answers.any(axis=0), answers.argmax(axis=0), -1)
         counts = np.zeros((len(level), self.nb_classes), dtype=np.int64)

@@ -25,13 +25,14 @@ from art_some.core.errors import name_indices, user_stacklevel, warn_unsound
 from art_some.core.noise import PREDICTION, GaussianNoise, argmax_votes, check_indices, count_votes, seed_for
 from art_some.core.rules import CertificateRule, CohenRule
 from art_some.core.stats import _check_alpha
+from art_some.core.streams import GRADIENT
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-GRADIENT_STAGE = 3
+GRADIENT_STAGE = GRADIENT  # kept for callers of the old name
 
 
 class SmoothedClassifier(PyTorchRandomizedSmoothing):
@@ -489,7 +490,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         if self._gradient_generator is None or self._gradient_generator[0] != key:
             # (Re)seeded whenever the seed or device changes, e.g. through set_params(seed=...).
             generator = torch.Generator(device=device)
-            generator.manual_seed(seed_for(self.seed, GRADIENT_STAGE, self._gradient_stream))
+            generator.manual_seed(seed_for(self.seed, GRADIENT, self._gradient_stream))
             self._gradient_generator = (key, generator)
         return torch.randn(shape, generator=self._gradient_generator[1], device=device)
 

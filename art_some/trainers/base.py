@@ -20,11 +20,12 @@ from tqdm.auto import trange
 
 from art_some.core.errors import NonFiniteError, name_indices
 from art_some.core.noise import seed_for
+from art_some.core.streams import TRAINING, TRAINING_SHUFFLE_KEY, training_noise_key
 
 if TYPE_CHECKING:
     import torch
 
-TRAINING_STAGE = 4
+TRAINING_STAGE = TRAINING  # kept for callers of the old name
 
 
 class SmoothingTrainer(Trainer, abc.ABC):
@@ -82,7 +83,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
         if self._generator is None:
             self._generator = torch.Generator(device=device)
             # Stream 1 is the shuffling; rank r > 0 draws stream 2r so that ranks never share noise.
-            self._generator.manual_seed(seed_for(self.seed, TRAINING_STAGE, 2 * _rank()))
+            self._generator.manual_seed(seed_for(self.seed, TRAINING, training_noise_key(_rank())))
         return self._generator
 
     def minibatches(self, *tensors: "torch.Tensor"):
@@ -136,7 +137,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
                                  "repair them before training", rows)
         y = class_indices(y, self._classifier.nb_classes, "rows {} of y")
         if self._shuffle is None:  # one stream across fit calls, so repeated fit(nb_epochs=1) reshuffles
-            self._shuffle = torch.Generator().manual_seed(seed_for(self.seed, TRAINING_STAGE, 1))
+            self._shuffle = torch.Generator().manual_seed(seed_for(self.seed, TRAINING, TRAINING_SHUFFLE_KEY))
         shuffle = self._shuffle
         dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
         return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=shuffle, drop_last=drop_last)
