@@ -65,57 +65,13 @@ def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batc
                     options=None):
     """
     Wrap ``model`` in the registered estimator ``estimator`` with the data set's conventions; ``options`` are the
-    estimator's own keyword arguments (e.g. a patch layout for ``smooth_reduce``).
+    estimator's own keyword arguments (e.g. a patch layout for ``smooth_reduce``). The command line's name for
+    :func:`art_some.estimators.factory.create_estimator`.
     """
-    import inspect
+    from art_some.estimators.factory import create_estimator
 
-    import numpy as np
-    import torch
-
-    from art_some.plugins import get
-
-    cls = get("estimators", estimator)
-    mean = np.asarray(info["mean"], dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(info["std"], dtype=np.float32).reshape(-1, 1, 1)
-    options = _estimator_options(cls, options or {})
-    params = inspect.signature(cls.__init__).parameters
-    if "sigmas" in params:  # a cascade: one level unless --option sigmas=[...] asks for several
-        options.setdefault("sigmas", (sigma,))
-    else:  # every other estimator takes sigma as ART's scale (some through **kwargs)
-        options["scale"] = sigma
-    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty
-               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-               and name not in ("self", "model", "loss", "input_shape", "nb_classes") and name not in options]
-    if missing:
-        raise ValueError(f"{cls.__name__} needs --option {', '.join(f'{m}=...' for m in missing)}")
-    return cls(
-        model=model,
-        loss=torch.nn.CrossEntropyLoss(),
-        input_shape=tuple(info["input_shape"]),
-        nb_classes=int(info["num_classes"]),
-        optimizer=optimizer,
-        clip_values=(0.0, 1.0),
-        preprocessing=(mean, std),
-        device_type="gpu" if device == "cuda" else "cpu",
-        sample_size=n0,
-        alpha=alpha,
-        noise_batch_size=batch_size,
-        seed=seed,
-        **options,
-    )
-
-
-def _estimator_options(cls, options: dict) -> dict:
-    """Check ``--option`` names against the estimator's constructor, so a typo is an error, not ignored."""
-    import inspect
-
-    accepted = set(inspect.signature(cls.__init__).parameters) - {
-        "self", "args", "kwargs", "model", "loss", "input_shape", "nb_classes"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        takes = ", ".join(sorted(accepted)) or "no options"
-        raise ValueError(f"--option {', '.join(unknown)} is not an argument of {cls.__name__}; it takes {takes}")
-    return options
+    return create_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size,
+                            seed=seed, device=device, optimizer=optimizer, options=options)
 
 
 def _parse_radii(text: str):
@@ -188,9 +144,10 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
     radii = _parse_radii(radii)
     clf, data, estimator = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
                                                   batch_size, seed, device, options)
+    _warn_small_n(n, n0, clf.scale, alpha)
     indices = list(range(0, len(data), skip))[:max_inputs]
     records = certify_dataset(clf, data, indices, output, n=n, method=estimator,
-                              run_info=_run_info(dataset, split, model_ref, data_root))
+                              run_info=_run_info(dataset, split, model_ref, data_root), echo=_note)
     click.echo(summary_table(records, radii))
     click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')}")
 
@@ -233,12 +190,13 @@ def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alph
         budgets.setdefault(attack, {})[key] = value
     clf, data, _ = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
                                           batch_size, seed, device, options)
+    _warn_small_n(n, n0, clf.scale, alpha)
     indices = list(range(0, len(data), skip))[:max_inputs]
     x = np.stack([np.asarray(data[i][0], dtype=np.float32) for i in indices])
     y = np.array([int(data[i][1]) for i in indices])
     result = audit(clf, x, y, attacks=list(attacks), n=n, n0=n0, alpha=alpha, eps=eps, budgets=budgets,
                    verify_n=verify_n, verify_alpha=verify_alpha, indices=indices, output_dir=output_dir,
-                   batch_size=chunk, run_info=_run_info(dataset, split, model_ref, data_root))
+                   batch_size=chunk, run_info=_run_info(dataset, split, model_ref, data_root), echo=_note)
     click.echo((Path(output_dir) / "audit.md").read_text())
     click.echo(f"reports: {Path(output_dir)}/audit.json, audit.csv, audit.md, audit.png"
                + (f"; {len(result.violations)} violation(s) saved in {Path(output_dir) / 'violations'}"
@@ -254,40 +212,128 @@ def _run_info(dataset, split, model_ref, data_root=None) -> dict:
             "source": {"model": str(model_ref), "data_root": None if data_root is None else str(data_root)}}
 
 
+def _note(message: str) -> None:
+    """A line for the user on standard error (records and tables go to standard output)."""
+    click.echo(message, err=True)
+
+
+def _warn_small_n(n: int, n0: int, sigma: float, alpha: float) -> None:
+    """Warn when the estimation draws are fewer than the selection draws: the radius cap comes from n."""
+    if n >= n0:
+        return
+    from art_some.core.stats import max_certifiable_radius
+
+    _note(f"Warning: --n {n} is below --n0 {n0}, which is unusual: n0 only picks the class and the n draws bound "
+          f"its probability, so with --n {n} no radius exceeds sigma * Phi^-1(alpha^(1/n)) = "
+          f"{max_certifiable_radius(sigma, n, alpha):.3f} (n is usually 100 to 1000 times n0)")
+
+
+def _is_checkpoint(model_ref: str) -> bool:
+    return Path(model_ref).suffix in (".safetensors", ".pt", ".pth") or Path(model_ref).exists()
+
+
 def _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha, batch_size, seed, device,
                            options):
     """The smoothed estimator that certify and evaluate build from their options: (estimator, data, its name)."""
     from art_some.data import load_dataset
     from art_some.models import create_model, load_checkpoint
+    from art_some.plugins import registered
 
+    checkpoint = _is_checkpoint(model_ref)
+    if not checkpoint:
+        if model_ref not in registered("models"):
+            known = ", ".join(sorted(registered("models")))
+            raise ValueError(f"--model {model_ref!r} is neither a checkpoint file nor a registered model ({known})")
+        if sigma is None:
+            raise ValueError(f"--model {model_ref!r} is a registered model name, randomly initialised, so it needs "
+                             "--sigma; or give a checkpoint file (DIR/model.safetensors from art-some train)")
     device = _device(device)
     data, info = load_dataset(dataset, root=data_root, split=split)
-    if Path(model_ref).suffix in (".safetensors", ".pt", ".pth") or Path(model_ref).exists():
+    defaults = {}
+    if checkpoint:
         model, meta = load_checkpoint(model_ref, device=device)
         for key in ("num_classes", "input_shape"):
             if key in meta and str(list(meta[key]) if key == "input_shape" else meta[key]) != str(
                 list(info[key]) if key == "input_shape" else info[key]
             ):
                 raise ValueError(f"--model checkpoint has {key} {meta[key]} but dataset {dataset!r} has {info[key]}")
-        sigma = sigma if sigma is not None else meta.get("sigma")
+        if sigma is None and meta.get("sigma") is None:
+            raise ValueError(f"--sigma is required: checkpoint {model_ref} records no sigma")
+        if estimator in (None, meta.get("estimator")):
+            defaults = _checkpoint_options(meta, model_ref, sigma_given=sigma is not None)
+        sigma = sigma if sigma is not None else meta["sigma"]
         estimator = estimator or meta.get("estimator")
     else:
-        from art_some.plugins import registered
-
-        if model_ref not in registered("models"):
-            known = ", ".join(sorted(registered("models")))
-            raise ValueError(f"--model {model_ref!r} is neither a checkpoint file nor a registered model ({known})")
         import torch
 
-        click.echo(f"Warning: {model_ref!r} is randomly initialised from --seed (no checkpoint given)", err=True)
+        _note(f"Warning: {model_ref!r} is randomly initialised from --seed (no checkpoint given)")
         torch.manual_seed(seed)
         model = create_model(model_ref, num_classes=info["num_classes"])
-    if sigma is None:
-        raise ValueError("--sigma is required (the checkpoint records none)")
     estimator = estimator or ("some" if callable(getattr(model, "head_logits", None)) else "smoothed")
+    options = _knn_reference(estimator, {**defaults, **_parse_options(options)}, dataset, data_root)
     clf = build_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed,
-                          device=device, options=_parse_options(options))
+                          device=device, options=options)
     return clf, data, estimator
+
+
+DENOISER_FILES = ("path", "checkpoint", "unet_config")
+
+
+def _checkpoint_options(meta: dict, model_ref, sigma_given: bool) -> dict:
+    """
+    The estimator options a checkpoint records (a cascade's denoiser and levels, from art-some train), its
+    denoiser's files relative to the checkpoint's folder; an explicit --sigma replaces the recorded levels.
+    """
+    options = dict(meta.get("estimator_options") or {})
+    if sigma_given:
+        options.pop("sigmas", None)
+    denoiser = options.get("denoiser")
+    if isinstance(denoiser, dict):
+        folder = Path(model_ref).parent
+        options["denoiser"] = {k: str(folder / v) if k in DENOISER_FILES and isinstance(v, str) else v
+                               for k, v in denoiser.items()}
+    return options
+
+
+# Inputs the training split may hold to be the kNN reference by default: the reference is held in memory and its
+# offset (the median kNN distance) takes N^2 distances.
+REFERENCE_LIMIT = 20_000
+
+
+def _knn_reference(estimator: str, options: dict, dataset: str, data_root) -> dict:
+    """
+    The kNN sigma rule's reference inputs (data_dependent): ``--option reference=train|test`` (a split of --dataset)
+    or ``reference=FILE.npy``; by default the training split, when it has at most :data:`REFERENCE_LIMIT` inputs.
+    """
+    import inspect
+
+    import numpy as np
+
+    from art_some.data import load_dataset
+    from art_some.estimators.factory import option_default
+    from art_some.plugins import get
+
+    cls = get("estimators", estimator)
+    value = options.get("reference")
+    if "reference" not in inspect.signature(cls.__init__).parameters or not isinstance(value, (str, type(None))):
+        return options  # nothing to find (or the inputs themselves, as a JSON list)
+    if options.get("sigma_rule", option_default(cls, "sigma_rule")) != "knn":
+        return options
+    if value is None or value in ("train", "test"):
+        split = value or "train"
+        data, _ = load_dataset(dataset, root=data_root, split=split)
+        if value is None and len(data) > REFERENCE_LIMIT:
+            raise ValueError(f"--estimator {estimator}: the train split of {dataset!r} has {len(data)} inputs, too "
+                             f"many for the default kNN reference (at most {REFERENCE_LIMIT}); give --option "
+                             "reference=FILE.npy (a sample of it) or --option reference=train to use them all")
+        reference = np.stack([np.asarray(data[i][0], dtype=np.float32) for i in range(len(data))])
+        _note(f"kNN reference: the {split} split of {dataset} ({len(reference)} inputs)")
+    else:
+        path = Path(value)
+        if path.suffix != ".npy" or not path.is_file():
+            raise ValueError(f"--option reference must be train, test or a .npy file of inputs, got {value!r}")
+        reference = np.load(path, allow_pickle=False)
+    return {**options, "reference": reference}
 
 
 def _parse_options(options) -> dict:
@@ -306,23 +352,38 @@ def _parse_options(options) -> dict:
     return parsed
 
 
+# Loader batches of the training command per data set: 256 is the papers' CIFAR-10/ImageNet batch, but it cuts
+# the 1437 training digits into 6 steps an epoch, too few to learn anything in a short run.
+TRAIN_BATCH_SIZES = {"digits": 64}
+
+
 @cli.command()
 @click.option("--method", required=True,
               help="A registered trainer: gaussian, consistency, smoothmix, smoothadv, macer, crt (--option "
-                   "teacher=PATH), ddrs (--option base=gaussian|smoothadv|macer), some, ...")
-@click.option("--model", "model_name", required=True, help="A registered model name (some_* for SOME).")
+                   "teacher=PATH), ddrs (--option base=gaussian|smoothadv|macer), some, denoised_classifier and "
+                   "diffusion_calibration (both with --denoiser), ...")
+@click.option("--model", "model_name", required=True,
+              help="A registered model name (some_* for SOME), or a checkpoint file whose weights the run starts "
+                   "from (fine-tuning; diffusion_calibration's frozen classifier).")
 @click.option("--dataset", default="digits", show_default=True, help="A registered dataset name.")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True)
+@click.option("--sigmas", default=None,
+              help="Noise levels of the denoised methods, comma-separated, e.g. 0.25,0.5,1.0 (default: --sigma).")
+@click.option("--denoiser", "denoiser_spec", default=None,
+              help="Denoiser of denoised_classifier and diffusion_calibration: a registered name (tiny_diffusion, "
+                   "identity) or a JSON dict, e.g. '{\"name\": \"diffusion\", \"path\": \"unet_dir\"}'. A tuned or "
+                   "random one is saved in --output-dir/denoiser, and certify finds it.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Loader batch (split into m mini-batches by SOME/SmoothMix).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Loader batch (split into m mini-batches by SOME/SmoothMix); default 64 for digits, else 256.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
 @click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
 @click.option("--lr-step", type=click.IntRange(min=1), default=None,
-              help="Epochs between learning-rate drops (default: a third of --epochs, as 50 of 150).")
+              help="Epochs between learning-rate drops by --lr-gamma. Default: a third of --epochs (as 50 of 150); "
+                   "runs under 9 epochs keep the rate constant (a drop after one epoch stops them learning).")
 @click.option("--lr-gamma", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
 @click.option("--num-heads", type=click.IntRange(min=1), default=None, help="Heads of a multi-head (some_*) model.")
 @click.option("--option", "options", multiple=True,
@@ -335,29 +396,59 @@ def _parse_options(options) -> dict:
               help="Checkpoints go here; an interrupted run in it is resumed.")
 @click.option("--restart", is_flag=True, help="Discard a run already in --output-dir.")
 @_fail_cleanly
-def train(method, model_name, dataset, data_root, sigma, epochs, batch_size, optimizer, lr, momentum, weight_decay,
-          lr_step, lr_gamma, num_heads, options, no_augment, seed, workers, device, output_dir, restart):
+def train(method, model_name, dataset, data_root, sigma, sigmas, denoiser_spec, epochs, batch_size, optimizer, lr,
+          momentum, weight_decay, lr_step, lr_gamma, num_heads, options, no_augment, seed, workers, device, output_dir,
+          restart):
     """
     Train a base classifier for smoothing with a registered trainer, checkpointing every epoch (resumable).
     Under torchrun the run is data-parallel (DistributedDataParallel; rank 0 writes the files).
     """
     from art_some.plugins import registered
-    from art_some.training import TrainConfig
+    from art_some.training import TrainConfig, is_checkpoint
     from art_some.training import train as run_training
 
-    for kind, name in (("trainers", method), ("models", model_name)):
-        if name not in registered(kind):
-            raise ValueError(f"--{'method' if kind == 'trainers' else 'model'} {name!r} is not registered "
-                             f"({', '.join(sorted(registered(kind)))})")
+    if method not in registered("trainers"):
+        raise ValueError(f"--method {method!r} is not registered ({', '.join(sorted(registered('trainers')))})")
+    if not is_checkpoint(model_name) and model_name not in registered("models"):
+        raise ValueError(f"--model {model_name!r} is neither a checkpoint file nor a registered model "
+                         f"({', '.join(sorted(registered('models')))})")
     config = TrainConfig(method=method, model=model_name, dataset=dataset, sigma=sigma, epochs=epochs,
-                         batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma, seed=seed,
+                         batch_size=batch_size or TRAIN_BATCH_SIZES.get(dataset, 256), optimizer=optimizer, lr=lr,
+                         momentum=momentum, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma, seed=seed,
                          augment=not no_augment, model_kwargs={} if num_heads is None else {"num_heads": num_heads},
-                         trainer_kwargs=_parse_options(options))
+                         trainer_kwargs=_parse_options(options), denoiser=_parse_denoiser(denoiser_spec),
+                         sigmas=None if sigmas is None else _parse_sigmas(sigmas))
     history = run_training(config, output_dir, device=_device(device), data_root=data_root, workers=workers,
                            restart=restart, echo=click.echo)
     if history is not None:
         click.echo(f"final loss {history[-1]:.4f}; checkpoint: {Path(output_dir) / 'model.safetensors'}")
+
+
+def _parse_denoiser(text):
+    """``--denoiser``: a registered name or a JSON dict with a ``name``; None when not given."""
+    import json
+
+    if text is None:
+        return None
+    if not text.lstrip().startswith("{"):
+        return {"name": text}
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--denoiser is not valid JSON ({err}): give a registered name or a JSON dict") from None
+    if not isinstance(spec.get("name"), str):
+        raise ValueError(f"--denoiser needs a 'name' (a registered denoiser), got {text!r}")
+    return spec
+
+
+def _parse_sigmas(text: str) -> list[float]:
+    try:
+        sigmas = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--sigmas must be comma-separated numbers, got {text!r}") from None
+    if not sigmas or min(sigmas) <= 0:
+        raise ValueError(f"--sigmas must hold positive numbers, got {text!r}")
+    return sigmas
 
 
 @cli.command()

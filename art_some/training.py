@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from art_some.trainers.base import TRAINING_STAGE
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"
 HISTORY_FILE = "history.jsonl"
+DENOISER_DIR = "denoiser"  # the denoised methods' denoiser, when its weights are not the user's own folder
+# Below this many epochs the default schedule keeps the learning rate constant: a third of a short run is an
+# epoch or two, and dropping the rate that early left a 2-epoch digits run at chance level (loss 2.30).
+MIN_DECAY_EPOCHS = 9
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
 @dataclass
@@ -25,7 +31,7 @@ class TrainConfig:
     """Everything that defines a run; a resumed run must match it (except ``epochs``, which may grow)."""
 
     method: str
-    model: str
+    model: str  # a registered model name, or a checkpoint file whose weights start the run
     dataset: str = "digits"
     sigma: float = 0.25
     epochs: int = 30
@@ -40,6 +46,8 @@ class TrainConfig:
     augment: bool = True
     model_kwargs: dict = field(default_factory=dict)
     trainer_kwargs: dict = field(default_factory=dict)
+    denoiser: dict | None = None  # the denoised methods' denoiser: {"name": a registered denoiser, **config}
+    sigmas: list | None = None  # the denoised methods' noise levels (default: [sigma])
 
     def check(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -51,6 +59,10 @@ class TrainConfig:
             raise ValueError(f"lr_step must be >= 1, got {self.lr_step!r}")
         if not self.sigma > 0 or not self.lr > 0:
             raise ValueError(f"sigma and lr must be > 0, got sigma={self.sigma!r}, lr={self.lr!r}")
+        if self.denoiser is not None and not isinstance(self.denoiser.get("name"), str):
+            raise ValueError(f"--denoiser needs a 'name' (a registered denoiser), got {self.denoiser!r}")
+        if self.sigmas is not None and (not self.sigmas or not all(s > 0 for s in self.sigmas)):
+            raise ValueError(f"--sigmas must be positive numbers, got {self.sigmas!r}")
 
     def same_run(self, other: "TrainConfig") -> list[str]:
         """Names of the settings (other than epochs) that differ from ``other``."""
@@ -130,9 +142,12 @@ def _history_lines(history: list[float]) -> str:
     return "".join(json.dumps({"epoch": e + 1, "loss": value}) + "\n" for e, value in enumerate(history))
 
 
-def _exports_stale(model_path: Path, history_path: Path, epoch: int, history: list[float]) -> bool:
+def _exports_stale(model_path: Path, history_path: Path, epoch: int, history: list[float],
+                   denoiser_dir: Path | None = None) -> bool:
     """Whether the exports lag the resume state (a crash between their writes, which come after the state's)."""
     if _exported_epoch(model_path) != epoch:
+        return True
+    if denoiser_dir is not None and not (denoiser_dir / "unet").is_dir():
         return True
     try:
         return history_path.read_text() != _history_lines(history)
@@ -140,74 +155,238 @@ def _exports_stale(model_path: Path, history_path: Path, epoch: int, history: li
         return True
 
 
-def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu", data_root=None, workers: int = 0,
-          restart: bool = False, echo=print) -> list[float]:
+def lr_step(config: TrainConfig) -> int:
     """
-    Train (or resume training) and checkpoint after every epoch into ``output_dir``: ``model.safetensors`` (the
-    weights, with metadata that ``art-some certify`` reads), ``train_state.pt`` (optimizer, scheduler and
-    trainer state, the config) and ``history.jsonl`` (one line per epoch). Each epoch writes the state first, each
-    file atomically; a resumed run first rewrites exports that lag the state (a crash between the writes).
+    Epochs between learning-rate drops: ``config.lr_step``, else a third of the run (50 of 150, as the papers),
+    and no drop at all for runs under :data:`MIN_DECAY_EPOCHS` epochs (a step longer than the run).
+    """
+    if config.lr_step is not None:
+        return config.lr_step
+    return config.epochs // 3 if config.epochs >= MIN_DECAY_EPOCHS else config.epochs + 1
 
-    :return: The mean training loss (rank 0's, under DDP) of every epoch of the run so far; None on the other
-             ranks.
-    """
+
+def is_checkpoint(model: str) -> bool:
+    """Whether ``--model`` names a checkpoint file rather than a registered model."""
+    return Path(model).suffix in CHECKPOINT_SUFFIXES or Path(model).is_file()
+
+
+def denoised_role(trainer_cls) -> str | None:
+    """What a trainer of the denoised cascade tunes (``"denoiser"`` or ``"classifier"``); None for the others."""
+    from art_some.trainers.diffusion_calibration import DenoisedClassifierTrainer, DiffusionCalibrationTrainer
+
+    if issubclass(trainer_cls, DiffusionCalibrationTrainer):
+        return "denoiser"
+    if issubclass(trainer_cls, DenoisedClassifierTrainer):
+        return "classifier"
+    return None
+
+
+def _denoised_options(config: TrainConfig, info: dict, role: str | None) -> dict:
+    """The cascade's estimator options (denoiser and levels) for a denoised method; {} for the others."""
+    from art_some.plugins import registered
+
+    if role is None:
+        for flag, value in (("--denoiser", config.denoiser), ("--sigmas", config.sigmas)):
+            if value is not None:
+                raise ValueError(f"{flag} is for the denoised methods (denoised_classifier, diffusion_calibration), "
+                                 f"not --method {config.method}")
+        return {}
+    known = sorted(registered("denoisers"))
+    if config.denoiser is None:
+        raise ValueError(f"--method {config.method} needs --denoiser: a registered denoiser ({', '.join(known)}) or "
+                         "a JSON dict, e.g. --denoiser tiny_diffusion or --denoiser "
+                         "'{\"name\": \"diffusion\", \"path\": \"unet_dir\"}'")
+    spec = dict(config.denoiser)
+    if spec["name"] not in known:
+        raise ValueError(f"--denoiser {spec['name']!r} is not registered ({', '.join(known)})")
+    if spec["name"] == "tiny_diffusion":  # a small random UNet, shaped like the data unless told otherwise
+        channels, *size = info["input_shape"]
+        spec.setdefault("channels", channels)
+        spec.setdefault("sample_size", size[0] if len(set(size)) == 1 else list(size))
+    return {"denoiser": spec, "sigmas": list(config.sigmas or [config.sigma])}
+
+
+def _saves_denoiser(spec: dict | None, role: str | None) -> bool:
+    """Whether the run writes its denoiser: a tuned one, or a random one (certify could not rebuild it)."""
+    return spec is not None and (role == "denoiser" or spec["name"] == "tiny_diffusion")
+
+
+def _denoiser_settings(spec: dict) -> dict:
+    """The DiffusionDenoiser settings of a denoiser spec (what loading the saved folder must pass on)."""
+    building = ("name", "path", "checkpoint", "unet_config", "scheduler", "channels", "sample_size", "widths")
+    return {k: v for k, v in spec.items() if k not in building}
+
+
+def _scheduler_of(spec: dict, denoiser):
+    """The DDPMScheduler that gave ``denoiser`` its schedule, checked against the schedule it holds."""
     import torch
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
+    from diffusers import DDPMScheduler
 
-    from art_some.data import load_dataset
-    from art_some.models import create_model, save_checkpoint
-    from art_some.models.multihead import unwrap
-    from art_some.plugins import get
+    source = Path(spec.get("path") or "") / "scheduler" / "scheduler_config.json"
+    if spec.get("scheduler") is None and spec["name"] == "diffusion" and source.is_file():
+        scheduler = DDPMScheduler.from_config(json.loads(source.read_text()))
+    else:
+        scheduler = DDPMScheduler(**(spec.get("scheduler") or {}))
+    if not torch.equal(scheduler.alphas_cumprod.double(), denoiser.alphas_cumprod.cpu()):
+        raise ValueError("cannot save the denoiser: its noise schedule is not the one its --denoiser settings "
+                         "describe; give them a 'scheduler'")
+    return scheduler
 
-    config.check()
-    trainer_cls = get("trainers", config.method)
-    rank, world, local = _distributed()
-    if world > 1 and device == "cuda":
-        torch.cuda.set_device(local)  # ART builds on the current device: make it this rank's
-        device = f"cuda:{local}"
-    out = Path(output_dir)
-    state_path, model_path, history_path = out / STATE_FILE, out / MODEL_FILE, out / HISTORY_FILE
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        for path in (state_path, model_path, history_path) if restart else ():
-            path.unlink(missing_ok=True)
-    _barrier(world)  # no rank looks for a state that rank 0 is deleting
-    data, info = load_dataset(config.dataset, root=data_root, split="train", augment=config.augment)
 
-    torch.manual_seed(config.seed)
+def save_denoiser(denoiser, spec: dict, folder: Path) -> dict:
+    """
+    Write a DiffusionDenoiser as a diffusers pipeline folder (``unet/``, ``scheduler/``), replacing ``folder``
+    whole, and return the denoiser spec that loads it, with ``path`` relative to the folder's parent.
+    """
+    scheduler = _scheduler_of(spec, denoiser)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    for path in (tmp, old):
+        shutil.rmtree(path, ignore_errors=True)
+    denoiser.unet.save_pretrained(str(tmp / "unet"))
+    scheduler.save_config(str(tmp / "scheduler"))
+    # A folder cannot be replaced in one rename: a crash between these two leaves no folder, which the next run
+    # sees as stale exports and rewrites.
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return {"name": "diffusion", "path": folder.name, **_denoiser_settings(spec)}
+
+
+def _absolute_paths(spec: dict) -> dict:
+    """A denoiser spec with its files as absolute paths, so that certify finds them from any folder."""
+    return {k: str(Path(v).resolve()) if k in ("path", "checkpoint", "unet_config") and isinstance(v, str) else v
+            for k, v in spec.items()}
+
+
+def _build_model(config: TrainConfig, info: dict, device: str):
+    """The model to train, its registered name and constructor arguments (a checkpoint's, for a checkpoint)."""
+    from art_some.models import create_model, load_checkpoint
+
+    if is_checkpoint(config.model):
+        if config.model_kwargs:
+            raise ValueError("--num-heads is for a registered model name; a checkpoint's model keeps its own")
+        model, meta = load_checkpoint(config.model, device=device)
+        if int(meta.get("num_classes", info["num_classes"])) != info["num_classes"] or list(
+                meta.get("input_shape", info["input_shape"])) != list(info["input_shape"]):
+            raise ValueError(f"--model checkpoint has {meta.get('num_classes')} classes of shape "
+                             f"{meta.get('input_shape')}, but --dataset {config.dataset!r} has "
+                             f"{info['num_classes']} of shape {list(info['input_shape'])}")
+        kwargs = {k: v for k, v in meta.get("model_kwargs", {}).items() if k != "num_classes"}
+        return model, meta["model"], kwargs
     try:
         model = create_model(config.model, num_classes=info["num_classes"], **config.model_kwargs).to(device)
     except TypeError as err:
         raise ValueError(f"model {config.model!r} rejected its options {sorted(config.model_kwargs)} ({err}); "
                          "--num-heads is for multi-head (some_*) models") from None
+    return model, config.model, dict(config.model_kwargs)
+
+
+def _make_optimizer(config: TrainConfig, params):
+    import torch
+
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _learns_cross_entropy(trainer_cls) -> bool:
+    """Whether the trainer's loss is a cross-entropy, so that ln(classes) is its chance level."""
+    from art_some.trainers import (
+        ConsistencyTrainer,
+        DenoisedClassifierTrainer,
+        GaussianAugmentationTrainer,
+        SmoothAdvTrainer,
+    )
+
+    return issubclass(trainer_cls, (GaussianAugmentationTrainer, ConsistencyTrainer, SmoothAdvTrainer,
+                                    DenoisedClassifierTrainer))
+
+
+def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu", data_root=None, workers: int = 0,
+          restart: bool = False, echo=print) -> list[float]:
+    """
+    Train (or resume training) and checkpoint after every epoch into ``output_dir``: ``model.safetensors`` (the
+    weights, with metadata that ``art-some certify`` reads), ``train_state.pt`` (optimizer, scheduler and
+    trainer state, the config) and ``history.jsonl`` (one line per epoch); the denoised methods also write
+    ``denoiser/`` when the denoiser is tuned or random. Each epoch writes the state first, each file atomically;
+    a resumed run first rewrites exports that lag the state (a crash between the writes). Everything is checked
+    (data set, model, trainer and its options) before the first file is created.
+
+    :return: The mean training loss (rank 0's, under DDP) of every epoch of the run so far; None on the other
+             ranks.
+    """
+    import math
+
+    import torch
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from art_some.data import load_dataset
+    from art_some.estimators.factory import create_estimator
+    from art_some.models import save_checkpoint
+    from art_some.models.multihead import unwrap
+    from art_some.plugins import get
+
+    config.check()
+    trainer_cls = get("trainers", config.method)
+    role = denoised_role(trainer_cls)
+    rank, world, local = _distributed()
+    if role == "denoiser" and world > 1:
+        raise ValueError(f"--method {config.method} does not run under torchrun (its denoiser is not wrapped in "
+                         "DistributedDataParallel); run it in one process")
+    if world > 1 and device == "cuda":
+        torch.cuda.set_device(local)  # ART builds on the current device: make it this rank's
+        device = f"cuda:{local}"
+    out = Path(output_dir)
+    state_path, model_path, history_path = out / STATE_FILE, out / MODEL_FILE, out / HISTORY_FILE
+    denoiser_dir = out / DENOISER_DIR
+    data, info = load_dataset(config.dataset, root=data_root, split="train", augment=config.augment)
+    estimator_options = _denoised_options(config, info, role)
+
+    torch.manual_seed(config.seed)
+    model, model_name, model_kwargs = _build_model(config, info, device)
     multihead = callable(getattr(model, "head_logits", None))
-    state = _load_state(state_path, config, world, str(torch.device(device).type), out)
+    state = None if restart else _load_state(state_path, config, world, str(torch.device(device).type), out)
     if state is not None:
         model.load_state_dict(state["model"])
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if "cuda" in str(device) else None)
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step = config.lr_step or max(1, config.epochs // 3)
+    estimator = "denoised_multiscale" if role else "some" if multihead else "smoothed"
+    # The optimizer steps what the method tunes: the classifier, or (diffusion calibration) the denoiser.
+    optimizer = None if role == "denoiser" else _make_optimizer(config, net.parameters())
+    clf = create_estimator(estimator, net, info, sigma=config.sigma, n0=100, alpha=0.001, batch_size=1000,
+                           seed=config.seed, device="cuda" if "cuda" in str(device) else "cpu", optimizer=optimizer,
+                           options=estimator_options)
+    saves_denoiser = _saves_denoiser(estimator_options.get("denoiser"), role)
+    if saves_denoiser and not callable(getattr(getattr(clf.denoiser, "unet", None), "save_pretrained", None)):
+        raise ValueError(f"--method {config.method} saves its tuned denoiser as a diffusers folder: --denoiser must "
+                         "be diffusion or tiny_diffusion")
+    extra = {}
+    if role == "denoiser":
+        optimizer = extra["optimizer"] = _make_optimizer(config, clf.denoiser.parameters())
+        if state is not None:
+            clf.denoiser.load_state_dict(state["denoiser"])
+    step = lr_step(config)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
-
-    from art_some.cli import build_estimator
-
-    estimator = "some" if multihead else "smoothed"
-    clf = build_estimator(estimator, net, info, sigma=config.sigma, n0=100, alpha=0.001, batch_size=1000,
-                          seed=config.seed, device="cuda" if "cuda" in str(device) else "cpu", optimizer=optimizer)
     kwargs = dict(config.trainer_kwargs)
     if "total_epochs" in inspect.signature(trainer_cls).parameters:
         kwargs.setdefault("total_epochs", config.epochs)
     try:
-        trainer = trainer_cls(clf, seed=config.seed, **kwargs)
+        trainer = trainer_cls(clf, seed=config.seed, **kwargs, **extra)
     except TypeError as err:
         raise ValueError(f"trainer {config.method!r} rejected its options {sorted(kwargs)}: {err}") from None
+    owns_schedule = getattr(trainer, "owns_lr_schedule", False)
+
+    # Everything is checked: only now are files created (or, with --restart, the old run removed).
+    if rank == 0:
+        if restart:
+            for path in (state_path, model_path, history_path):
+                path.unlink(missing_ok=True)
+            shutil.rmtree(denoiser_dir, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+    _barrier(world)  # no rank looks for the folder before rank 0 has made it
     history = []
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -221,20 +400,31 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         history = list(state["history"])
         if rank == 0:
             echo(f"Resuming {out} after epoch {trainer.epoch}")
+    elif rank == 0 and config.lr_step is None and step > config.epochs and not owns_schedule:
+        echo(f"Learning rate {config.lr:g} for all {config.epochs} epochs (runs under {MIN_DECAY_EPOCHS} epochs keep "
+             "it constant; --lr-step sets the epochs between drops)")
 
     meta = {"sigma": config.sigma, "dataset": config.dataset, "num_classes": info["num_classes"],
             "input_shape": list(info["input_shape"]), "estimator": estimator, "method": config.method}
 
     def export() -> None:
-        """model.safetensors (what certify reads) and history.jsonl, from the weights and history in memory."""
+        """The denoiser folder, model.safetensors (what certify reads) and history.jsonl, in that order."""
+        options = dict(estimator_options)
+        if saves_denoiser:
+            options["denoiser"] = save_denoiser(clf.denoiser, options["denoiser"], denoiser_dir)
+        elif options:
+            options["denoiser"] = _absolute_paths(options["denoiser"])
         save = dict(meta, epoch=trainer.epoch, trainer_kwargs=kwargs)
+        if options:  # what certify needs to rebuild the estimator (the cascade's denoiser and levels)
+            save["estimator_options"] = options
         write_atomically(model_path, lambda p: save_checkpoint(
-            p, unwrap(net), config.model, {**config.model_kwargs, "num_classes": info["num_classes"]}, **save))
+            p, unwrap(net), model_name, {**model_kwargs, "num_classes": info["num_classes"]}, **save))
         write_atomically(history_path, _history_lines(history))
 
     # The state is written first each epoch, so a crash before the exports leaves them an epoch behind: rewrite
     # them from the state before anything else (else a finished run would report a stale model as final).
-    if state is not None and rank == 0 and _exports_stale(model_path, history_path, trainer.epoch, history):
+    if state is not None and rank == 0 and _exports_stale(model_path, history_path, trainer.epoch, history,
+                                                          denoiser_dir if saves_denoiser else None):
         echo(f"Re-exporting {model_path.name} and {history_path.name} from the resume state (epoch {trainer.epoch})")
         export()
     sampler = DistributedSampler(data, seed=config.seed) if world > 1 else None
@@ -242,19 +432,22 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         shuffle = torch.Generator().manual_seed(seed_for(config.seed, TRAINING_STAGE, 1000 + trainer.epoch))
         loader = DataLoader(data, batch_size=config.batch_size // world, shuffle=sampler is None, sampler=sampler,
                             generator=shuffle, num_workers=workers, drop_last=False)
+        lr = optimizer.param_groups[0]["lr"]  # the rate of this epoch: the epoch scheduler steps at its end
         # A trainer with its own per-iteration schedule (CRT's milestones) must not also get the epoch scheduler.
-        epoch_scheduler = None if getattr(trainer, "owns_lr_schedule", False) else scheduler
-        loss = trainer.fit(loader, nb_epochs=1, scheduler=epoch_scheduler, verbose=False)[0]
+        loss = trainer.fit(loader, nb_epochs=1, scheduler=None if owns_schedule else scheduler, verbose=False)[0]
+        if owns_schedule:  # it sets the rate before each step: report the rate of the epoch's last step
+            lr = optimizer.param_groups[0]["lr"]
         ranks = _gather({"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "loss": loss}, world)
         history.append(sum(r["loss"] for r in ranks) / world)
         if rank == 0:
-            echo(f"epoch {trainer.epoch}/{config.epochs}  loss {history[-1]:.4f}  "
-                 f"lr {optimizer.param_groups[0]['lr']:.4g}")
+            echo(f"epoch {trainer.epoch}/{config.epochs}  loss {history[-1]:.4f}  lr {lr:.4g}")
             # The resume state holds its own copy of the weights, so it is consistent whatever the moment of a
             # crash; model.safetensors is the export that certify reads.
             blob = {"config": json.dumps(asdict(config)), "world": world, "device": torch.device(device).type,
                     "model": unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "ranks": ranks, "history": history}
+            if role == "denoiser":
+                blob["denoiser"] = clf.denoiser.state_dict()
             write_atomically(state_path, lambda p: torch.save(blob, p))
             export()
     _barrier(world)
@@ -262,4 +455,10 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    chance = math.log(info["num_classes"])
+    if rank == 0 and history and _learns_cross_entropy(trainer_cls) and history[-1] > 0.97 * chance:
+        steps = config.epochs * math.ceil(len(data) / config.batch_size)
+        echo(f"Warning: the training loss {history[-1]:.3f} is still near chance level (ln {info['num_classes']} = "
+             f"{chance:.2f}) after {steps} optimizer steps: train longer (--epochs), with a smaller --batch-size or "
+             "another --lr / --optimizer")
     return history if rank == 0 else None

@@ -39,6 +39,7 @@ from art_some.core.results import (
     write_atomically,
 )
 from art_some.core.stats import binomial_test_two_sided
+from art_some.evaluation.runner import resume_note
 
 # Verification noise is keyed by indices far above any data-set index, so it is fresh: independent of the
 # certification and prediction draws of every input, and different for every verification call.
@@ -66,10 +67,14 @@ class AuditResult:
     def summary(self) -> dict:
         """The figures of the report: curves, the gap (best attack minus certified), violations and their rate."""
         curves = self.curves()
+        # A certificate says the prediction cannot change, right or wrong: violations count over all certified
+        # inputs; certified accuracy counts only the correct ones.
         certified = sum(r["predict"] >= 0 and r["radius"] > 0 for r in self.records)
+        correct = sum(r["predict"] >= 0 and r["radius"] > 0 and r["predict"] == r["label"] for r in self.records)
         violated = len({v["idx"] for v in self.violations})
         return {
-            "inputs": len(self.records), "certified_inputs": int(certified), "radii": self.radii.tolist(),
+            "inputs": len(self.records), "certified_inputs": int(certified), "certified_correct_inputs": int(correct),
+            "radii": self.radii.tolist(),
             "curves": {k: np.round(100 * v, 2).tolist() for k, v in curves.items()},
             "gap": np.round(100 * (curves["best"] - curves["certified"]), 2).tolist(),
             "violations": len(self.violations), "violated_inputs": violated,
@@ -98,7 +103,7 @@ def _broken_at(record: dict, attack: str | None) -> float:
 def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: int = 1000, n0: int | None = None,
           alpha: float | None = None, eps: Sequence[float] = DEFAULT_EPS, budgets: dict | None = None,
           verify_n: int = 1000, verify_alpha: float = 0.001, indices=None, radii=None, output_dir=None,
-          batch_size: int = 16, progress: bool = True, run_info: dict | None = None) -> AuditResult:
+          batch_size: int = 16, progress: bool = True, run_info: dict | None = None, echo=None) -> AuditResult:
     """
     Audit ``estimator``'s certificates on ``x`` against the registered attack recipes ``attacks``.
 
@@ -120,7 +125,8 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     :param output_dir: If given, per-input records are appended to ``audit.jsonl`` there (resumed when present),
                        violations saved under ``violations/`` and the reports written by :func:`write_reports`.
     :param batch_size: Inputs per chunk (each chunk's records are written when it is done).
-    :param progress: Show a progress bar.
+    :param progress: Show a progress bar (it counts inputs).
+    :param echo: Where the line saying that an audit resumes goes (default: standard error when ``progress``).
     :param run_info: JSON-able entries for the audit's header that only the caller knows (the command line's data
                      set, split and model reference; a ``source`` entry is recorded, not compared).
 
@@ -175,13 +181,20 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     try:
         try:
             todo = [j for j in range(len(x)) if writer is None or int(indices[j]) not in writer.done]
+            if writer is not None and writer.records:
+                resume_note(echo, progress, writer.path, len(x) - len(todo), len(x), "audited")
             chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-            for chunk in tqdm(chunks, desc="audit", disable=not progress):
-                for j, record in zip(chunk, state.run(x[chunk], y[chunk], indices[chunk], n=n, n0=n0, alpha=alpha)):
-                    record["input_sha256"] = input_hash(x[j])
-                    records.append(record)
-                    if writer is not None:
-                        writer.append(record)
+            # The bar counts inputs, not chunks: a chunk of attacks can take minutes.
+            with tqdm(total=len(x), initial=len(x) - len(todo), desc="audit", unit="input",
+                      disable=not progress) as bar:
+                for chunk in chunks:
+                    for j, record in zip(chunk, state.run(x[chunk], y[chunk], indices[chunk], n=n, n0=n0,
+                                                          alpha=alpha)):
+                        record["input_sha256"] = input_hash(x[j])
+                        records.append(record)
+                        if writer is not None:
+                            writer.append(record)
+                    bar.update(len(chunk))
         finally:
             state.restore()
         records.sort(key=lambda r: r["idx"])
@@ -463,12 +476,12 @@ def markdown_table(result: AuditResult, summary: dict | None = None) -> str:
     lines = ["| accuracy (%) at L2 radius | " + " | ".join(f"{r:g}" for r in radii) + " |",
              "|---|" + "---|" * len(radii)]
     for name, values in summary["curves"].items():
-        label = {"certified": "certified", "best": "empirical, best of all attacks"}.get(name, f"empirical, {name}")
+        label = {"certified": "certified correct", "best": "empirical, best of all attacks"}.get(name, f"empirical, {name}")
         lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     lines.append("| gap (best attack - certified) | " + " | ".join(f"{v:.1f}" for v in summary["gap"]) + " |")
-    lines += ["", f"Inputs: {summary['inputs']}, certified: {summary['certified_inputs']}, violations: "
-              f"{summary['violations']} on {summary['violated_inputs']} input(s) (rate "
-              f"{summary['violation_rate']:.4f} of certified inputs)."]
+    lines += ["", f"Inputs: {summary['inputs']}, certified: {summary['certified_inputs']} (right or wrong), "
+              f"certified correct: {summary['certified_correct_inputs']}, violations: {summary['violations']} on "
+              f"{summary['violated_inputs']} input(s) (rate {summary['violation_rate']:.4f} of certified inputs)."]
     return "\n".join(lines) + "\n"
 
 
@@ -481,7 +494,7 @@ def plot_audit(result: AuditResult, path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     radii = np.linspace(0.0, float(result.radii.max()) if len(result.radii) else 1.0, 200)
-    ax.plot(radii, 100 * certified_accuracy(result.records, radii), label="certified", color="k", lw=2)
+    ax.plot(radii, 100 * certified_accuracy(result.records, radii), label="certified correct", color="k", lw=2)
     for name in [*result.attacks, "best"]:
         acc = empirical_robust_accuracy(result.records, radii, None if name == "best" else name)
         ax.plot(radii, 100 * acc, label="best attack" if name == "best" else name,

@@ -9,6 +9,7 @@ settings, another model or other data is refused instead of being mixed into the
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +44,7 @@ def certify_dataset(
     progress: bool = True,
     run_info: dict | None = None,
     hint: str = DEFAULT_HINT,
+    echo=None,
 ) -> list[dict]:
     """
     Certify ``dataset[i]`` for each ``i`` in ``indices`` and append the records to ``output`` (JSONL); skips
@@ -64,6 +66,8 @@ def certify_dataset(
     :param run_info: JSON-able header entries the caller knows (the command line's data set, split and model
                      reference); a ``source`` entry is recorded but not compared.
     :param hint: The end of a mismatch message (what to do instead).
+    :param echo: Where the line saying that a run resumes goes (a callable taking a string; default: standard
+                 error when ``progress`` is on).
     :return: All records in the file, sorted by index.
     """
     header = provenance(
@@ -78,6 +82,8 @@ def certify_dataset(
     with RecordWriter(output, header=header, hint=hint) as writer:
         _check_recorded_inputs(writer, dataset, hint)
         todo = [int(i) for i in indices if int(i) not in writer.done]
+        if writer.records:
+            resume_note(echo, progress, output, len(indices) - len(todo), len(indices), "certified")
         for i in tqdm(todo, desc="certify", disable=not progress, initial=len(indices) - len(todo), total=len(indices)):
             x, label = dataset[i]
             x = np.asarray(x, dtype=np.float32)[None]
@@ -88,6 +94,15 @@ def certify_dataset(
         # Under the writer's lock, so that two runs cannot interleave their logs either.
         write_atomically(Path(output).with_suffix(".tsv"), lambda tmp: write_tsv(records, tmp))
     return records
+
+
+def resume_note(echo, progress: bool, path, done: int, total: int, verb: str) -> None:
+    """Say that a run resumes and from where (to ``echo``, else to standard error with the progress bar)."""
+    message = f"Resuming {Path(path).name}: {done} of {total} inputs already {verb}"
+    if echo is not None:
+        echo(message)
+    elif progress:
+        print(message, file=sys.stderr)
 
 
 def _check_recorded_inputs(writer: RecordWriter, dataset, hint: str) -> None:
