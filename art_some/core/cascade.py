@@ -18,6 +18,7 @@ engine, so each level keeps its own fresh selection and estimation draws.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -28,6 +29,43 @@ from art_some.core.noise import ESTIMATION, PREDICTION, SELECTION
 from art_some.core.stats import _check_alpha, clopper_pearson_lower, clopper_pearson_upper
 
 ALPHA_SPLITS = ("uniform", "sequential")
+PREDICT_RULES = ("cascade", "hybrid")
+
+
+@dataclass(frozen=True)
+class Level:
+    """
+    One smoothing level of a cascade: its sigma, the vote function and soft scores of its base classifier, and
+    whether the EOT gradients average over it.
+    """
+
+    sigma: float
+    vote: Callable
+    soft_scores: Callable
+    in_gradient: bool = True
+
+
+@dataclass(frozen=True)
+class CascadeRule:
+    """
+    The certificate rule of a cascade (:func:`cascade_certify`): a level answers when its lower bound reaches
+    ``p0``; alpha is split over the levels by ``alpha_split``. PREDICT is ``"cascade"`` (:func:`cascade_predict`,
+    with a guarantee) or the official ``"hybrid"`` (:func:`hybrid_predict`, clean logits weighted by
+    ``hybrid_weight``, no guarantee). Sound for ``alpha_split="uniform"``; ``"sequential"`` is bounded only by
+    :func:`failure_bound`, which every record states.
+    """
+
+    p0: float = 0.5
+    alpha_split: str = "uniform"
+    predict_rule: str = "cascade"
+    hybrid_weight: float = 0.1
+
+    needs_squares = False
+    sound = True
+    warning = None
+
+    def info(self) -> dict:
+        return {}
 
 # count(level, stage, positions, num) -> (len(positions), C) int counts; ``level`` indexes sigmas (largest first).
 LevelCounter = Callable[[int, int, np.ndarray, int], np.ndarray]
@@ -252,3 +290,23 @@ def hybrid_predict(
         answered[here] = s
         active = active[~stop]
     return scores.argmax(axis=1), scores, answered
+
+
+def cascade_point_estimate(
+    count: LevelCounter, num_levels: int, num_inputs: int, *, n: int, p0: float = 0.5, num_classes: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    The cascade's rule on estimated probabilities, which never abstains (what attacks are shown): from the largest
+    sigma down, the first level whose top class has a vote share of at least p0 answers with it; when none does,
+    the smallest sigma's top class (where the cascade would end). No guarantee.
+
+    :return: ``(classes, counts of the answering level, its index)``.
+    """
+    if num_inputs == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, num_classes), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    positions = np.arange(num_inputs)
+    stacked = np.stack([count(s, PREDICTION, positions, int(n)) for s in range(num_levels)])  # (K, N, C)
+    answers = stacked.max(axis=2) >= p0 * n
+    level = np.where(answers.any(axis=0), answers.argmax(axis=0), num_levels - 1)
+    counts = stacked[level, positions]
+    return counts.argmax(axis=1).astype(np.int64), counts, level.astype(np.int64)

@@ -7,16 +7,14 @@ noise levels (multi-scale smoothing, Jeong & Shin 2023), on the shared streaming
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from art_some.core.cascade import ALPHA_SPLITS, cascade_certify, cascade_predict, failure_bound, hybrid_predict
-from art_some.core.certify import ABSTAIN, CertifyResult, check_finite_inputs
-from art_some.core.noise import PREDICTION, GaussianNoise, check_indices, count_votes, non_finite_output_error
-from art_some.core.stats import _check_alpha
-from art_some.core.streams import CHOICE, LEVEL_STRIDE, level_stage
-from art_some.estimators.smoothed import SmoothedClassifier, _check_positive_int, _scatter
+from art_some.core.cascade import ALPHA_SPLITS, PREDICT_RULES, CascadeRule, Level, failure_bound
+from art_some.core.streams import LEVEL_STRIDE
+from art_some.estimators.smoothed import SmoothedClassifier
 
 if TYPE_CHECKING:
     import torch
@@ -26,7 +24,6 @@ logger = logging.getLogger(__name__)
 # Level s of the cascade (0 = the largest sigma) draws from level_stage(stage, s) (art_some.core.streams), so every
 # level gets fresh noise and a single level uses exactly the streams of a plain SmoothedClassifier.
 LEVEL_STAGE_STRIDE = LEVEL_STRIDE  # kept for callers of the old name
-PREDICT_RULES = ("cascade", "hybrid")
 
 
 class DenoisedMultiScaleClassifier(SmoothedClassifier):
@@ -280,177 +277,37 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             "denoiser": type(self._denoiser).__name__,
         }
 
-    def _counter(self, z0: "torch.Tensor", indices, batch_size: int | None, invalid: np.ndarray | None = None,
-                 verbose: bool | None = False):
+    def smoothing_levels(self) -> tuple[Level, ...]:
         """
-        The engine's count function for level s (0 = largest sigma), keyed on the level's own streams. With
-        ``invalid`` (length N), inputs with non-finite outputs are marked there (zero counts) instead of raising.
+        The cascade's levels, largest sigma first: at each, the vote function classifier(denoiser(z, sigma)), its
+        soft scores, and whether the gradients use it (all levels, or ``gradient_level`` alone).
         """
-        import torch
+        return tuple(
+            Level(sigma, partial(self.level_vote, sigma=sigma), partial(self.soft_scores, sigma=sigma),
+                  in_gradient=self.gradient_level is None or float(self.gradient_level) == sigma)
+            for sigma in self.levels
+        )
 
-        indices = check_indices(indices, len(z0))
-        levels = self.levels
-
-        def count(level: int, stage: int, positions: np.ndarray, num: int) -> np.ndarray:
-            sigma = levels[level]
-            marks = None if invalid is None else np.zeros(len(positions), dtype=bool)
-            counts = count_votes(
-                lambda z: self.level_vote(z, sigma), z0[torch.as_tensor(positions, device=z0.device)], num,
-                GaussianNoise(sigma), num_classes=self.nb_classes, batch_size=self._batch_size(batch_size),
-                seed=self.seed, stage=level_stage(stage, level), indices=indices[positions], invalid=marks,
-                verbose=verbose, desc=f"sigma {sigma:g}",
-            )
-            if marks is not None:
-                invalid[positions] |= marks
-            return counts
-
-        return count
-
-    # ----------------------------------------------------------------------------------------------------------
-    # CERTIFY and PREDICT
-    # ----------------------------------------------------------------------------------------------------------
-    def certify_detailed(self, x, n: int, n0: int | None = None, alpha: float | None = None,
-                         batch_size: int | None = None, indices=None) -> CertifyResult:
+    @property
+    def certificate_rule(self) -> CascadeRule:
         """
-        Cascaded CERTIFY (plain CERTIFY for one sigma): per input the class, the radius, and in ``extra`` the level
-        that answered (``level_sigma``, None when abstaining) and how many levels were visited.
+        The cascade's rule (:func:`~art_some.core.cascade.cascade_certify`; plain CERTIFY for one sigma).
 
         Guarantee: with probability at least 1 - alpha (``alpha_split="uniform"``), a returned class is the
-        cascade's prediction everywhere within the returned L2 radius (raw input units).
-
-        :param x: Inputs ``(N, *input_shape)``.
-        :param n: Estimation draws per level.
-        :param n0: Selection draws per level (default ``sample_size``).
-        :param alpha: Failure probability (default the estimator's).
-        :param batch_size: Noisy inputs per forward pass.
-        :param indices: Global indices that key each input's noise.
+        cascade's prediction everywhere within the returned L2 radius (raw input units); records carry
+        ``level_sigma`` (the level that answered, None when abstaining), ``levels_visited`` and ``failure_bound``.
         """
-        import torch
-
-        n0 = self.sample_size if n0 is None else n0
-        _check_positive_int("n", n)
-        _check_positive_int("n0", n0)
-        alpha = _check_alpha(self.alpha if alpha is None else alpha)
-        with torch.inference_mode():
-            z0 = self._as_input_tensor(x)
-        check_finite_inputs(z0, check_indices(indices, len(z0)))
-        result = cascade_certify(
-            self._counter(z0, indices, batch_size, verbose=self.verbose), self.levels, len(z0), n0=int(n0), n=int(n),
-            alpha=alpha, p0=float(self.p0), alpha_split=self.alpha_split, num_classes=self.nb_classes,
-        )
-        result.extra.update(self.certificate_info())
-        return result
-
-    def predict_counts(self, x, n: int | None = None, batch_size: int | None = None, indices=None,
-                       squares: bool = False, sigma: float | None = None, invalid: np.ndarray | None = None,
-                       stage: int = PREDICTION):
-        """
-        Vote counts of one level (default the top level) over ``n`` draws (default ``sample_size``) from the level's
-        ``stage`` streams (PREDICTION; the audit's level choice draws from CHOICE); non-finite inputs and outputs
-        raise, or are marked in ``invalid``, as in :meth:`SmoothedClassifier.predict_counts`.
-        """
-        import torch
-
-        sigma = self.scale if sigma is None else float(sigma)
-        if sigma not in self._sigmas:
-            raise ValueError(f"sigma must be one of {self._sigmas}, got {sigma!r}")
-        n = self.sample_size if n is None else n
-        _check_positive_int("n", n)
-        with torch.inference_mode():
-            z0 = self._as_input_tensor(x)
-        indices = check_indices(indices, len(z0))
-        rows = self._finite_rows(z0, indices, invalid)
-        marks = None if invalid is None else np.zeros(len(rows), dtype=bool)
-        out = count_votes(
-            lambda z: self.level_vote(z, sigma), z0[rows], int(n), GaussianNoise(sigma), num_classes=self.nb_classes,
-            batch_size=self._batch_size(batch_size), seed=self.seed,
-            stage=level_stage(stage, self.levels.index(sigma)), indices=indices[rows], squares=squares,
-            invalid=marks,
-        )
-        if marks is not None:
-            invalid[rows] |= marks
-        return tuple(_scatter(part, rows, len(z0)) for part in out) if squares else _scatter(out, rows, len(z0))
-
-    def predict_classes(self, x, indices=None, invalid=None, abstain: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """
-        PREDICT by ``predict_rule``: the classes (-1 = abstain) and, per row, the answering level's vote counts
-        (``"cascade"``) or ``sample_size`` times the hybrid softmax (``"hybrid"``, whose argmax is the label).
-        ``abstain=False`` (what attacks see): the cascade's own top class, see :meth:`predict_levels`.
-        """
-        classes, scores, _ = self.predict_levels(x, indices=indices, invalid=invalid, abstain=abstain)
-        return classes, scores
+        return CascadeRule(p0=float(self.p0), alpha_split=self.alpha_split, predict_rule=self.predict_rule,
+                           hybrid_weight=float(self.hybrid_weight))
 
     def predict_levels(self, x, indices=None, invalid=None, abstain: bool = True):
         """
-        :meth:`predict_classes` plus the sigma of the level that answered per input (NaN: none).
-
-        With ``abstain=False`` and the cascade rule, the cascade's point estimate, which never abstains: from the
-        largest sigma down, the first level whose top class has a vote share of at least p0 answers with it; when
-        none does, the smallest sigma's top class (where the cascade would end). Inputs holding NaN or inf, or with
-        non-finite outputs, raise, or are marked in ``invalid`` (class -1, zero scores, level NaN).
+        :meth:`predict_classes` plus the sigma of the level that answered per input (NaN: none). With
+        ``abstain=False`` and the cascade rule, the cascade's point estimate, which never abstains
+        (:func:`~art_some.core.cascade.cascade_point_estimate`).
         """
-        import torch
-
-        with torch.inference_mode():
-            z0 = self._as_input_tensor(x)
-        indices = check_indices(indices, len(z0))
-        marks = np.zeros(len(z0), dtype=bool)
-        rows = self._finite_rows(z0, indices, marks if invalid is not None else None)
-        sub = None if invalid is None else np.zeros(len(rows), dtype=bool)
-        count = self._counter(z0[rows], indices[rows], None, sub)
-        if self.predict_rule == "cascade" and abstain:
-            classes, scores, level = cascade_predict(
-                count, self.levels, len(rows), n=self.sample_size, alpha=self.alpha, p0=float(self.p0),
-                alpha_split=self.alpha_split, num_classes=self.nb_classes,
-            )
-        elif self.predict_rule == "cascade":
-            classes, scores, level = _cascade_point_estimate(count, len(self.levels), len(rows), self.sample_size,
-                                                             float(self.p0))
-        else:
-            with torch.inference_mode():  # in chunks: N clean images at full size may not fit at once
-                chunks = [self.logits(z0[rows][i : i + self.noise_batch_size]).float().cpu().numpy()
-                          for i in range(0, len(rows), self.noise_batch_size)]
-            clean = np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes))
-            bad = ~np.isfinite(clean).all(axis=1)
-            if bad.any():
-                if invalid is None:
-                    raise non_finite_output_error(indices[rows][bad])
-                marks[rows[bad]] = True
-                clean[bad] = 0.0
-            with np.errstate(divide="ignore"):
-                classes, logits, level = hybrid_predict(
-                    count, self.levels, clean, n=self.sample_size, p0=float(self.p0), weight=float(self.hybrid_weight)
-                )
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            scores = self.sample_size * shifted / shifted.sum(axis=1, keepdims=True)
-        classes, level = _scatter(classes, rows, len(z0)), _scatter(level, rows, len(z0))
-        scores = _scatter(scores, rows, len(z0))
-        if sub is not None:
-            marks[rows] |= sub
-        if invalid is not None:
-            invalid |= marks
-            classes, level = np.where(marks, ABSTAIN, classes), np.where(marks, -1, level)
-            scores[marks] = 0
-        sigma = np.array([self.levels[k] if k >= 0 else np.nan for k in level])
-        return classes, scores, sigma
-
-    def audit_counts(self, x, n: int, indices=None) -> np.ndarray:
-        """
-        What the attack audit compares with a certified class: ``n`` votes of the level the cascade answers at. The
-        level is chosen on separate draws (the CHOICE stage of each level): the first, from the largest sigma, whose
-        top class has a vote share of at least p0 (a point estimate of the cascade's rule); no such level is an
-        abstention (all-zero counts, which confirm no flip). The returned votes are fresh draws at that level.
-        """
-        indices = check_indices(indices, len(x))
-        choose = np.stack([self.predict_counts(x, n=n, indices=indices, sigma=s, stage=CHOICE) for s in self.levels])
-        answers = choose.max(axis=2) >= float(self.p0) * n
-        level = np.where(answers.any(axis=0), answers.argmax(axis=0), -1)
-        counts = np.zeros((len(level), self.nb_classes), dtype=np.int64)
-        for k, sigma in enumerate(self.levels):
-            rows = np.flatnonzero(level == k)
-            if len(rows):
-                counts[rows] = self.predict_counts(x[rows], n=n, indices=indices[rows], sigma=sigma)
-        return counts
+        classes, scores, level = self._cascade_predict(self.certificate_rule, x, indices, invalid, abstain)
+        return classes, scores, np.array([self.levels[k] if k >= 0 else np.nan for k in level])
 
     def failure_bound(self, alpha: float | None = None) -> float:
         """The proven failure probability of a certificate under the configured ``alpha_split``."""
@@ -459,21 +316,6 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
     # ----------------------------------------------------------------------------------------------------------
     # Gradients and training
     # ----------------------------------------------------------------------------------------------------------
-    def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
-        """
-        log of the mean over levels of G_sigma(x) = E[softmax f_sigma(x + delta)] (or of one level's G with
-        ``gradient_level``), estimated from ``gradient_samples`` draws per level; differentiable in ``x``.
-        """
-        import torch
-
-        levels = self.levels if self.gradient_level is None else (float(self.gradient_level),)
-        probs = sum(
-            self.expected_scores(x, GaussianNoise(sigma),
-                                 lambda z, s=sigma: self.soft_scores(z, training_mode=training_mode, sigma=s))
-            for sigma in levels
-        ) / len(levels)
-        return torch.log(probs.clamp_min(1e-20))
-
     def fit(self, x, y, batch_size: int = 128, nb_epochs: int = 10, **kwargs) -> None:  # type: ignore[override]
         """
         Fine-tune the classifier on denoised noisy images (the denoiser frozen; one level drawn per batch), which
@@ -487,21 +329,6 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         DenoisedClassifierTrainer(self, seed=kwargs.pop("seed", self.seed)).fit(
             x, y, batch_size=batch_size, nb_epochs=nb_epochs, **kwargs
         )
-
-
-def _cascade_point_estimate(count, num_levels: int, num_inputs: int, n: int, p0: float):
-    """The cascade's rule on estimated probabilities (no abstention): ``(classes, counts, level index)``."""
-    from art_some.core.noise import PREDICTION
-
-    positions = np.arange(num_inputs)
-    per_level = [count(s, PREDICTION, positions, n) for s in range(num_levels)] if num_inputs else []
-    if not per_level:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    stacked = np.stack(per_level)  # (K, N, C)
-    answers = stacked.max(axis=2) >= p0 * n
-    level = np.where(answers.any(axis=0), answers.argmax(axis=0), num_levels - 1)
-    counts = stacked[level, positions]
-    return counts.argmax(axis=1).astype(np.int64), counts, level.astype(np.int64)
 
 
 def _check_sigmas(sigmas) -> tuple[float, ...]:

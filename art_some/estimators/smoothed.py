@@ -14,6 +14,14 @@ import numpy as np
 from art.config import ART_NUMPY_DTYPE
 from art.estimators.certification.randomized_smoothing.pytorch import PyTorchRandomizedSmoothing
 
+from art_some.core.cascade import (
+    CascadeRule,
+    Level,
+    cascade_certify,
+    cascade_point_estimate,
+    cascade_predict,
+    hybrid_predict,
+)
 from art_some.core.certify import (
     ABSTAIN,
     CertifyResult,
@@ -22,10 +30,18 @@ from art_some.core.certify import (
 )
 from art_some.core.certify import certify as certify_votes
 from art_some.core.errors import name_indices, user_stacklevel, warn_unsound
-from art_some.core.noise import PREDICTION, GaussianNoise, argmax_votes, check_indices, count_votes, seed_for
+from art_some.core.noise import (
+    PREDICTION,
+    GaussianNoise,
+    argmax_votes,
+    check_indices,
+    count_votes,
+    non_finite_output_error,
+    seed_for,
+)
 from art_some.core.rules import CertificateRule, CohenRule
 from art_some.core.stats import _check_alpha
-from art_some.core.streams import GRADIENT
+from art_some.core.streams import CHOICE, GRADIENT, level_stage
 
 if TYPE_CHECKING:
     import torch
@@ -172,6 +188,14 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         """
         return self.noise_model
 
+    def smoothing_levels(self) -> tuple[Level, ...] | None:
+        """
+        Cascades only: the smoothing levels, largest sigma first (:class:`~art_some.core.cascade.Level`: sigma,
+        vote function, soft scores), certified by a :class:`~art_some.core.cascade.CascadeRule`. None here: one
+        smoothed classifier, with its noise from :meth:`noise_for` and its votes from :meth:`vote`.
+        """
+        return None
+
     @property
     def certificate_rule(self) -> CertificateRule:
         """The certificate rule: Cohen et al.'s Clopper-Pearson bound and radius sigma * Phi^-1(pA_lower)."""
@@ -286,11 +310,12 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
 
     def predict_counts(
         self, x, n: int | None = None, batch_size: int | None = None, indices=None, squares: bool = False,
-        invalid: np.ndarray | None = None,
+        invalid: np.ndarray | None = None, level: int = 0, stage: int = PREDICTION,
     ):
         """
         Vote counts ``(N, nb_classes)`` of the base classifier over ``n`` noisy draws per input (default
-        ``sample_size``), from the PREDICT stream; with ``squares`` also the sums of squared tallies.
+        ``sample_size``), from the PREDICT stream (``stage``); with ``squares`` also the sums of squared tallies.
+        For a cascade, the counts of level ``level`` (0 = the largest sigma) from that level's streams.
 
         An input holding NaN or inf, or on whose noisy copies the base classifier's output is not finite, raises
         :class:`~art_some.core.errors.NonFiniteError` naming it, unless ``invalid`` (a boolean array of length N)
@@ -305,10 +330,14 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         with torch.inference_mode():
             z0 = self.to_noise_space(x_t[rows])
         sub = None if invalid is None else np.zeros(len(rows), dtype=bool)
+        levels = self.smoothing_levels()
+        if levels is None:
+            vote, noise = self.vote, self.noise_for(x_t[rows], indices[rows])
+        else:
+            vote, noise = levels[level].vote, GaussianNoise(levels[level].sigma)
         out = count_votes(
-            self.vote, z0, n, self.noise_for(x_t[rows], indices[rows]), num_classes=self.nb_classes,
-            batch_size=self._batch_size(batch_size), seed=self.seed, stage=PREDICTION,
-            indices=indices[rows], squares=squares, invalid=sub,
+            vote, z0, n, noise, num_classes=self.nb_classes, batch_size=self._batch_size(batch_size), seed=self.seed,
+            stage=level_stage(stage, level), indices=indices[rows], squares=squares, invalid=sub,
         )
         if sub is not None:
             invalid[rows] |= sub
@@ -337,6 +366,9 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         zero scores).
         """
         rule = self.certificate_rule
+        if isinstance(rule, CascadeRule):
+            classes, scores, _ = self._cascade_predict(rule, x, indices, invalid, abstain)
+            return classes, scores
         if rule.needs_squares:
             counts, squares = self.predict_counts(x, indices=indices, invalid=invalid, squares=True)
         else:
@@ -429,6 +461,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         x_t = self._as_input_tensor(x)
         indices = check_indices(indices, len(x_t))
         check_finite_inputs(x_t, indices)  # before the noise-space map, which may spread a NaN to other inputs
+        if isinstance(rule, CascadeRule):
+            return self._cascade_certify(rule, x_t, n, n0, alpha, batch_size, indices)
         noise = self.noise_for(x_t, indices)
         with torch.inference_mode():
             z0 = self.to_noise_space(x_t)
@@ -450,6 +484,127 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             result.extra["sigma"] = np.asarray(noise.sigma)
         result.extra.update(self.certificate_info())
         return result
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Cascades: the same engine calls, level by level (art_some.core.cascade owns the control flow and statistics)
+    # ----------------------------------------------------------------------------------------------------------
+    def _level_counter(self, z0: "torch.Tensor", indices: np.ndarray, batch_size=None, invalid=None, verbose=False):
+        """
+        The engine's count function for level s of :meth:`smoothing_levels`, on the level's own streams. With
+        ``invalid`` (length N), inputs with non-finite outputs are marked there (zero counts) instead of raising.
+        """
+        import torch
+
+        levels = self.smoothing_levels()
+
+        def count(level: int, stage: int, positions: np.ndarray, num: int) -> np.ndarray:
+            marks = None if invalid is None else np.zeros(len(positions), dtype=bool)
+            counts = count_votes(
+                levels[level].vote, z0[torch.as_tensor(positions, device=z0.device)], num,
+                GaussianNoise(levels[level].sigma), num_classes=self.nb_classes,
+                batch_size=self._batch_size(batch_size), seed=self.seed, stage=level_stage(stage, level),
+                indices=indices[positions], invalid=marks, verbose=verbose, desc=f"sigma {levels[level].sigma:g}",
+            )
+            if marks is not None:
+                invalid[positions] |= marks
+            return counts
+
+        return count
+
+    def _cascade_certify(self, rule: CascadeRule, x_t, n, n0, alpha, batch_size, indices) -> CertifyResult:
+        import torch
+
+        n0 = check_draws("n0", self.sample_size if n0 is None else n0)
+        n = check_draws("n", n)
+        with torch.inference_mode():
+            z0 = self.to_noise_space(x_t)
+        levels = self.smoothing_levels()
+        result = cascade_certify(
+            self._level_counter(z0, indices, batch_size, verbose=self.verbose), [lv.sigma for lv in levels],
+            len(z0), n0=n0, n=n, alpha=self.alpha if alpha is None else alpha, p0=float(rule.p0),
+            alpha_split=rule.alpha_split, num_classes=self.nb_classes,
+        )
+        result.extra.update(self.certificate_info())
+        return result
+
+    def _cascade_predict(self, rule: CascadeRule, x, indices=None, invalid=None, abstain: bool = True):
+        """
+        A cascade's PREDICT: ``(classes, scores, answering level)`` by ``rule.predict_rule``; with ``abstain=False``
+        and the cascade rule, its point estimate (see :func:`~art_some.core.cascade.cascade_point_estimate`).
+        Inputs holding NaN or inf, or with non-finite outputs, raise, or are marked in ``invalid`` (class -1, zero
+        scores, level -1).
+        """
+        import torch
+
+        x_t = self._as_input_tensor(x)
+        indices = check_indices(indices, len(x_t))
+        marks = np.zeros(len(x_t), dtype=bool)
+        rows = self._finite_rows(x_t, indices, marks if invalid is not None else None)
+        with torch.inference_mode():
+            z0 = self.to_noise_space(x_t[rows])
+        sub = None if invalid is None else np.zeros(len(rows), dtype=bool)
+        count = self._level_counter(z0, indices[rows], None, sub)
+        sigmas = [lv.sigma for lv in self.smoothing_levels()]
+        if rule.predict_rule == "cascade" and abstain:
+            classes, scores, level = cascade_predict(count, sigmas, len(rows), n=self.sample_size, alpha=self.alpha,
+                                                     p0=float(rule.p0), alpha_split=rule.alpha_split,
+                                                     num_classes=self.nb_classes)
+        elif rule.predict_rule == "cascade":
+            classes, scores, level = cascade_point_estimate(count, len(sigmas), len(rows), n=self.sample_size,
+                                                            p0=float(rule.p0), num_classes=self.nb_classes)
+        else:
+            clean = self._clean_logits(z0)
+            bad = ~np.isfinite(clean).all(axis=1)
+            if bad.any():
+                if invalid is None:
+                    raise non_finite_output_error(indices[rows][bad])
+                marks[rows[bad]] = True
+                clean[bad] = 0.0
+            with np.errstate(divide="ignore"):
+                classes, logits, level = hybrid_predict(count, sigmas, clean, n=self.sample_size, p0=float(rule.p0),
+                                                        weight=float(rule.hybrid_weight))
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            scores = self.sample_size * shifted / shifted.sum(axis=1, keepdims=True)
+        classes, level, scores = (_scatter(a, rows, len(x_t)) for a in (classes, level, scores))
+        if sub is not None:
+            marks[rows] |= sub
+        if invalid is not None:
+            invalid |= marks
+            classes, level = np.where(marks, ABSTAIN, classes), np.where(marks, -1, level)
+            scores[marks] = 0
+        return classes, scores, level
+
+    def _clean_logits(self, z0: "torch.Tensor") -> np.ndarray:
+        """The base model's logits on the clean inputs, in chunks (N full-size images may not fit at once)."""
+        import torch
+
+        with torch.inference_mode():
+            chunks = [self.logits(z0[i : i + self.noise_batch_size]).float().cpu().numpy()
+                      for i in range(0, len(z0), self.noise_batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes))
+
+    def audit_counts(self, x, n: int, indices=None) -> np.ndarray:
+        """
+        What the attack audit compares with a certified class: ``n`` fresh votes at ``x`` (PREDICT's streams under
+        ``indices``). For a cascade, the votes of the level it answers at: the level is chosen on separate draws
+        (each level's CHOICE stage) as the first, from the largest sigma, whose top class has a vote share of at
+        least p0 (a point estimate of the cascade's rule); no such level is an abstention (all-zero counts, which
+        confirm no flip).
+        """
+        rule, levels = self.certificate_rule, self.smoothing_levels()
+        if levels is None:
+            return self.predict_counts(x, n=n, indices=indices)
+        indices = check_indices(indices, len(x))
+        choose = np.stack([self.predict_counts(x, n=n, indices=indices, level=k, stage=CHOICE)
+                           for k in range(len(levels))])
+        answers = choose.max(axis=2) >= float(rule.p0) * n
+        level = np.where(answers.any(axis=0), answers.argmax(axis=0), -1)
+        counts = np.zeros((len(level), self.nb_classes), dtype=np.int64)
+        for k in range(len(levels)):
+            rows = np.flatnonzero(level == k)
+            if len(rows):
+                counts[rows] = self.predict_counts(x[rows], n=n, indices=indices[rows], level=k)
+        return counts
 
     def certify(  # type: ignore[override]
         self, x: np.ndarray, n: int, batch_size: int | None = None, **kwargs
@@ -521,8 +676,17 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         """
         import torch
 
-        noise = self.noise_for(x.detach())
-        probs = self.expected_scores(x, noise, lambda z: self.soft_scores(z, training_mode=training_mode))
+        levels = self.smoothing_levels()
+        if levels is None:
+            noise = self.noise_for(x.detach())
+            probs = self.expected_scores(x, noise, lambda z: self.soft_scores(z, training_mode=training_mode))
+        else:  # a cascade: the mean over its (gradient) levels of their soft smoothed classifiers
+            used = [lv for lv in levels if lv.in_gradient]
+            probs = sum(
+                self.expected_scores(x, GaussianNoise(lv.sigma),
+                                     lambda z, lv=lv: lv.soft_scores(z, training_mode=training_mode))
+                for lv in used
+            ) / len(used)
         return torch.log(probs.clamp_min(1e-20))
 
     def _to_torch(self, x) -> tuple["torch.Tensor", bool]:
