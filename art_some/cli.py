@@ -113,7 +113,8 @@ def smoothing_options(n_default: int, max_inputs_default, verb: str):
                      help="Estimator option name=value (JSON values), repeatable, e.g. for smooth_reduce: "
                           "'patches={\"layout\": \"grid\", \"size\": 8, \"stride\": 1}' resize=10 aggregation=max; "
                           "for denoised_multiscale: 'denoiser={\"name\": \"diffusion\", \"path\": \"unet_dir\"}' "
-                          "'sigmas=[0.25, 0.5, 1.0]'."),
+                          "'sigmas=[0.25, 0.5, 1.0]'; for data_dependent: reference=train|test|FILE.npy, the kNN "
+                          "rule's inputs (default: the training split of --dataset)."),
     ]
 
     def decorate(command):

@@ -476,7 +476,8 @@ def markdown_table(result: AuditResult, summary: dict | None = None) -> str:
     lines = ["| accuracy (%) at L2 radius | " + " | ".join(f"{r:g}" for r in radii) + " |",
              "|---|" + "---|" * len(radii)]
     for name, values in summary["curves"].items():
-        label = {"certified": "certified correct", "best": "empirical, best of all attacks"}.get(name, f"empirical, {name}")
+        names = {"certified": "certified correct", "best": "empirical, best of all attacks"}
+        label = names.get(name, f"empirical, {name}")
         lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     lines.append("| gap (best attack - certified) | " + " | ".join(f"{v:.1f}" for v in summary["gap"]) + " |")
     lines += ["", f"Inputs: {summary['inputs']}, certified: {summary['certified_inputs']} (right or wrong), "
