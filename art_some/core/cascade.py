@@ -26,7 +26,8 @@ from scipy.stats import norm
 
 from art_some.core.certify import ABSTAIN, CertifyResult
 from art_some.core.noise import ESTIMATION, PREDICTION, SELECTION
-from art_some.core.stats import _check_alpha, clopper_pearson_lower, clopper_pearson_upper
+from art_some.core.stats import clopper_pearson_lower, clopper_pearson_upper
+from art_some.core.validate import probability
 
 ALPHA_SPLITS = ("uniform", "sequential")
 PREDICT_RULES = ("cascade", "hybrid")
@@ -155,7 +156,7 @@ def cascade_certify(
              answered (or the last one visited); ``extra`` holds ``level_sigma`` (None when abstaining),
              ``levels_visited``, ``radius_capped``, ``alpha_split`` and ``failure_bound``.
     """
-    alpha = _check_alpha(alpha)
+    alpha = probability("alpha", alpha)
     sigmas = [float(s) for s in sigmas]
     k_levels = len(sigmas)
     start = time.perf_counter()
@@ -236,7 +237,7 @@ def cascade_predict(
     :return: ``(classes, counts, level)``: -1 for abstain, the counts of the level that answered (or the last one
              visited), and the index of the answering level (-1 when abstaining).
     """
-    alpha = _check_alpha(alpha)
+    alpha = probability("alpha", alpha)
     k_levels = len(sigmas)
     classes = np.full(num_inputs, ABSTAIN, dtype=np.int64)
     answered = np.full(num_inputs, -1, dtype=np.int64)

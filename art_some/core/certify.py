@@ -16,7 +16,8 @@ import numpy as np
 
 from art_some.core.errors import NonFiniteError, name_indices
 from art_some.core.noise import ESTIMATION, PREDICTION, SELECTION, count_votes
-from art_some.core.stats import _check_alpha, binomial_test_two_sided, clopper_pearson_lower, gaussian_radius
+from art_some.core.stats import binomial_test_two_sided, clopper_pearson_lower, gaussian_radius
+from art_some.core.validate import positive_int, probability
 
 if TYPE_CHECKING:
     import torch
@@ -74,14 +75,6 @@ def cohen_rule(selection_counts: np.ndarray, estimation_counts: np.ndarray, alph
     return np.where(abstain, ABSTAIN, c_hat).astype(np.int64), radius.astype(np.float64), p_lower
 
 
-def check_draws(name: str, n) -> int:
-    """``n`` as an int, or a clear error unless it is an integer >= 1 (``True`` is not a number of draws)."""
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer, float, np.floating)) \
-            or int(n) != n or n < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
-    return int(n)
-
-
 def check_finite_inputs(x, indices=None) -> None:
     """Refuse inputs holding NaN or inf, naming them (by ``indices`` when given, else by position)."""
     import torch
@@ -97,7 +90,7 @@ def check_finite_inputs(x, indices=None) -> None:
 
 
 def _check_inputs(x, n_name: str, n: int, indices=None) -> None:
-    check_draws(n_name, n)
+    positive_int(n_name, n)
     check_finite_inputs(x, indices)
 
 
@@ -148,8 +141,8 @@ def certify(
     from art_some.core.rules import as_rule
 
     rule = as_rule(rule)
-    alpha = _check_alpha(alpha)
-    check_draws("n0", n0)
+    alpha = probability("alpha", alpha)
+    positive_int("n0", n0)
     _check_inputs(x, "n", n, indices)
     start = time.perf_counter()
     common = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, indices=indices, device=device,
@@ -190,7 +183,7 @@ def predict(
 
     :return: ``(classes, counts)``: int64 classes with -1 for abstain, and the ``(N, C)`` vote counts.
     """
-    alpha = _check_alpha(alpha)
+    alpha = probability("alpha", alpha)
     _check_inputs(x, "n", n, indices)
     counts = count_votes(
         vote_fn, x, int(n), noise, num_classes=num_classes, batch_size=batch_size, seed=seed,

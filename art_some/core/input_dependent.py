@@ -22,13 +22,13 @@ The bounds are computed in float64 on the host with :mod:`scipy.stats`; :class:`
 from __future__ import annotations
 
 import math
-from numbers import Integral
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import ncx2, norm
 
 from art_some.core.stats import gaussian_radius
+from art_some.core.validate import integer, nonnegative, positive, unit_interval
 
 if TYPE_CHECKING:
     import torch
@@ -43,43 +43,10 @@ _SHORTLIST_EXTRA = 8
 _CHUNK_ELEMENTS = 2**24
 
 
-def _check_probability(name: str, value) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    bad = ~((arr >= 0.0) & (arr <= 1.0))
-    if np.any(bad):
-        raise ValueError(f"{name} must lie in [0, 1], got {float(arr[bad].flat[0])}")
-    return arr
-
-
-def _check_positive(name: str, value) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    bad = ~((arr > 0.0) & np.isfinite(arr))
-    if np.any(bad):
-        raise ValueError(f"{name} must be finite and > 0, got {float(arr[bad].flat[0])}")
-    return arr
-
-
-def _check_nonnegative(name: str, value) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    bad = ~((arr >= 0.0) & np.isfinite(arr))
-    if np.any(bad):
-        raise ValueError(f"{name} must be finite and >= 0, got {float(arr[bad].flat[0])}")
-    return arr
-
-
 def _check_rate(rate) -> float:
     if np.ndim(rate) != 0 or not (float(rate) >= 0.0 and math.isfinite(float(rate))):
         raise ValueError(f"rate must be a finite number >= 0, got {rate!r}")
     return float(rate)
-
-
-def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return int(value)
 
 
 def _cohen_bound(p: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -160,11 +127,11 @@ def semi_elastic_bound(p_lower, distance, sigma0, sigma1, dim: int) -> np.ndarra
     :param dim: Input dimension d (integer >= 1).
     :return: float64 array of lower bounds, broadcast over the first four arguments.
     """
-    p = _check_probability("p_lower", p_lower)
-    distance = _check_nonnegative("distance", distance)
-    sigma0 = _check_positive("sigma0", sigma0)
-    sigma1 = _check_positive("sigma1", sigma1)
-    dim = _check_int("dim", dim, 1)
+    p = unit_interval("p_lower", p_lower)
+    distance = nonnegative("distance", distance)
+    sigma0 = positive("sigma0", sigma0)
+    sigma1 = positive("sigma1", sigma1)
+    dim = integer("dim", dim, 1)
     shape = np.broadcast_shapes(p.shape, distance.shape, sigma0.shape, sigma1.shape)
     return _bound(p, distance / sigma0, sigma1 / sigma0, dim).reshape(shape)
 
@@ -193,12 +160,12 @@ def semi_elastic_radius(p_lower, sigma0, rate: float, dim: int, *, radius_steps:
     :param sigma_steps: Number of ``sigma1`` grid values (integer >= 2).
     :return: float64 array of radii, one per broadcast input.
     """
-    p = _check_probability("p_lower", p_lower)
-    sigma0 = _check_positive("sigma0", sigma0)
+    p = unit_interval("p_lower", p_lower)
+    sigma0 = positive("sigma0", sigma0)
     rate = _check_rate(rate)
-    dim = _check_int("dim", dim, 1)
-    radius_steps = _check_int("radius_steps", radius_steps, 1)
-    sigma_steps = _check_int("sigma_steps", sigma_steps, 2)
+    dim = integer("dim", dim, 1)
+    radius_steps = integer("radius_steps", radius_steps, 1)
+    sigma_steps = integer("sigma_steps", sigma_steps, 2)
     p, sigma0 = (np.array(a, dtype=np.float64) for a in np.broadcast_arrays(p, sigma0))
     cohen = np.asarray(gaussian_radius(p, sigma0), dtype=np.float64)
     if rate == 0.0:
@@ -248,9 +215,9 @@ class KNNSigma:
         ref = np.asarray(reference, dtype=np.float64)
         if ref.ndim == 0 or len(ref) == 0 or not np.all(np.isfinite(ref)):
             raise ValueError("reference must be a finite array of shape (N, ...) with N >= 1")
-        self.sigma_base = float(_check_positive("sigma_base", sigma_base))
+        self.sigma_base = float(positive("sigma_base", sigma_base))
         self.rate = _check_rate(rate)
-        self.k = _check_int("k", k, 1, len(ref) if offset is not None else len(ref) - 1)
+        self.k = integer("k", k, 1, len(ref) if offset is not None else len(ref) - 1)
         self._reference = torch.from_numpy(ref.reshape(len(ref), -1))
         self._on_device: dict = {}
         if offset is None:

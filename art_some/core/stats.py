@@ -11,11 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import beta, binom, norm
 
-
-def _check_alpha(alpha: float) -> float:
-    if not 0.0 < float(alpha) < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-    return float(alpha)
+from art_some.core.validate import probability
 
 
 def clopper_pearson_lower(k, n, alpha: float) -> np.ndarray:
@@ -31,7 +27,7 @@ def clopper_pearson_lower(k, n, alpha: float) -> np.ndarray:
     :param alpha: Failure probability in (0, 1).
     :return: float64 array of lower bounds, broadcast over ``k`` and ``n``.
     """
-    alpha = _check_alpha(alpha)
+    alpha = probability("alpha", alpha)
     k = np.asarray(k, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
@@ -108,7 +104,7 @@ def hoeffding_lower(mean, n, alpha: float) -> np.ndarray:
     :param alpha: Failure probability in (0, 1).
     :return: float64 lower bounds.
     """
-    alpha = _check_alpha(alpha)
+    alpha = probability("alpha", alpha)
     mean = np.asarray(mean, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     return np.clip(mean - np.sqrt(np.log(1.0 / alpha) / (2.0 * n)), 0.0, 1.0)
@@ -126,7 +122,7 @@ def bernstein_lower(mean, variance, n, alpha: float) -> np.ndarray:
     :param alpha: Failure probability in (0, 1).
     :return: float64 lower bounds.
     """
-    alpha = _check_alpha(alpha)
+    alpha = probability("alpha", alpha)
     n = np.asarray(n, dtype=np.float64)
     if np.any(n < 2):
         raise ValueError("the empirical-Bernstein bound needs n >= 2 samples")

@@ -32,7 +32,8 @@ from art_some.core.certify import ABSTAIN
 from art_some.core.errors import UnsoundCertificateWarning, warn_unsound  # noqa: F401 (re-exported)
 from art_some.core.noise import INVALID, argmax_votes
 from art_some.core.rules import CertificateRule, CohenRule, ScaledRule, certifies
-from art_some.core.stats import _check_alpha, bernstein_lower, gaussian_radius, hoeffding_lower
+from art_some.core.stats import bernstein_lower, gaussian_radius, hoeffding_lower
+from art_some.core.validate import choice, probability
 from art_some.estimators.smoothed import SmoothedClassifier
 from art_some.patches import RESIZE_MODES, PatchLayout, make_layout, resize, resize_operator_norm
 
@@ -53,11 +54,6 @@ PAPER_RULE_WARNING = (
     "as Smooth-Reduce reports; these radii can exceed the true robust radius by up to sqrt(m_max) = {factor:.2f}x "
     "and are not certificates. Use them only to reproduce published numbers."
 )
-
-
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 class SmoothReduceClassifier(SmoothedClassifier):
@@ -180,12 +176,12 @@ class SmoothReduceClassifier(SmoothedClassifier):
     def _configure(self) -> None:
         from art_some.plugins import get
 
-        _choice("noise_mode", self.noise_mode, NOISE_MODES)
-        _choice("scores", self.scores, SCORES)
-        _choice("certificate", self.certificate, CERTIFICATES)
-        _choice("bound", self.bound, BOUNDS)
-        _choice("radius_space", self.radius_space, RADIUS_SPACES)
-        _choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        choice("noise_mode", self.noise_mode, NOISE_MODES)
+        choice("scores", self.scores, SCORES)
+        choice("certificate", self.certificate, CERTIFICATES)
+        choice("bound", self.bound, BOUNDS)
+        choice("radius_space", self.radius_space, RADIUS_SPACES)
+        choice("resize_mode", self.resize_mode, RESIZE_MODES)
         if not isinstance(self.unsound_paper_radius, (bool, np.bool_)):
             raise ValueError(f"unsound_paper_radius must be True or False, got {self.unsound_paper_radius!r}")
         if self.postprocessing_defences:
@@ -391,7 +387,7 @@ class VoteAverageRule(CertificateRule):
 
     def predict(self, counts, alpha, squares=None):
         top = counts.argmax(axis=1)
-        p_lower = self.lower_bound(counts, squares, top, _check_alpha(alpha) / self.nb_classes)
+        p_lower = self.lower_bound(counts, squares, top, probability("alpha", alpha) / self.nb_classes)
         return np.where(certifies(p_lower), top, ABSTAIN).astype(np.int64)
 
     def scores(self, counts):

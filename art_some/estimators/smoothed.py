@@ -25,7 +25,6 @@ from art_some.core.cascade import (
 from art_some.core.certify import (
     ABSTAIN,
     CertifyResult,
-    check_draws,
     check_finite_inputs,
 )
 from art_some.core.certify import certify as certify_votes
@@ -40,8 +39,8 @@ from art_some.core.noise import (
     seed_for,
 )
 from art_some.core.rules import CertificateRule, CohenRule
-from art_some.core.stats import _check_alpha
 from art_some.core.streams import CHOICE, GRADIENT, level_stage
+from art_some.core.validate import positive_int, probability
 
 if TYPE_CHECKING:
     import torch
@@ -323,7 +322,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         """
         import torch
 
-        n = check_draws("n", self.sample_size if n is None else n)
+        n = positive_int("n", self.sample_size if n is None else n)
         x_t = self._as_input_tensor(x)
         indices = check_indices(indices, len(x_t))
         rows = self._finite_rows(x_t, indices, invalid)
@@ -514,8 +513,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
     def _cascade_certify(self, rule: CascadeRule, x_t, n, n0, alpha, batch_size, indices) -> CertifyResult:
         import torch
 
-        n0 = check_draws("n0", self.sample_size if n0 is None else n0)
-        n = check_draws("n", n)
+        n0 = positive_int("n0", self.sample_size if n0 is None else n0)
+        n = positive_int("n", n)
         with torch.inference_mode():
             z0 = self.to_noise_space(x_t)
         levels = self.smoothing_levels()
@@ -809,24 +808,18 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         )
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)) \
-            or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, gradient_samples,
                             verbose=None) -> None:
     """The checks shared by the constructor and ``set_params``."""
-    _check_positive_int("sample_size", sample_size)
-    _check_positive_int("noise_batch_size", noise_batch_size)
+    positive_int("sample_size", sample_size)
+    positive_int("noise_batch_size", noise_batch_size)
     if gradient_samples is not None:
-        _check_positive_int("gradient_samples", gradient_samples)
+        positive_int("gradient_samples", gradient_samples)
     if isinstance(scale, (bool, np.bool_)) or np.ndim(scale) != 0 or not np.isfinite(scale) or not scale > 0:
         raise ValueError(f"scale (sigma) must be a finite number > 0, got {scale!r}")
     if isinstance(alpha, (bool, np.bool_)):
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-    _check_alpha(alpha)
+    probability("alpha", alpha)
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if verbose not in (None, True, False):

@@ -18,8 +18,8 @@ Two forms, both in use:
 """
 from __future__ import annotations
 
+from art_some.core.validate import integer
 from art_some.trainers.base import SmoothingTrainer
-from art_some.trainers.smoothmix import _check_int
 
 FORMS = ("macer", "ddrs")
 
@@ -88,7 +88,7 @@ class MACERTrainer(SmoothingTrainer):
     def __init__(self, classifier, sigma=None, num_noise_vec: int = 16, lbd: float | None = None, gamma: float = 8.0,
                  beta: float = 16.0, form: str = "macer", seed: int = 0):
         super().__init__(classifier, sigma=sigma, seed=seed)
-        _check_int("num_noise_vec", num_noise_vec, 1)
+        integer("num_noise_vec", num_noise_vec, 1)
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         lbd = default_lbd(self.sigma) if lbd is None else lbd

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from art_some.core.validate import integer
 from art_some.trainers.base import SmoothingTrainer
 from art_some.trainers.smoothmix import (
-    _check_int,
     _project,
     check_clip,
     clip_range,
@@ -90,9 +90,9 @@ class SmoothAdvTrainer(SmoothingTrainer):
     def __init__(self, classifier, sigma=None, epsilon: float = 0.25, num_steps: int = 2, num_noise_vec: int = 1,
                  warmup: int = 1, seed: int = 0):
         super().__init__(classifier, sigma=sigma, seed=seed)
-        _check_int("num_steps", num_steps, 1)
-        _check_int("num_noise_vec", num_noise_vec, 1)
-        _check_int("warmup", warmup, 1)
+        integer("num_steps", num_steps, 1)
+        integer("num_noise_vec", num_noise_vec, 1)
+        integer("warmup", warmup, 1)
         if not float(epsilon) >= 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
         self.epsilon = float(epsilon)

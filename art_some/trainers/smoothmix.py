@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Callable
 
+from art_some.core.validate import integer
 from art_some.models.multihead import unwrap
 from art_some.trainers.base import SmoothingTrainer
 
@@ -207,9 +208,9 @@ class SmoothMixTrainer(SmoothingTrainer):
                  step_size: float | None = None, eta: float = 5.0, mix_step: int = 0, warmup: int = 10,
                  maxnorm: float | None = None, detach_target: bool = False, seed: int = 0):
         super().__init__(classifier, sigma=sigma, seed=seed)
-        _check_int("num_noise_vec", num_noise_vec, 1)
-        _check_int("num_steps", num_steps, 0)
-        _check_int("warmup", warmup, 1)
+        integer("num_noise_vec", num_noise_vec, 1)
+        integer("num_steps", num_steps, 0)
+        integer("warmup", warmup, 1)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta!r}")
         self.num_noise_vec = self.num_minibatches = int(num_noise_vec)
@@ -217,7 +218,7 @@ class SmoothMixTrainer(SmoothingTrainer):
         self.step_size = float(default_step_size(self.sigma) if step_size is None else step_size)
         if self.step_size <= 0:
             raise ValueError(f"step_size must be > 0, got {step_size!r}")
-        _check_int("mix_step", mix_step, 0)
+        integer("mix_step", mix_step, 0)
         self.mix_step = int(mix_step)
         if self.mix_step > self.num_steps:
             raise ValueError(f"mix_step must be <= num_steps ({self.num_steps}), got {self.mix_step}")
@@ -259,6 +260,3 @@ def smoothed_nll(log_p: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
     return nll.view(log_p.shape[0], -1).mean(dim=0)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

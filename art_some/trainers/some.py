@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from art_some.core.validate import integer
 from art_some.models.multihead import unwrap
 from art_some.trainers.base import SmoothingTrainer
 from art_some.trainers.smoothmix import (
-    _check_int,
     attack_smoothed,
     clip_range,
     default_step_size,
@@ -164,11 +164,11 @@ class SOMETrainer(SmoothingTrainer):
             raise ValueError(f"base must be one of {', '.join(BASES)}, got {base!r}")
         if mix_mask not in ("teaching", "correct"):
             raise ValueError(f"mix_mask must be 'teaching' or 'correct', got {mix_mask!r}")
-        _check_int("num_noise_vec", num_noise_vec, 1)
-        _check_int("num_steps", num_steps, 0)
-        _check_int("warmup", warmup, 1)
+        integer("num_noise_vec", num_noise_vec, 1)
+        integer("num_steps", num_steps, 0)
+        integer("warmup", warmup, 1)
         if total_epochs is not None:
-            _check_int("total_epochs", total_epochs, 1)
+            integer("total_epochs", total_epochs, 1)
         # SmoothMix's step and mix_step follow the official rule at any sigma; lambda_last and lambda_c exist
         # only for the published sigmas.
         needed = {"lambda_last": lambda_last, "lbd": lbd if base == "consistency" else 0.0,
@@ -182,7 +182,7 @@ class SOMETrainer(SmoothingTrainer):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if needed["lambda_last"] <= 0:
             raise ValueError(f"lambda_last must be > 0, got {needed['lambda_last']!r}")
-        _check_int("mix_step", needed["mix_step"], 0)
+        integer("mix_step", needed["mix_step"], 0)
         if base == "smoothmix" and not 0 <= needed["mix_step"] <= num_steps:
             raise ValueError(f"mix_step must lie in [0, num_steps={num_steps}], got {needed['mix_step']!r}")
         if base == "smoothmix" and needed["step_size"] <= 0:
