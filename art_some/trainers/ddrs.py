@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from art_some.core.sigma_search import optimize_sigma
 from art_some.trainers.base import SmoothingTrainer
+from art_some.trainers.common import stacked_logits
 from art_some.trainers.gaussian import GaussianAugmentationTrainer
 from art_some.trainers.macer import MACERTrainer
 from art_some.trainers.smoothadv import SmoothAdvTrainer
-from art_some.trainers.smoothmix import stacked_logits
 
 BASES = {"gaussian": GaussianAugmentationTrainer, "smoothadv": SmoothAdvTrainer, "macer": MACERTrainer}
 # The official scripts' sigma steps and draws per batch (train_rs.py, train_smooth_adv.py, train_macer.py).

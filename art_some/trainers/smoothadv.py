@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Callable
 
 from art_some.core.validate import integer
 from art_some.trainers.base import SmoothingTrainer
-from art_some.trainers.smoothmix import (
-    _project,
+from art_some.trainers.common import (
     check_clip,
     clip_range,
     noisy_logits,
+    project,
     smoothed_nll,
     soft_log_proba,
     stacked_logits,
@@ -57,7 +57,7 @@ def pgd_l2(objective: Callable, x: "torch.Tensor", *, epsilon: float, num_steps:
         delta = delta.detach() + step * direction.view_as(x0)
         if clip is not None:
             delta = (x0 + delta).clamp(*clip) - x0
-        delta = _project(x0 + delta, x0, epsilon) - x0
+        delta = project(x0 + delta, x0, epsilon) - x0
     return (x0 + delta).detach()
 
 

@@ -13,16 +13,8 @@ from typing import TYPE_CHECKING
 from art_some.core.validate import integer
 from art_some.models.multihead import unwrap
 from art_some.trainers.base import SmoothingTrainer
-from art_some.trainers.smoothmix import (
-    attack_smoothed,
-    clip_range,
-    default_step_size,
-    kl_to_target,
-    mixup,
-    noisy_logits,
-    stacked_logits,
-    warmup_factor,
-)
+from art_some.trainers.common import clip_range, kl_to_target, noisy_logits, stacked_logits, warmup_factor
+from art_some.trainers.smoothmix import attack_smoothed, default_step_size, mixup
 
 if TYPE_CHECKING:
     import torch
