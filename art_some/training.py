@@ -14,7 +14,7 @@ from pathlib import Path
 
 from art_some.core.noise import seed_for
 from art_some.core.results import write_atomically
-from art_some.trainers.base import TRAINING_STAGE
+from art_some.core.streams import TRAINING, epoch_shuffle_key
 
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"
@@ -429,7 +429,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         export()
     sampler = DistributedSampler(data, seed=config.seed) if world > 1 else None
     while trainer.epoch < config.epochs:
-        shuffle = torch.Generator().manual_seed(seed_for(config.seed, TRAINING_STAGE, 1000 + trainer.epoch))
+        shuffle = torch.Generator().manual_seed(seed_for(config.seed, TRAINING, epoch_shuffle_key(trainer.epoch)))
         loader = DataLoader(data, batch_size=config.batch_size // world, shuffle=sampler is None, sampler=sampler,
                             generator=shuffle, num_workers=workers, drop_last=False)
         lr = optimizer.param_groups[0]["lr"]  # the rate of this epoch: the epoch scheduler steps at its end

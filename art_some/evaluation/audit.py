@@ -39,13 +39,14 @@ from art_some.core.results import (
     write_atomically,
 )
 from art_some.core.stats import binomial_test_two_sided
+from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LIMIT, attack_run_key, audit_key
 from art_some.evaluation.runner import resume_note
 
-# Verification noise is keyed by indices far above any data-set index, so it is fresh: independent of the
-# certification and prediction draws of every input, and different for every verification call.
-FRESH_BASE = 2**40
+# Verification noise is keyed far above any data-set index (art_some.core.streams.audit_key), so it is fresh:
+# independent of the certification and prediction draws of every input, and different for every verification call.
+FRESH_BASE = AUDIT_KEY_BASE
 DEFAULT_EPS = (0.125, 0.25, 0.5, 1.0, 2.0)
-AUDIT_STAGE = 6  # numpy's global seed for ART's attacks, per attack run
+AUDIT_STAGE = AUDIT  # numpy's global seed for ART's attacks, per attack run
 
 
 @dataclass
@@ -154,8 +155,9 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
     indices = np.arange(len(x)) if indices is None else np.asarray(indices, dtype=np.int64)
-    if len(indices) and (indices.min() < 0 or indices.max() >= 2**30) or len(eps) >= 64:
-        raise ValueError("indices must lie in [0, 2**30) and eps hold fewer than 64 budgets (they key fresh noise)")
+    if len(indices) and (indices.min() < 0 or indices.max() >= INDEX_LIMIT) or len(eps) >= AUDIT_BUDGETS:
+        raise ValueError(f"indices must lie in [0, 2**30) and eps hold fewer than {AUDIT_BUDGETS} budgets (they key "
+                         "fresh noise)")
     if getattr(estimator, "radius_space", "input") != "input" or getattr(estimator, "unsound_paper_radius", False) \
             and getattr(estimator, "resize", None) is not None:
         raise ValueError("the audit measures distances in input space: use radius_space='input' (and no resize "
@@ -286,7 +288,7 @@ class _Audit:
         Does another class beat ``classes`` at ``x_adv``? Fresh draws (noise keys ``FRESH_BASE + keys``) and the test
         of :func:`confirm_flip`. Returns ``flipped``, ``counts_class``, ``counts_other`` and ``p_value`` arrays.
         """
-        counts = verify_counts(self.estimator, x_adv, self.verify_n, FRESH_BASE + np.asarray(keys))
+        counts = verify_counts(self.estimator, x_adv, self.verify_n, audit_key(keys))
         return confirm_flip(counts, classes, self.verify_n, self.verify_alpha)
 
     def restore(self) -> None:
@@ -327,7 +329,7 @@ class _Audit:
                     break
                 attack = entry.obj(est, eps=budget, **self.budgets.get(name, {}))
                 # One fresh stream per (attack, budget, input).
-                keys = (a * 64 + e + 1) * 2**30 + indices[open_rows]
+                keys = attack_run_key(a, e, indices[open_rows])
                 x_adv = self.generate(attack, x[open_rows], onehot[open_rows], int(keys[0]))
                 test = self.verify(x_adv, clean[open_rows], keys)
                 for k, j in enumerate(open_rows):
@@ -374,7 +376,7 @@ class _Audit:
                      "radius": record["radius"], "p_lower": record["p_lower"], "distance": outcome["distance"],
                      "eps": outcome["eps"], "counts_class": outcome["counts_class"],
                      "counts_other": outcome["counts_other"], "p_value": outcome["p_value"],
-                     "verify_index": FRESH_BASE + key, "seed": int(getattr(self.estimator, "seed", 0)),
+                     "verify_index": int(audit_key(key)), "seed": int(getattr(self.estimator, "seed", 0)),
                      "verify_n": self.verify_n, "verify_alpha": self.verify_alpha,
                      "certificate": {k: str(v) for k, v in info.items()}}
         if self.out is not None:
