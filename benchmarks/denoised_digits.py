@@ -74,7 +74,7 @@ def train_denoiser(x, steps: int):
 def build(model, denoiser, sigmas, optimizer=None, **kw):
     from art_some import DenoisedMultiScaleClassifier
 
-    return DenoisedMultiScaleClassifier(model, denoiser, sigmas, input_shape=(1, 8, 8), nb_classes=10,
+    return DenoisedMultiScaleClassifier(model, None, (1, 8, 8), 10, denoiser=denoiser, sigmas=sigmas,
                                         optimizer=optimizer, clip_values=(0.0, 1.0), device_type="cpu",
                                         sample_size=100, alpha=0.001, noise_batch_size=1000, seed=0, **kw)
 

@@ -69,7 +69,7 @@ class Constant(torch.nn.Module):
 def dms(model, denoiser, sigmas=(0.25, 0.5, 1.0), shape=(1, 8, 8), classes=10, **kw):
     kw.setdefault("device_type", "cpu")
     kw.setdefault("clip_values", (0.0, 1.0))
-    return DenoisedMultiScaleClassifier(model, denoiser, sigmas, input_shape=shape, nb_classes=classes, **kw)
+    return DenoisedMultiScaleClassifier(model, None, shape, classes, denoiser=denoiser, sigmas=sigmas, **kw)
 
 
 # 1. Timestep map ---------------------------------------------------------------------------------------------------

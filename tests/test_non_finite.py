@@ -40,10 +40,10 @@ def _digit_estimators(reference):
         DigitsCNN(), LOSS, (1, 8, 8), 10, resize=10, patches={"layout": "grid", "size": 8, "stride": 2},
         certificate="vote_average", **common)
     cascade_common = {k: v for k, v in common.items() if k != "scale"}
-    yield "cascade", DenoisedMultiScaleClassifier(DigitsCNN(), "identity", (0.25, 0.5), input_shape=(1, 8, 8),
-                                                  nb_classes=10, **cascade_common)
-    yield "cascade_hybrid", DenoisedMultiScaleClassifier(DigitsCNN(), "identity", (0.25, 0.5), input_shape=(1, 8, 8),
-                                                         nb_classes=10, predict_rule="hybrid", **cascade_common)
+    yield "cascade", DenoisedMultiScaleClassifier(DigitsCNN(), None, (1, 8, 8), 10, denoiser="identity",
+                                                  sigmas=(0.25, 0.5), **cascade_common)
+    yield "cascade_hybrid", DenoisedMultiScaleClassifier(DigitsCNN(), None, (1, 8, 8), 10, denoiser="identity",
+                                                         sigmas=(0.25, 0.5), predict_rule="hybrid", **cascade_common)
     yield "data_dependent", DataDependentSmoothedClassifier(DigitsCNN(), LOSS, (1, 8, 8), 10, reference=reference,
                                                             rate=0.01, **common)
 
@@ -317,8 +317,8 @@ class LevelClassifier(torch.nn.Module):
 
 
 def test_cascade_without_abstention_answers_with_its_own_rule_not_the_last_level():
-    est = DenoisedMultiScaleClassifier(LevelClassifier(), LevelCode(), (0.25, 0.5, 1.0), input_shape=(1, 8, 8),
-                                       nb_classes=10, device_type="cpu", sample_size=400, clip_values=(0.0, 1.0))
+    est = DenoisedMultiScaleClassifier(LevelClassifier(), None, (1, 8, 8), 10, denoiser=LevelCode(),
+                                       sigmas=(0.25, 0.5, 1.0), device_type="cpu", sample_size=400, clip_values=(0.0, 1.0))
     x = np.zeros((3, 1, 8, 8), np.float32)
     classes, _, sigma = est.predict_levels(x)
     assert (classes == -1).all()  # level 1 confidently abstains, level 0.5 is inconclusive
@@ -411,3 +411,30 @@ def test_inputs_that_are_not_real_numbers_are_refused_not_cast(clf, x):
     for call in (lambda: clf.predict(x), lambda: clf.certify(x, n=10)):
         with pytest.raises(ValueError, match="real"):
             call()
+
+
+# ART's leading arguments and clone_for_refitting, for every estimator ------------------------------------------------
+@pytest.mark.parametrize("name", ALL)
+def test_every_estimator_takes_arts_leading_arguments_and_clones_for_refitting(digits, name):
+    (x, y), (x_test, _) = digits
+    est = dict(_digit_estimators(x[:100]))[name]
+    est._optimizer = torch.optim.SGD(est.model.parameters(), lr=0.01)
+    clone = est.clone_for_refitting()
+    assert type(clone) is type(est) and clone.model is not est.model
+    before, after = est.get_params(), clone.get_params()
+    for key in set(before) - {"model", "optimizer", "preprocessing", "preprocessing_defences",
+                              "postprocessing_defences"}:
+        assert repr(after[key]) == repr(before[key]), key
+    first = next(clone.model.parameters())
+    assert not torch.equal(first, next(est.model.parameters()))  # weights were reset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert clone.certify(x_test[:2], n=20)[0].shape == (2,)
+
+
+def test_the_old_denoised_argument_order_gets_a_clear_error():
+    from art_some.models.diffusion import IdentityDenoiser
+
+    with pytest.raises(ValueError, match="ART's leading arguments"):
+        DenoisedMultiScaleClassifier(DigitsCNN(), IdentityDenoiser(), (1, 8, 8), 10, device_type="cpu",
+                                     denoiser="identity")

@@ -73,9 +73,10 @@ def estimator(kind: str, lr: float, model=None):
                                       scale=0.25, patches={"layout": "grid", "size": 6, "stride": 2}, **kw)
     if kind == "denoised":
         net = model or DigitsCNN()
-        return DenoisedMultiScaleClassifier(net, create_denoiser("tiny_diffusion", widths=(8, 16)), (0.25, 0.5),
-                                            input_shape=SHAPE, nb_classes=10,
-                                            optimizer=torch.optim.SGD(net.parameters(), lr), **kw)
+        return DenoisedMultiScaleClassifier(net, None, SHAPE, 10, denoiser=create_denoiser("tiny_diffusion",
+                                                                                            widths=(8, 16)),
+                                            sigmas=(0.25, 0.5), optimizer=torch.optim.SGD(net.parameters(), lr),
+                                            **kw)
     if kind == "data_dependent":
         net = model or DigitsCNN()
         return DataDependentSmoothedClassifier(net, LOSS, SHAPE, 10, optimizer=torch.optim.SGD(net.parameters(), lr),

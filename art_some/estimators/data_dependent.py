@@ -84,7 +84,10 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
     All other arguments are :class:`~art_some.SmoothedClassifier`'s.
     """
 
-    estimator_params = SmoothedClassifier.estimator_params + ["sigma_rule", "certificate"]
+    estimator_params = SmoothedClassifier.estimator_params + [
+        "sigma_rule", "certificate", "sigma_search", "sigma_lr", "sigma_steps", "sigma_samples", "sigma_range",
+        "prob_clamp", "radius_steps", "sigma_steps_grid",
+    ]
 
     def __init__(self, model, loss, input_shape, nb_classes, *args, sigma_rule="knn", certificate="input_dependent",
                  reference=None, rate: float = 0.01, knn_k: int = 20, knn_offset: float | None = None,

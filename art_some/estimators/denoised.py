@@ -64,6 +64,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
     | Paper link: https://arxiv.org/abs/2206.10550
     """
 
+    sigma_parameter = "sigmas"
     estimator_params = [p for p in SmoothedClassifier.estimator_params if p != "scale"] + [
         "denoiser",
         "sigmas",
@@ -77,11 +78,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
     def __init__(
         self,
         model: "torch.nn.Module",
-        denoiser,
-        sigmas=(0.25, 0.5, 1.0),
-        p0: float = 0.5,
-        loss: "torch.nn.modules.loss._Loss" | None = None,
-        *,
+        loss: "torch.nn.modules.loss._Loss" | None,
         input_shape: tuple[int, ...],
         nb_classes: int,
         optimizer: "torch.optim.Optimizer" | None = None,
@@ -96,6 +93,10 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         noise_batch_size: int = 1000,
         seed: int = 0,
         gradient_samples: int | None = None,
+        *,
+        denoiser,
+        sigmas=(0.25, 0.5, 1.0),
+        p0: float = 0.5,
         alpha_split: str = "uniform",
         predict_rule: str = "cascade",
         hybrid_weight: float = 0.1,
@@ -103,17 +104,18 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         verbose: bool | None = None,
     ):
         """
-        Create a denoised (multi-scale) smoothed classifier.
+        Create a denoised (multi-scale) smoothed classifier. The leading arguments are ART's (``model, loss,
+        input_shape, nb_classes, optimizer, ...``); the denoiser and the levels come by keyword.
 
         :param model: The classifier (logits) on clean images in the raw input space; it is never given noise.
+        :param loss: Loss of ``fit`` (None: cross-entropy).
+        :param input_shape: Shape of one input.
+        :param nb_classes: Number of classes.
         :param denoiser: ``denoiser(z, sigma) -> images`` (a module such as
                          :class:`~art_some.models.diffusion.DiffusionDenoiser`), a registered denoiser name, or a
                          dict ``{"name": ..., **config}`` for :func:`~art_some.models.diffusion.create_denoiser`.
         :param sigmas: The noise levels (one for plain denoised smoothing); the paper cascades (0.25, 0.5, 1.0).
         :param p0: A level answers when its top class has probability above ``p0``, in [0.5, 1) (paper: 0.5).
-        :param loss: Loss of ``fit`` (default cross-entropy).
-        :param input_shape: Shape of one input.
-        :param nb_classes: Number of classes.
         :param optimizer: Optimizer of the classifier (``fit``).
         :param channels_first: Whether inputs are channels first.
         :param clip_values: ``(min, max)`` of valid inputs (read by attacks).
@@ -134,6 +136,13 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         """
         import torch
 
+        from art_some.models.diffusion import DiffusionDenoiser, IdentityDenoiser
+
+        if loss is not None and (not isinstance(loss, torch.nn.Module)
+                                 or isinstance(loss, (DiffusionDenoiser, IdentityDenoiser))):
+            raise ValueError(f"loss must be a torch loss or None, got {type(loss).__name__}: "
+                             "DenoisedMultiScaleClassifier takes ART's leading arguments (model, loss, input_shape, "
+                             "nb_classes); give the denoiser and the levels as denoiser=... and sigmas=...")
         sigmas = _check_sigmas(sigmas)
         super().__init__(
             model=model,

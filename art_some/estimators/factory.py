@@ -37,10 +37,11 @@ def create_estimator(name: str, model, info: dict, *, sigma: float, n0: int = 10
 
     cls = get("estimators", name)
     options = check_options(cls, options or {})
-    params = inspect.signature(cls.__init__).parameters
-    if "sigmas" in params:  # a cascade: one level unless --option sigmas=[...] asks for several
+    # Each estimator declares how it takes one noise level: ART's scale, or a cascade's sigmas (one level unless
+    # --option sigmas=[...] asks for several).
+    if getattr(cls, "sigma_parameter", "scale") == "sigmas":
         options.setdefault("sigmas", (sigma,))
-    else:  # every other estimator takes sigma as ART's scale (some through **kwargs)
+    else:
         options["scale"] = sigma
     missing = [p for p in required(cls) if p not in options]
     if missing:

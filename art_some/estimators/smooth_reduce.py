@@ -151,24 +151,6 @@ class SmoothReduceClassifier(SmoothedClassifier):
                 self._configure()
                 raise
 
-    def clone_for_refitting(self) -> "SmoothReduceClassifier":
-        """A copy with the same settings and architecture and a fresh optimizer, weights reset (ART's contract)."""
-        import copy
-
-        if self._optimizer is None:
-            raise ValueError("clone_for_refitting needs an optimizer to refit the model, but none was given")
-        model = copy.deepcopy(self.model)
-        optimizer = type(self._optimizer)(model.parameters(), **self._optimizer.defaults)
-        params = self.get_params()
-        for key in ("model", "optimizer"):
-            params.pop(key, None)
-        patch_settings = {key: params.pop(key) for key in self._patch_params}
-        clone = type(self)(model, self._loss, self.input_shape, self.nb_classes, optimizer=optimizer,
-                           device_type=self._device.type if self._device.type == "cpu" else "gpu", **patch_settings)
-        clone.reset()
-        clone.set_params(**params)
-        return clone
-
     # ----------------------------------------------------------------------------------------------------------
     # Configuration: validate everything once, early, and compute the geometry behind the certificate. Nothing is
     # assigned until every check has passed.

@@ -76,6 +76,9 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
     | Paper link: https://arxiv.org/abs/1902.02918
     """
 
+    # How the factory (create_estimator) passes one noise level: as ART's scale here, as one of sigmas in a cascade.
+    sigma_parameter = "scale"
+
     estimator_params = PyTorchRandomizedSmoothing.estimator_params + [
         "noise_batch_size",
         "seed",
@@ -152,6 +155,30 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         self.gradient_samples = None if gradient_samples is None else int(gradient_samples)
         self.verbose = verbose
         self._gradient_generator = None
+
+    def clone_for_refitting(self) -> "SmoothedClassifier":
+        """
+        A copy with the same settings and architecture, a fresh optimizer of the same kind and reset weights (ART's
+        contract), for every estimator: the arguments a subclass adds to the constructor (a patch layout, a
+        denoiser, a sigma rule) are passed to it, the others set afterwards. A denoiser is shared, not copied: it is
+        a fixed part of the base classifier, not what is refit.
+        """
+        import copy
+        import inspect
+
+        if self._optimizer is None:
+            raise ValueError("clone_for_refitting needs an optimizer to refit the model, but none was given")
+        model = copy.deepcopy(self.model)
+        optimizer = type(self._optimizer)(model.parameters(), **self._optimizer.defaults)
+        params = {k: v for k, v in self.get_params().items() if k not in ("model", "optimizer")}
+        own = set(inspect.signature(type(self).__init__).parameters) - set(
+            inspect.signature(SmoothedClassifier.__init__).parameters)
+        clone = type(self)(model, self._loss, self.input_shape, self.nb_classes, optimizer=optimizer,
+                           device_type="cpu" if self._device.type == "cpu" else "gpu",
+                           **{k: params.pop(k) for k in list(params) if k in own})
+        clone.reset()
+        clone.set_params(**params)
+        return clone
 
     def set_params(self, **kwargs) -> None:
         """
