@@ -318,7 +318,8 @@ class LevelClassifier(torch.nn.Module):
 
 def test_cascade_without_abstention_answers_with_its_own_rule_not_the_last_level():
     est = DenoisedMultiScaleClassifier(LevelClassifier(), None, (1, 8, 8), 10, denoiser=LevelCode(),
-                                       sigmas=(0.25, 0.5, 1.0), device_type="cpu", sample_size=400, clip_values=(0.0, 1.0))
+                                       sigmas=(0.25, 0.5, 1.0), device_type="cpu", sample_size=400,
+                                       clip_values=(0.0, 1.0))
     x = np.zeros((3, 1, 8, 8), np.float32)
     classes, _, sigma = est.predict_levels(x)
     assert (classes == -1).all()  # level 1 confidently abstains, level 0.5 is inconclusive
