@@ -83,7 +83,7 @@ def _tiny(name, cls, trained, reference):
     if name == "denoised_multiscale":
         from art_some.models.diffusion import IdentityDenoiser
 
-        return cls(model, IdentityDenoiser(), sigmas=(0.5, 0.25), input_shape=(1, 8, 8), nb_classes=10, **common)
+        return cls(model, LOSS, (1, 8, 8), 10, denoiser=IdentityDenoiser(), sigmas=(0.5, 0.25), **common)
     if name == "smooth_reduce":
         return cls(model, LOSS, (1, 8, 8), 10, scale=0.25, resize=10, patches={"layout": "grid", "size": 8,
                                                                                    "stride": 2}, **common)

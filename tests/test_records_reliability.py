@@ -106,7 +106,7 @@ def test_every_estimator_has_a_stable_json_header(name, trained_digits_classifie
     if name == "data_dependent":  # the kNN rule's reference data decides the sigmas: it is in the header
         assert len(header["estimator_params"]["sigma_rule"]["reference"]["sha256"]) == 64
     if name == "denoised_multiscale":
-        assert header["estimator_params"]["denoiser"]["sha256"] and header["estimator_params"]["sigmas"] == [0.25, 0.5]
+        assert header["estimator_params"]["denoiser"]["sha256"] and header["estimator_params"]["sigmas"] == [0.5, 0.25]
     est.set_params(seed=5)
     assert check_same_run(header, provenance(est, n=100)) == {"seed": (0, 5)}
 

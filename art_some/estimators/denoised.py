@@ -178,7 +178,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
     # ----------------------------------------------------------------------------------------------------------
     @property
     def sigmas(self) -> tuple[float, ...]:
-        """The noise levels, ascending."""
+        """The noise levels in the cascade's order, largest first (the one order used everywhere, records included)."""
         return self._sigmas
 
     @sigmas.setter
@@ -188,8 +188,8 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
 
     @property
     def levels(self) -> tuple[float, ...]:
-        """The noise levels in the cascade's order: largest first."""
-        return tuple(sorted(self._sigmas, reverse=True))
+        """The same as :attr:`sigmas`: the noise levels in the cascade's order, largest first."""
+        return self._sigmas
 
     @property
     def denoiser(self):
@@ -346,4 +346,4 @@ def _check_sigmas(sigmas) -> tuple[float, ...]:
         raise ValueError(f"sigmas must be one or more finite numbers > 0, got {sigmas!r}")
     if len(set(values)) != len(values):
         raise ValueError(f"sigmas must be distinct, got {sigmas!r}")
-    return tuple(sorted(float(s) for s in values))
+    return tuple(sorted((float(s) for s in values), reverse=True))  # the cascade's order: largest sigma first

@@ -313,7 +313,7 @@ class _Audit:
         info = est.certificate_info() if callable(getattr(est, "certificate_info", None)) else {}
         records = [{"idx": int(i), "label": int(label), "predict": int(p), "radius": float(r),
                     "correct": int(p == label), "clean_class": int(c), "clean_correct": bool(ok),
-                    "p_lower": float(pl), "attacks": {}, "violations": []}
+                    "pA_lower": float(pl), "attacks": {}, "violations": []}
                    for i, label, p, r, c, ok, pl in zip(indices, y, cert.predict, cert.radius, clean, clean_correct,
                                                        cert.p_lower)]
         onehot = np.eye(est.nb_classes, dtype=np.float32)[clean]
@@ -373,7 +373,7 @@ class _Audit:
         if record["predict"] < 0 or outcome["distance"] >= record["radius"]:
             return
         violation = {"idx": record["idx"], "attack": attack, "certified_class": record["predict"],
-                     "radius": record["radius"], "p_lower": record["p_lower"], "distance": outcome["distance"],
+                     "radius": record["radius"], "pA_lower": record["pA_lower"], "distance": outcome["distance"],
                      "eps": outcome["eps"], "counts_class": outcome["counts_class"],
                      "counts_other": outcome["counts_other"], "p_value": outcome["p_value"],
                      "verify_index": int(audit_key(key)), "seed": int(getattr(self.estimator, "seed", 0)),
