@@ -10,6 +10,7 @@ An example art-some plugin. It adds, through the same hooks the built-ins use:
 import torch
 
 from art_some import hookimpl
+from art_some.core.noise import argmax_votes
 from art_some.estimators import SmoothedClassifier
 
 
@@ -17,7 +18,8 @@ class FlipSmoothedClassifier(SmoothedClassifier):
     """SmoothedClassifier whose vote averages the logits of z and of z flipped along the last axis."""
 
     def vote(self, z):
-        return (self.logits(z) + self.logits(torch.flip(z, dims=[-1]))).argmax(dim=1)
+        # argmax_votes marks rows whose logits are not finite, so they are never counted (argmax of NaN is 0).
+        return argmax_votes(self.logits(z) + self.logits(torch.flip(z, dims=[-1])))
 
 
 class ExampleMLP(torch.nn.Module):
