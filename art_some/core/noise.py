@@ -301,3 +301,28 @@ def count_votes(
     if squared is not None:
         return counts, squared
     return counts
+
+
+def expected_scores(scores_fn: Callable, z0: "torch.Tensor", noise, *, num: int, batch_size: int,
+                    draw: Callable) -> "torch.Tensor":
+    """
+    E[scores_fn(z0 + delta)] per input, delta from ``noise``, estimated from ``num`` draws per input: the soft
+    smoothed classifier that EOT gradients differentiate (Salman et al.), written once. Differentiable in ``z0``;
+    memory O(batch_size), in chunks of ``batch_size // num`` inputs.
+
+    :param scores_fn: Maps noisy inputs ``(B, *shape)`` to scores ``(B, C)`` (e.g. softmax of the logits).
+    :param z0: Clean inputs in noise space ``(N, *shape)``.
+    :param noise: A noise model (``perturb(x_rows, eps, owner)``; a per-input sigma is indexed by position in z0).
+    :param num: Draws per input.
+    :param batch_size: Noisy inputs per forward pass.
+    :param draw: ``draw(shape) -> standard normal tensor`` (the caller's stream, e.g. the GRADIENT stage's).
+    """
+    import torch
+
+    chunk = max(1, int(batch_size) // int(num))
+    out = []
+    for start in range(0, len(z0), chunk):
+        rows = z0[start : start + chunk].repeat_interleave(num, dim=0)
+        owner = torch.arange(start, start + len(rows) // num, device=z0.device).repeat_interleave(num)
+        out.append(scores_fn(noise.perturb(rows, draw(rows.shape), owner)).view(len(rows) // num, num, -1).mean(dim=1))
+    return torch.cat(out) if out else z0.new_zeros((0, 0))

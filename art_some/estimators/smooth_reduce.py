@@ -257,6 +257,11 @@ class SmoothReduceClassifier(SmoothedClassifier):
             return 1.0
         return self.stack_norm * (self.resize_norm if self.radius_space == "input" else 1.0)
 
+    @property
+    def radii_in_input_space(self) -> bool:
+        """True unless radii are reported in the resized space (``radius_space="resized"``, the paper's rule)."""
+        return self.radius_space == "input"
+
     def to_noise_space(self, x: "torch.Tensor") -> "torch.Tensor":
         """Resize the clean input (if asked), then, for independent noise, stack its patches ``(N, P, C, ...)``."""
         z = resize(x, self._noise_size, self.resize_mode) if self.resize is not None else x

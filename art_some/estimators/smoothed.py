@@ -35,6 +35,7 @@ from art_some.core.noise import (
     argmax_votes,
     check_indices,
     count_votes,
+    expected_scores,
     non_finite_output_error,
     seed_for,
 )
@@ -270,6 +271,11 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         import torch
 
         return torch.softmax(self.logits(z, training_mode=training_mode).float(), dim=1)
+
+    @property
+    def radii_in_input_space(self) -> bool:
+        """Whether certified radii are L2 distances between raw inputs (what attacks measure); True here."""
+        return True
 
     def certificate_info(self) -> dict:
         """What each certificate record should say beyond the counts and radius (nothing for plain smoothing)."""
@@ -677,22 +683,12 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
 
     def expected_scores(self, x: "torch.Tensor", noise, scores_fn) -> "torch.Tensor":
         """
-        E[scores_fn(x + delta)] with delta from ``noise``, estimated from ``gradient_samples`` fresh draws per input
-        (in noise space, streamed in chunks of ``noise_batch_size`` rows); differentiable with respect to ``x``.
+        E[scores_fn(x + delta)] with delta from ``noise``, from ``gradient_samples`` fresh draws per input of the
+        GRADIENT stream (in noise space; :func:`art_some.core.noise.expected_scores`); differentiable in ``x``.
         """
-        import torch
-
-        m = self.gradient_samples or self.sample_size
-        chunk = max(1, self.noise_batch_size // m)
-        out = []
-        for start in range(0, len(x), chunk):
-            xs = x[start : start + chunk]
-            rows = self.to_noise_space(xs).repeat_interleave(m, dim=0)
-            # Rows belong to inputs start.. of x, which is what a per-input sigma is indexed by.
-            owner = torch.arange(start, start + len(xs), device=x.device).repeat_interleave(m)
-            z = noise.perturb(rows, self._gradient_noise(rows.shape, x.device), owner)
-            out.append(scores_fn(z).view(len(xs), m, -1).mean(dim=1))
-        return torch.cat(out)
+        num = self.gradient_samples or self.sample_size
+        return expected_scores(scores_fn, self.to_noise_space(x), noise, num=num, batch_size=self.noise_batch_size,
+                               draw=lambda shape: self._gradient_noise(shape, x.device))
 
     def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
         """

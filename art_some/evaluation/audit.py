@@ -158,10 +158,10 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     if len(indices) and (indices.min() < 0 or indices.max() >= INDEX_LIMIT) or len(eps) >= AUDIT_BUDGETS:
         raise ValueError(f"indices must lie in [0, 2**30) and eps hold fewer than {AUDIT_BUDGETS} budgets (they key "
                          "fresh noise)")
-    if getattr(estimator, "radius_space", "input") != "input" or getattr(estimator, "unsound_paper_radius", False) \
-            and getattr(estimator, "resize", None) is not None:
-        raise ValueError("the audit measures distances in input space: use radius_space='input' (and no resize "
-                         "with unsound_paper_radius)")
+    if not getattr(estimator, "radii_in_input_space", True):
+        raise ValueError("the audit measures distances in input space, but this estimator's radii are in another "
+                         "space (e.g. Smooth-Reduce's resized space: use radius_space='input', and no resize with "
+                         "unsound_paper_radius)")
     if "square" in attacks and getattr(estimator, "clip_values", None) is None:
         raise ValueError("the square attack needs the estimator's clip_values")
     for name, options in budgets.items():
