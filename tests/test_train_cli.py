@@ -161,3 +161,26 @@ def test_smoothmix_certification_log_has_the_released_format_and_replays(tmp_pat
         assert [int(row[0]), int(row[1]), int(row[2]), int(row[4])] == [record["idx"], record["label"],
                                                                         record["predict"], record["correct"]]
         assert float(row[3]) == pytest.approx(record["radius"], abs=1e-3)
+
+
+# The trainers that a test in this project runs through `art-some train` (here, in test_first_hour.py for the two
+# denoised methods, and test_smoothmix_certification_log_... for smoothmix).
+TRAINED_FROM_THE_CLI = {"gaussian", "consistency", "smoothmix", "smoothadv", "macer", "crt", "ddrs", "some",
+                        "denoised_classifier", "diffusion_calibration"}
+
+
+@pytest.mark.parametrize("method", ["gaussian", "consistency"])
+def test_the_plain_trainers_train_from_the_command_line_and_certify(tmp_path, method):
+    out = tmp_path / method
+    assert run("train", "--method", method, *PLAIN, "--epochs", 1, "--output-dir", out).exit_code == 0
+    result = run("certify", "--model", out / "model.safetensors", "--n0", 20, "--n", 50, "--max-inputs", 3,
+                 "--output", tmp_path / "r.jsonl", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert len(read_jsonl(tmp_path / "r.jsonl")) == 3
+
+
+def test_every_registered_trainer_is_reached_from_the_command_line():
+    from art_some.plugins import entries
+
+    builtin = {name for name, entry in entries("trainers").items() if entry.distribution.startswith("art-some")}
+    assert builtin and builtin <= TRAINED_FROM_THE_CLI, sorted(builtin - TRAINED_FROM_THE_CLI)
