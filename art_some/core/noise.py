@@ -56,6 +56,29 @@ def seed_for(seed: int, stage: int, index: int) -> int:
     return int((int(words[0]) << 31) ^ int(words[1])) & (2**63 - 1)
 
 
+def per_example(value, like: "torch.Tensor", dim: int = 0):
+    """
+    ``value`` ready to multiply ``like``: a number as it is, a ``(B,)`` tensor of per-example values (a sigma per
+    input) reshaped to broadcast along axis ``dim`` of ``like`` (the example axis). Written once for the noise
+    models, the trainers and the sigma search.
+    """
+    import torch
+
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    return value.to(like.device, like.dtype).view(*([1] * dim), -1, *([1] * (like.dim() - dim - 1)))
+
+
+def soft_smoothed(logits: "torch.Tensor", dim: int = 0) -> "torch.Tensor":
+    """
+    The soft smoothed classifier's estimate from the logits of noisy copies: the mean over axis ``dim`` (the draws)
+    of softmax over the last axis (the classes), E[softmax f(x + delta)] (Salman et al.; MACER; DDRS's sigma search).
+    """
+    import torch
+
+    return torch.softmax(logits, dim=-1).mean(dim=dim)
+
+
 class GaussianNoise:
     """
     Isotropic Gaussian noise N(0, sigma^2 I) added in raw input space (before any preprocessing).
@@ -79,7 +102,7 @@ class GaussianNoise:
         if isinstance(self.sigma, float):
             return x_rows + self.sigma * eps
         sigma = torch.as_tensor(self.sigma, dtype=eps.dtype, device=eps.device)[owner]
-        return x_rows + sigma.view(-1, *([1] * (eps.dim() - 1))) * eps
+        return x_rows + per_example(sigma, eps) * eps
 
     def __repr__(self) -> str:
         return f"GaussianNoise(sigma={self.sigma!r})"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from art_some.core.noise import per_example, soft_smoothed
+
 if TYPE_CHECKING:
     import torch
 
@@ -32,8 +34,8 @@ def soft_radius(forward: Callable, x: "torch.Tensor", sigma: "torch.Tensor", eps
     import torch
 
     n, b = eps.shape[:2]
-    z = x.unsqueeze(0) + sigma.view(1, b, *([1] * (x.dim() - 1))) * eps
-    psi = torch.softmax(forward(z.flatten(0, 1)).view(n, b, -1), dim=-1).mean(dim=0)
+    z = x.unsqueeze(0) + per_example(sigma, eps, dim=1) * eps
+    psi = soft_smoothed(forward(z.flatten(0, 1)).view(n, b, -1))
     top = psi.topk(2, dim=1).values.clamp(*prob_clamp)
     return sigma / 2 * (torch.special.ndtri(top[:, 0]) - torch.special.ndtri(top[:, 1]))
 

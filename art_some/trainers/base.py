@@ -19,7 +19,7 @@ from art.defences.trainer import Trainer
 from tqdm.auto import trange
 
 from art_some.core.errors import NonFiniteError, name_indices
-from art_some.core.noise import seed_for
+from art_some.core.noise import per_example, seed_for  # noqa: F401 (per_example re-exported)
 from art_some.core.streams import TRAINING, TRAINING_SHUFFLE_KEY, training_noise_key
 
 if TYPE_CHECKING:
@@ -400,18 +400,6 @@ class BufferGuard:
                 for buffer in group:
                     buffer.copy_(flat[offset:offset + buffer.numel()].view_as(buffer))
                     offset += buffer.numel()
-
-
-def per_example(value, like: "torch.Tensor", dim: int = 0):
-    """
-    ``value`` ready to multiply ``like``: a number as it is, a ``(B,)`` tensor of per-example values reshaped to
-    broadcast along axis ``dim`` of ``like`` (the example axis).
-    """
-    import torch
-
-    if not isinstance(value, torch.Tensor) or value.dim() == 0:
-        return value
-    return value.to(like.device, like.dtype).view(*([1] * dim), -1, *([1] * (like.dim() - dim - 1)))
 
 
 def _world_size() -> int:

@@ -11,6 +11,7 @@ import inspect
 
 import numpy as np
 
+from art_some.core.noise import per_example
 from art_some.trainers.base import SmoothingTrainer
 
 AC_FORMS = ("confidence", "collision", "diversity")
@@ -203,7 +204,7 @@ class DenoisedClassifierTrainer(SmoothingTrainer):
         levels = est.levels
         level = _level_per_example(self, len(x), len(levels), x.device)
         sigma = torch.as_tensor(levels, dtype=x.dtype, device=x.device)[level]
-        noisy = x + sigma.view(-1, *([1] * (x.dim() - 1))) * self.noise_like(x)
+        noisy = x + per_example(sigma, x) * self.noise_like(x)
         parts = []
         with torch.no_grad():
             for k, s in enumerate(levels):

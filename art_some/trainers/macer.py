@@ -18,6 +18,7 @@ Two forms, both in use:
 """
 from __future__ import annotations
 
+from art_some.core.noise import soft_smoothed
 from art_some.core.validate import integer
 from art_some.trainers.base import SmoothingTrainer
 
@@ -43,12 +44,12 @@ def macer_loss(logits, y, sigma, *, lbd: float, gamma: float, beta: float, form:
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     b = logits.shape[1]
-    p = torch.softmax(logits, dim=-1).mean(dim=0)
+    p = soft_smoothed(logits)
     nll = F.nll_loss(torch.log(p + 1e-10), y, reduction="none")
     sigma = torch.as_tensor(sigma, dtype=p.dtype, device=p.device).reshape(-1).expand(b)
     normal = torch.distributions.Normal(0.0, 1.0)
     if form == "macer":
-        top, idx = torch.softmax(beta * logits, dim=-1).mean(dim=0).topk(2, dim=1)
+        top, idx = soft_smoothed(beta * logits).topk(2, dim=1)
         with torch.no_grad():
             gap = normal.icdf(top[:, 0]) - normal.icdf(top[:, 1])
             # MACER's code keeps finite gaps inside the hinge window (outside it the hinge is flat); the gap is
