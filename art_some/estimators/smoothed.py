@@ -667,7 +667,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
 
     _gradient_stream = 0
     # ``predict``'s default for ``is_abstain``. An abstaining row is all zeros, which ART's attacks read as class 0;
-    # the attack audit turns this off while attacks run so that they see the smoothed classifier's top class.
+    # the attack audit runs attacks on a shallow copy with this off (evaluation.audit.attack_view), so that they see
+    # the smoothed classifier's top class while the caller's estimator stays as it was.
     predict_abstains = True
 
     def _gradient_noise(self, shape, device) -> "torch.Tensor":

@@ -181,24 +181,21 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     wanted = {int(i) for i in indices}
     records = [r for r in writer.records if r["idx"] in wanted] if writer else []
     try:
-        try:
-            todo = [j for j in range(len(x)) if writer is None or int(indices[j]) not in writer.done]
-            if writer is not None and writer.records:
-                resume_note(echo, progress, writer.path, len(x) - len(todo), len(x), "audited")
-            chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-            # The bar counts inputs, not chunks: a chunk of attacks can take minutes.
-            with tqdm(total=len(x), initial=len(x) - len(todo), desc="audit", unit="input",
-                      disable=not progress) as bar:
-                for chunk in chunks:
-                    for j, record in zip(chunk, state.run(x[chunk], y[chunk], indices[chunk], n=n, n0=n0,
-                                                          alpha=alpha)):
-                        record["input_sha256"] = input_hash(x[j])
-                        records.append(record)
-                        if writer is not None:
-                            writer.append(record)
-                    bar.update(len(chunk))
-        finally:
-            state.restore()
+        todo = [j for j in range(len(x)) if writer is None or int(indices[j]) not in writer.done]
+        if writer is not None and writer.records:
+            resume_note(echo, progress, writer.path, len(x) - len(todo), len(x), "audited")
+        chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+        # The bar counts inputs, not chunks: a chunk of attacks can take minutes.
+        with tqdm(total=len(x), initial=len(x) - len(todo), desc="audit", unit="input",
+                  disable=not progress) as bar:
+            for chunk in chunks:
+                for j, record in zip(chunk, state.run(x[chunk], y[chunk], indices[chunk], n=n, n0=n0,
+                                                      alpha=alpha)):
+                    record["input_sha256"] = input_hash(x[j])
+                    records.append(record)
+                    if writer is not None:
+                        writer.append(record)
+                bar.update(len(chunk))
         records.sort(key=lambda r: r["idx"])
         violations = [v for r in records for v in r.get("violations", [])]
         if radii is None:
@@ -229,20 +226,32 @@ def _check_budgets(estimator, registry, attacks, budgets, eps) -> None:
             if unknown:
                 raise ValueError(f"budget {name}.{unknown[0]} is not an option of the {name} attack; it takes "
                                  f"{', '.join(takes) or 'none'}")
-    # Built as the run builds them: some constructors call predict (APGD), which must not see abstentions.
-    abstains = getattr(estimator, "predict_abstains", None)
-    if abstains is not None:
-        estimator.predict_abstains = False
-    try:
-        for name in attacks:
-            options = budgets.get(name, {})
-            try:
-                registry[name].obj(estimator, eps=eps[0] if registry[name].meta.get("bounded") else None, **options)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"the {name} attack rejected its budget {options}: {err}") from None
-    finally:
-        if abstains is not None:
-            estimator.predict_abstains = abstains
+    # Built as the run builds them, on the attacks' view: some constructors call predict (APGD), which must not see
+    # abstentions.
+    attacked = attack_view(estimator)
+    for name in attacks:
+        options = budgets.get(name, {})
+        try:
+            registry[name].obj(attacked, eps=eps[0] if registry[name].meta.get("bounded") else None, **options)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"the {name} attack rejected its budget {options}: {err}") from None
+
+
+def attack_view(estimator):
+    """
+    The estimator as the attacks see it, leaving the caller's untouched: a shallow copy (the same model, rule and
+    noise) whose ``predict`` never abstains (an all-zero abstain row would read as class 0), with gradient noise of
+    its own (see ``reseed_gradients``).
+    """
+    import copy
+
+    if not hasattr(estimator, "predict_abstains"):
+        return estimator
+    view = copy.copy(estimator)
+    view.predict_abstains = False
+    if callable(getattr(view, "reseed_gradients", None)):
+        view.reseed_gradients(0)
+    return view
 
 
 def _open_records(out: Path, header: dict, x, indices) -> RecordWriter:
@@ -281,6 +290,7 @@ class _Audit:
 
     def __init__(self, estimator, attacks, registry, budgets, eps, verify_n, verify_alpha, out):
         self.estimator, self.attacks, self.registry, self.budgets = estimator, attacks, registry, budgets
+        self.attacked = attack_view(estimator)  # what the attacks run against; the caller's estimator is not changed
         self.eps, self.verify_n, self.verify_alpha, self.out = eps, verify_n, verify_alpha, out
 
     def verify(self, x_adv, classes, keys) -> dict:
@@ -290,13 +300,6 @@ class _Audit:
         """
         counts = verify_counts(self.estimator, x_adv, self.verify_n, audit_key(keys))
         return confirm_flip(counts, classes, self.verify_n, self.verify_alpha)
-
-    def restore(self) -> None:
-        """Give the estimator back as it was: predict abstains again, gradient noise restarts at stream 0."""
-        if hasattr(self.estimator, "predict_abstains"):
-            self.estimator.predict_abstains = True
-        if callable(getattr(self.estimator, "reseed_gradients", None)):
-            self.estimator.reseed_gradients(0)
 
     def run(self, x, y, indices, *, n, n0, alpha) -> list[dict]:
         est = self.estimator
@@ -317,8 +320,6 @@ class _Audit:
                    for i, label, p, r, c, ok, pl in zip(indices, y, cert.predict, cert.radius, clean, clean_correct,
                                                        cert.p_lower)]
         onehot = np.eye(est.nb_classes, dtype=np.float32)[clean]
-        if hasattr(est, "predict_abstains"):
-            est.predict_abstains = False  # attacks read predict's argmax: an all-zero abstain row would say class 0
         for a, name in enumerate(self.attacks):
             entry = self.registry[name]
             best = [None] * len(x)
@@ -327,7 +328,7 @@ class _Audit:
                 open_rows = [j for j in range(len(x)) if best[j] is None]
                 if not open_rows:
                     break
-                attack = entry.obj(est, eps=budget, **self.budgets.get(name, {}))
+                attack = entry.obj(self.attacked, eps=budget, **self.budgets.get(name, {}))
                 # One fresh stream per (attack, budget, input).
                 keys = attack_run_key(a, e, indices[open_rows])
                 x_adv = self.generate(attack, x[open_rows], onehot[open_rows], int(keys[0]))
@@ -351,8 +352,8 @@ class _Audit:
         Run one attack with its randomness keyed by ``stream`` (the EOT gradient noise and numpy's global generator,
         which ART's attacks draw from), so a resumed audit repeats exactly what an unbroken one does.
         """
-        if callable(getattr(self.estimator, "reseed_gradients", None)):
-            self.estimator.reseed_gradients(stream)
+        if callable(getattr(self.attacked, "reseed_gradients", None)):
+            self.attacked.reseed_gradients(stream)
         saved = np.random.get_state()
         np.random.seed(seed_for(int(getattr(self.estimator, "seed", 0)), AUDIT_STAGE, stream) % 2**32)
         try:
