@@ -16,7 +16,7 @@ import numpy as np
 
 from art_some.core.errors import NonFiniteError, name_indices
 from art_some.core.noise import ESTIMATION, PREDICTION, SELECTION, count_votes
-from art_some.core.stats import binomial_test_two_sided, clopper_pearson_lower, gaussian_radius
+from art_some.core.stats import binomial_test_two_sided, certifies, clopper_pearson_lower, gaussian_radius
 from art_some.core.validate import positive_int, probability
 
 if TYPE_CHECKING:
@@ -70,9 +70,9 @@ def cohen_rule(selection_counts: np.ndarray, estimation_counts: np.ndarray, alph
     c_hat = selection_counts.argmax(axis=1)
     n = estimation_counts.sum(axis=1)
     p_lower = clopper_pearson_lower(estimation_counts[rows, c_hat], n, alpha)
-    abstain = p_lower < 0.5  # the abstain test of every rule (art_some.core.rules.certifies)
-    radius = np.where(abstain, 0.0, gaussian_radius(p_lower, noise.sigma))
-    return np.where(abstain, ABSTAIN, c_hat).astype(np.int64), radius.astype(np.float64), p_lower
+    sure = certifies(p_lower)
+    radius = np.where(sure, gaussian_radius(p_lower, noise.sigma), 0.0)
+    return np.where(sure, c_hat, ABSTAIN).astype(np.int64), radius.astype(np.float64), p_lower
 
 
 def check_finite_inputs(x, indices=None) -> None:

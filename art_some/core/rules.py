@@ -16,14 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from art_some.core.certify import ABSTAIN, cohen_rule, predict_from_counts
-
-
-def certifies(p_lower) -> np.ndarray:
-    """
-    The one abstain test of every rule, Cohen et al.'s: a class is certified when the lower bound on its
-    probability is at least 1/2 (at exactly 1/2 the radius is 0), and the rule abstains below.
-    """
-    return np.asarray(p_lower) >= 0.5
+from art_some.core.stats import certifies
 
 
 class CertificateRule:

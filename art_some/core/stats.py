@@ -129,3 +129,11 @@ def bernstein_lower(mean, variance, n, alpha: float) -> np.ndarray:
     log_term = np.log(2.0 / alpha)
     width = np.sqrt(2.0 * np.maximum(variance, 0.0) * log_term / n) + 7.0 * log_term / (3.0 * (n - 1.0))
     return np.clip(np.asarray(mean, dtype=np.float64) - width, 0.0, 1.0)
+
+
+def certifies(p_lower) -> np.ndarray:
+    """
+    The one abstain test of every certificate rule, Cohen et al.'s: a class is certified when the lower bound on
+    its probability is at least 1/2 (at exactly 1/2 the radius is 0), and the rule abstains below.
+    """
+    return np.asarray(p_lower) >= 0.5
