@@ -25,6 +25,7 @@ __all__ = [
     "SmoothedClassifier",
     "__version__",
     "certify",
+    "create_estimator",
     "hookimpl",
     "predict",
 ]
@@ -42,6 +43,10 @@ def __getattr__(name):
         from art_some import trainers
 
         return getattr(trainers, name)
+    if name == "create_estimator":
+        from art_some.estimators.factory import create_estimator
+
+        return create_estimator
     if name in ("certify", "predict"):
         import importlib
 

@@ -340,6 +340,9 @@ def test_the_audit_module_is_a_module_and_still_callable():
     assert isinstance(audit_module, types.ModuleType) and callable(audit_module.audit)
     assert audit is audit_module and callable(audit)
     assert art_some.certify.__name__ == "certify" and art_some.predict.__name__ == "predict"
+    from art_some.estimators.factory import create_estimator
+
+    assert art_some.create_estimator is create_estimator
 
 
 # Clear errors ------------------------------------------------------------------------------------------------------
