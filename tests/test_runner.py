@@ -42,3 +42,60 @@ def test_batched_records_equal_one_input_per_call_and_resume_exactly(tmp_path, m
         assert {k: v for k, v in record.items() if k not in ("seconds", "input_sha256")} == \
             {k: v for k, v in alone.items() if k != "seconds"}
     assert [r["idx"] for r in records] == indices
+
+
+def _sharded(tmp_path, clf, data, indices, k, n=40):
+    paths = [tmp_path / f"shard{i}.jsonl" for i in range(k)]
+    for i, path in enumerate(paths):
+        certify_dataset(clf, data, indices, path, n=n, progress=False, shard=(i, k))
+    return paths
+
+
+def test_a_merged_sharded_run_equals_the_single_process_run_and_merge_checks_everything(tmp_path):
+    import pytest
+
+    from art_some.core.results import read_header
+    from art_some.evaluation.runner import merge_records
+
+    torch.manual_seed(0)
+    clf = make_classifier(DigitsCNN(), (1, 8, 8), 10, sample_size=20, noise_batch_size=200, scale=0.25)
+    data, _ = digits(split="test")
+    indices = list(range(0, 30, 2))
+    single = certify_dataset(clf, data, indices, tmp_path / "single.jsonl", n=40, progress=False)
+    paths = _sharded(tmp_path, clf, data, indices, 3)
+    assert [len(read_jsonl(p)) for p in paths] == [5, 5, 5]
+    merged = merge_records(paths, tmp_path / "merged.jsonl")
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+    assert strip(merged) == strip(single) == strip(read_jsonl(tmp_path / "merged.jsonl"))
+    assert read_header(tmp_path / "merged.jsonl")["merged_from"] == 3
+    assert (tmp_path / "merged.tsv").is_file()
+    # Refusals, each naming the file or the field.
+    with pytest.raises(ValueError, match="missing"):
+        merge_records(paths[:2], tmp_path / "m2.jsonl")
+    with pytest.raises(ValueError, match="given twice"):
+        merge_records([paths[0], paths[0], paths[1]], tmp_path / "m3.jsonl")
+    with pytest.raises(ValueError, match="exists"):
+        merge_records(paths, tmp_path / "merged.jsonl")
+    with pytest.raises(ValueError, match="not the record file of a shard"):
+        merge_records([tmp_path / "single.jsonl"], tmp_path / "m4.jsonl")
+    other = make_classifier(DigitsCNN(), (1, 8, 8), 10, sample_size=20, noise_batch_size=200, scale=0.5)
+    other.model.load_state_dict(clf.model.state_dict())
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    certify_dataset(other, data, indices, odd / "shard1.jsonl", n=40, progress=False, shard=(1, 3))
+    with pytest.raises(ValueError, match=r"shard1.jsonl is not a shard of the same run .*: sigma 0.5 there, 0.25 in"):
+        merge_records([paths[0], odd / "shard1.jsonl", paths[2]], tmp_path / "m5.jsonl")
+    other_list = tmp_path / "other_list"
+    other_list.mkdir()
+    certify_dataset(clf, data, indices[:9], other_list / "p.jsonl", n=40, progress=False, shard=(2, 3))
+    with pytest.raises(ValueError, match="p.jsonl is not a shard of the same run .*plan.count 9 there, 15 in"):
+        merge_records([paths[0], paths[1], other_list / "p.jsonl"], tmp_path / "m6.jsonl")
+    unfinished = tmp_path / "unfinished.jsonl"  # a shard killed before its last input
+    unfinished.write_text("".join(paths[2].read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(ValueError, match="unfinished.jsonl holds 4 of its shard's 5 inputs: resume that shard"):
+        merge_records([paths[0], paths[1], unfinished], tmp_path / "m7.jsonl")
+    with pytest.raises(ValueError, match="I/K"):
+        certify_dataset(clf, data, indices, tmp_path / "bad.jsonl", n=40, progress=False, shard=(3, 3))

@@ -45,6 +45,7 @@ def certify_dataset(
     run_info: dict | None = None,
     hint: str = DEFAULT_HINT,
     echo=None,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict]:
     """
     Certify ``dataset[i]`` for each ``i`` in ``indices`` and append the records to ``output`` (JSONL); skips
@@ -68,8 +69,17 @@ def certify_dataset(
     :param hint: The end of a mismatch message (what to do instead).
     :param echo: Where the line saying that a run resumes goes (a callable taking a string; default: standard
                  error when ``progress`` is on).
+    :param shard: ``(i, k)``: certify only shard i of k (every k-th of ``indices``, from the i-th), for a run spread
+                  over processes or machines; the header records the shard and the whole index list, so that
+                  :func:`merge_records` can check the shards against each other and for completeness.
     :return: All records in the file, sorted by index.
     """
+    indices = [int(i) for i in indices]
+    plan = {}
+    if shard is not None:
+        i, k = check_shard(shard)
+        plan = {"shard": [i, k], "plan": {"count": len(indices), "sha256": _indices_hash(indices)}}
+        indices = indices[i::k]
     header = provenance(
         estimator,
         kind="certify",
@@ -78,6 +88,7 @@ def certify_dataset(
         n0=int(getattr(estimator, "sample_size", 0) if n0 is None else n0),
         alpha=float(getattr(estimator, "alpha", 0.0) if alpha is None else alpha),
         **(run_info or {}),
+        **plan,
     )
     with RecordWriter(output, header=header, hint=hint) as writer:
         _check_recorded_inputs(writer, dataset, hint)
@@ -131,3 +142,90 @@ def _check_recorded_inputs(writer: RecordWriter, dataset, hint: str) -> None:
         if now != record["input_sha256"]:
             raise RunMismatchError(writer.path, {f"input {idx} (sha256)": (record["input_sha256"], now)}, hint)
 
+
+
+def check_shard(shard) -> tuple[int, int]:
+    """``(i, k)`` with 0 <= i < k, or a clear error (``"1/4"`` as text is accepted too)."""
+    if isinstance(shard, str):
+        left, sep, right = shard.partition("/")
+        if not sep or not left.strip().isdigit() or not right.strip().isdigit():
+            raise ValueError(f"--shard must look like I/K with 0 <= I < K, e.g. 0/4, got {shard!r}")
+        shard = (int(left), int(right))
+    i, k = (int(v) for v in shard)
+    if not 0 <= i < k:
+        raise ValueError(f"--shard must look like I/K with 0 <= I < K, e.g. 0/4, got {i}/{k}")
+    return i, k
+
+
+def _indices_hash(indices) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
+
+
+def merge_records(paths: Sequence[str | os.PathLike], output: str | os.PathLike) -> list[dict]:
+    """
+    Merge the record files of a sharded run (``certify_dataset(..., shard=(i, k))``, ``art-some certify --shard``,
+    or the ranks of a ``torchrun`` run) into one JSONL file and its TSV, after checking that they are one run:
+    the same header but for the shard (settings, model, data, estimator, versions), shards 0..k-1 each once, no
+    index twice, and together exactly the run's index list. Every refusal names the file and the field or index.
+
+    :return: The merged records, sorted by index.
+    """
+    from art_some.core.results import _show, check_same_run, read_header, read_jsonl
+
+    if not paths:
+        raise ValueError("merge needs the record files of every shard")
+    headers, parts = [], []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        header = read_header(path)
+        if header is None or "shard" not in header:
+            raise ValueError(f"{path} is not the record file of a shard (its header has no shard)")
+        headers.append(header)
+        parts.append(read_jsonl(path))
+    base = {k: v for k, v in headers[0].items() if k != "shard"}
+    for path, header in zip(paths[1:], headers[1:]):
+        differences = check_same_run(base, {k: v for k, v in header.items() if k != "shard"})
+        if differences:
+            shown = "; ".join(f"{key} {_show(new)} there, {_show(old)} in {paths[0]}"
+                              for key, (old, new) in list(differences.items())[:5])
+            raise ValueError(f"{path} is not a shard of the same run as {paths[0]}: {shown}")
+    k = headers[0]["shard"][1]
+    seen: dict[int, str] = {}
+    for path, header in zip(paths, headers):
+        i = header["shard"][0]
+        if header["shard"][1] != k:
+            raise ValueError(f"{path} is shard {i}/{header['shard'][1]}, but {paths[0]} is one of {k} shards")
+        if i in seen:
+            raise ValueError(f"shard {i}/{k} is given twice: {seen[i]} and {path}")
+        seen[i] = str(path)
+    missing = sorted(set(range(k)) - set(seen))
+    if missing:
+        raise ValueError(f"shard(s) {', '.join(f'{i}/{k}' for i in missing)} missing: give all {k} record files")
+    owner: dict[int, str] = {}
+    for path, records in zip(paths, parts):
+        for record in records:
+            if record["idx"] in owner:
+                raise ValueError(f"index {record['idx']} is in {owner[record['idx']]} and in {path}")
+            owner[record["idx"]] = str(path)
+    plan = base.get("plan", {})
+    total = int(plan.get("count", -1))
+    for path, header, records in zip(paths, headers, parts):
+        expected = len(range(header["shard"][0], total, k))
+        if len(records) != expected:
+            raise ValueError(f"{path} holds {len(records)} of its shard's {expected} inputs: resume that shard with "
+                             "the same command before merging")
+    merged = sorted((r for records in parts for r in records), key=lambda r: r["idx"])
+    if _indices_hash([r["idx"] for r in merged]) != plan.get("sha256"):
+        raise ValueError(f"the indices of {', '.join(map(str, paths))} are not the run's index list (plan.sha256)")
+    if Path(output).exists():
+        raise ValueError(f"{output} exists: merge writes a new file (give another --output or remove it)")
+    header = {k: v for k, v in base.items() if k != "plan"}
+    header["merged_from"] = len(paths)
+    with RecordWriter(output, header=header) as writer:
+        for record in merged:
+            writer.append(record)
+        write_atomically(Path(output).with_suffix(".tsv"), lambda tmp: write_tsv(merged, tmp))
+    return merged
