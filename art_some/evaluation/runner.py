@@ -229,3 +229,56 @@ def merge_records(paths: Sequence[str | os.PathLike], output: str | os.PathLike)
             writer.append(record)
         write_atomically(Path(output).with_suffix(".tsv"), lambda tmp: write_tsv(merged, tmp))
     return merged
+
+
+def torchrun_shard() -> tuple[int, int] | None:
+    """
+    ``(rank, world size)`` when launched by ``torchrun`` with more than one process (the process group is
+    initialised once, with gloo: certification only needs a barrier, and gloo runs beside CUDA too), else None.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shard_path(output: str | os.PathLike, shard: tuple[int, int]) -> Path:
+    """The record file of shard ``(i, k)`` of a run whose merged records go to ``output``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.shard{shard[0]}of{shard[1]}{output.suffix or '.jsonl'}")
+
+
+def merge_torchrun_shards(output: str | os.PathLike, shard: tuple[int, int]) -> list[dict] | None:
+    """
+    After every rank has certified its shard: rank 0 merges the shard files into ``output`` (checked as
+    :func:`merge_records` checks them) while the others wait; every rank then returns the merged records (rank
+    0) or None. A finished ``output`` from an earlier identical run is read back instead of merged again.
+    """
+    import torch.distributed as dist
+
+    dist.barrier()
+    records = None
+    if shard[0] == 0:
+        paths = [shard_path(output, (i, shard[1])) for i in range(shard[1])]
+        records = _merged_before(output, paths[0]) if Path(output).exists() else merge_records(paths, output)
+    dist.barrier()
+    return records
+
+
+def _merged_before(output, first_shard) -> list[dict]:
+    """The records of an ``output`` merged by an earlier run, if that run is this one (else a clear error)."""
+    from art_some.core.results import check_same_run, read_header, read_jsonl
+
+    drop = ("shard", "plan", "merged_from")
+    merged, shard = read_header(output) or {}, read_header(first_shard) or {}
+    differences = check_same_run({k: v for k, v in merged.items() if k not in drop},
+                                 {k: v for k, v in shard.items() if k not in drop})
+    records = read_jsonl(output)
+    if differences or len(records) != shard.get("plan", {}).get("count"):
+        raise ValueError(f"{output} exists and does not hold the merged records of this run; give another --output "
+                         "or remove it")
+    return records
