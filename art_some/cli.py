@@ -88,6 +88,10 @@ def smoothing_options(n_default: int, max_inputs_default, verb: str):
     """The options of every command that builds a smoothed estimator over a data set (certify, evaluate)."""
     options = [
         click.option("--model", "model_ref", required=True, help="A registered model name or a checkpoint file."),
+        click.option("--arch", default=None,
+                     help="A published checkpoint's architecture (cifar_resnet20, cifar_resnet110, resnet50, "
+                          "some_cifar_resnet20, some_cifar_resnet110, macer_resnet110; default: the file's "
+                          "'arch' field or its keys); see docs/published.rst."),
         click.option("--dataset", default="digits", show_default=True, help="A registered dataset name."),
         click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits)."),
         click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True),
@@ -137,14 +141,14 @@ def cli():
 @click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
 @_fail_cleanly
 def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
-            output, device, radii, options):
+            output, device, radii, options, arch=None):
     """Certify a dataset with CERTIFY (Cohen et al.), writing JSONL and TSV records and a summary table."""
     from art_some.core.results import summary_table
     from art_some.evaluation import certify_dataset
 
     radii = _parse_radii(radii)
     clf, data, estimator = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
-                                                  batch_size, seed, device, options)
+                                                  batch_size, seed, device, options, arch=arch)
     _warn_small_n(n, n0, clf.scale, alpha)
     indices = list(range(0, len(data), skip))[:max_inputs]
     records = certify_dataset(clf, data, indices, output, n=n, method=estimator,
@@ -173,7 +177,8 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
               help="audit.jsonl (resumed if present), audit.json/.csv/.md/.png and violations/ go here.")
 @_fail_cleanly
 def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
-             attacks, eps_grid, budget_options, verify_n, verify_alpha, chunk, output_dir, device, options):
+             attacks, eps_grid, budget_options, verify_n, verify_alpha, chunk, output_dir, device, options,
+             arch=None):
     """
     Attack-vs-certificate audit: certify, run ART's attacks on the smoothed classifier, confirm each attack point
     with fresh noise, and report certified vs empirical robust accuracy and any certificate violation.
@@ -190,7 +195,7 @@ def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alph
             raise ValueError(f"--budget must look like attack.name=value, got {name!r}")
         budgets.setdefault(attack, {})[key] = value
     clf, data, _ = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
-                                          batch_size, seed, device, options)
+                                          batch_size, seed, device, options, arch=arch)
     _warn_small_n(n, n0, clf.scale, alpha)
     indices = list(range(0, len(data), skip))[:max_inputs]
     x = np.stack([np.asarray(data[i][0], dtype=np.float32) for i in indices])
@@ -234,13 +239,16 @@ def _is_checkpoint(model_ref: str) -> bool:
 
 
 def _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha, batch_size, seed, device,
-                           options):
+                           options, arch=None):
     """The smoothed estimator that certify and evaluate build from their options: (estimator, data, its name)."""
     from art_some.data import load_dataset
-    from art_some.models import create_model, load_checkpoint
+    from art_some.models import create_model
     from art_some.plugins import registered
 
     checkpoint = _is_checkpoint(model_ref)
+    if arch is not None and not Path(model_ref).is_file():
+        raise ValueError(f"--arch {arch} names a published checkpoint's architecture, but --model {model_ref!r} is "
+                         "not a file")
     if not checkpoint:
         if model_ref not in registered("models"):
             known = ", ".join(sorted(registered("models")))
@@ -252,7 +260,9 @@ def _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigm
     data, info = load_dataset(dataset, root=data_root, split=split)
     defaults = {}
     if checkpoint:
-        model, meta = load_checkpoint(model_ref, device=device)
+        model, meta = _load_model_file(model_ref, arch, device)
+        if meta.get("format") in PUBLISHED_FORMATS:  # the network's own normalisation, not the data set's default
+            info = {**info, "mean": meta["mean"], "std": meta["std"]}
         for key in ("num_classes", "input_shape"):
             if key in meta and str(list(meta[key]) if key == "input_shape" else meta[key]) != str(
                 list(info[key]) if key == "input_shape" else info[key]
@@ -275,6 +285,20 @@ def _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigm
     clf = build_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed,
                           device=device, options=options)
     return clf, data, estimator
+
+
+PUBLISHED_FORMATS = ("cohen", "some", "macer")
+
+
+def _load_model_file(model_ref, arch, device):
+    """An art-some checkpoint (load_checkpoint), or a released one (load_published) when --arch is given or the
+    file is in one of the published formats: ``(model, meta)``."""
+    from art_some.models import load_checkpoint, load_published
+    from art_some.models.published import is_published
+
+    if arch is not None or is_published(model_ref):
+        return load_published(model_ref, arch=arch, device=device)
+    return load_checkpoint(model_ref, device=device)
 
 
 DENOISER_FILES = ("path", "checkpoint", "unet_config")

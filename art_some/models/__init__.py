@@ -23,6 +23,7 @@ from art_some.models.multihead import (
     digits_cnn_multihead,
     resnet50_multihead,
 )
+from art_some.models.published import load_published
 from art_some.models.small import DigitsCNN
 from art_some.models.video import ChunkAveragedClip, TinyVideoCNN
 
@@ -37,6 +38,7 @@ __all__ = [
     "cosine_loss",
     "create_model",
     "load_checkpoint",
+    "load_published",
     "save_checkpoint",
     "TinyVideoCNN",
 ]

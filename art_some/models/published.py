@@ -1,0 +1,272 @@
+"""
+Loaders for the classifier checkpoints the randomized-smoothing community released, mapped onto art-some models.
+
+Every format is read with ``torch.load(..., weights_only=True)``: tensors, numbers, strings and containers only,
+never pickled code. The normalisation layer these repositories put in front of the network becomes the
+estimator's ``preprocessing`` (``meta["mean"]``, ``meta["std"]``), so that noise is still added in raw [0, 1]
+space, exactly as the authors certified.
+
+Formats (see ``docs/published.rst``):
+
+``cohen``
+    locuslab/smoothing, and the repositories built on its code: Hadisalman/smoothing-adversarial (SmoothAdv),
+    jh-jeong/smoothing-consistency (Consistency), jh-jeong/smoothmix (SmoothMix). A dict
+    ``{"arch", "state_dict", "epoch"?, "optimizer"?}`` whose ``state_dict`` is that of
+    ``Sequential(NormalizeLayer, network)``: the normalize layer keeps its means and standard deviations as plain
+    tensor attributes, so it has no keys, and the network's keys start with ``1.`` (``1.module.`` for ImageNet's
+    ``resnet50``, which is wrapped in ``DataParallel``). ``cifar_resnet20`` / ``cifar_resnet110`` are the
+    bearpaw CIFAR ResNets (blocks' projection shortcut named ``downsample``); ``resnet50`` is torchvision's.
+``some``
+    fanghenshaometeor/smoothed-multihead-ensemble (SOME): ``{"state_dict"}`` of ``Sequential(NormalizeLayer,
+    multi-head ResNet)``: ``1.conv1``, ``1.bn1``, ``1.layer1``, ``1.layer2`` (the shared trunk) and
+    ``1.heads.<i>.0`` (head i's own third stage), ``1.heads.<i>.1`` (its linear layer).
+``macer``
+    RuntianZ/macer: ``{"net", "epoch"}`` with the bare ResNet-110's state dict (no prefix) and no normalisation
+    at all (MACER trains on ``ToTensor()`` inputs): mean 0, std 1.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+# Channel statistics of the normalize layers (get_normalize_layer in each repository's datasets.py / utils.py).
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "none": ((0.0,), (1.0,)),
+}
+INPUT_SHAPES = {"cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}
+
+# Architecture name -> (format, art-some model name, the data set its released checkpoints were trained on).
+ARCHITECTURES = {
+    "cifar_resnet20": ("cohen", "cifar_resnet20", "cifar10"),
+    "cifar_resnet110": ("cohen", "cifar_resnet110", "cifar10"),
+    "resnet50": ("cohen", "resnet50", "imagenet"),
+    "some_cifar_resnet20": ("some", "some_cifar_resnet20", "cifar10"),
+    "some_cifar_resnet110": ("some", "some_cifar_resnet110", "cifar10"),
+    "macer_resnet110": ("macer", "cifar_resnet110", "cifar10"),
+}
+# SOME's own names for its architectures (its --arch option).
+ALIASES = {"R20": "some_cifar_resnet20", "R110": "some_cifar_resnet110"}
+# The attributes a normalize layer may keep as buffers in a fork (then they have keys under "0.").
+NORMALIZE_KEYS = (("means", "sds"), ("mean", "std"), ("mu", "sigma"))
+
+
+def published_architectures() -> list[str]:
+    """The names ``load_published(arch=...)`` and ``art-some certify --arch`` accept."""
+    return sorted(ARCHITECTURES)
+
+
+def load_published(path: str | os.PathLike, arch: str | None = None, device: str = "cpu",
+                   dataset: str | None = None):
+    """
+    Load a released checkpoint (Cohen et al.'s format and its descendants, SOME's, MACER's) into an art-some model.
+
+    :param path: The checkpoint file (``.pth.tar``, ``.pth``, ...), exactly as released.
+    :param arch: One of :func:`published_architectures`; default: the file's ``arch`` field (Cohen's format), else
+                 what the file's keys say (a SOME multi-head network, MACER's ``net``).
+    :param device: Where the model goes.
+    :param dataset: The data set whose normalize layer the network was trained behind (``cifar10``,
+                    ``imagenet`` or ``none``); default: the one the architecture was released for.
+    :return: ``(model, meta)``: the model in eval mode, on raw inputs *after* standardisation by
+             ``meta["mean"]`` / ``meta["std"]``; meta also has ``num_classes``, ``input_shape``, ``dataset``,
+             ``arch``, ``format``, ``model`` (the art-some model name) and ``epoch`` when the file records it.
+    :raises ValueError: one line naming the file: not a torch file, pickled objects that ``weights_only`` refuses,
+                        an unknown architecture, or weights of another architecture (missing / unexpected keys).
+    """
+    import torch
+
+    from art_some.models import check_finite_weights, create_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    blob = _read(path)
+    arch = _architecture(path, blob, arch)
+    fmt, model_name, default_dataset = ARCHITECTURES[arch]
+    dataset = dataset or default_dataset
+    if dataset not in NORMALIZATION:
+        raise ValueError(f"checkpoint {path}: dataset {dataset!r} has no known normalize layer; "
+                         f"choose from {', '.join(sorted(NORMALIZATION))}")
+    mean, std = NORMALIZATION["none" if fmt == "macer" else dataset]
+    field = "net" if fmt == "macer" else "state_dict"
+    state = blob.get(field)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path}: field {field!r} must be a state dict of tensors for arch {arch!r}")
+    if fmt == "macer":
+        network = _strip(state, "module.")
+    else:
+        network, buffers = _split_normalize(path, state)
+        if buffers is not None:  # a fork that registered the statistics: the file's own numbers win
+            mean, std = buffers
+        network = _strip(network, "module.")
+    mapped = _map_keys(network, fmt, model_name)
+    num_classes, kwargs = _shape_kwargs(path, arch, fmt, mapped)
+    model = create_model(model_name, num_classes=num_classes, **kwargs)
+    _load_strict(path, arch, model, mapped)
+    check_finite_weights(model, f"checkpoint {path}")
+    meta = {
+        "model": model_name, "model_kwargs": {"num_classes": num_classes, **kwargs}, "arch": arch, "format": fmt,
+        "dataset": dataset, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+        "num_classes": num_classes, "input_shape": list(INPUT_SHAPES.get(dataset, (3, 32, 32))),
+    }
+    if isinstance(blob.get("epoch"), int):
+        meta["epoch"] = blob["epoch"]
+    return model.to(device).eval(), meta
+
+
+def is_published(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a torch file in one of the released formats (not an art-some checkpoint)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return False
+    try:
+        blob = _read(path)
+    except ValueError:
+        return False
+    return "meta" not in blob and ("state_dict" in blob or "net" in blob)
+
+
+def _read(path: Path) -> dict:
+    import torch
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"a pickled {found.group(1)} object" if found else "pickled Python objects"
+        raise ValueError(f"checkpoint {path} holds {what}, which weights_only=True refuses to unpickle; "
+                         "re-save its tensors only (torch.save({'arch': ..., 'state_dict': ...}))") from None
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint {path} is not a readable torch file ({first})") from None
+    if not isinstance(blob, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(blob).__name__}, not a dict with a 'state_dict' "
+                         "(or MACER's 'net')")
+    return blob
+
+
+def _architecture(path: Path, blob: dict, arch: str | None) -> str:
+    given = arch if arch is not None else blob.get("arch")
+    if given is None:
+        given = _detect(path, blob)
+    if not isinstance(given, str):
+        raise ValueError(f"checkpoint {path}: field 'arch' is {given!r}, not an architecture name")
+    given = ALIASES.get(given, given)
+    if given not in ARCHITECTURES:
+        raise ValueError(f"checkpoint {path}: architecture {given!r} is not supported; "
+                         f"--arch takes: {', '.join(published_architectures())}")
+    return given
+
+
+def _detect(path: Path, blob: dict) -> str:
+    """The architecture when the file does not name it: MACER's ``net`` or a SOME network, by their keys."""
+    if "net" in blob and "state_dict" not in blob:
+        return "macer_resnet110"
+    state = blob.get("state_dict")
+    if isinstance(state, dict):
+        keys = [k for k in state if isinstance(k, str)]
+        if any(".heads." in f".{k}" for k in keys):
+            blocks = {k.split(".")[2] for k in keys if k.startswith("1.layer1.")}
+            depth = 6 * len(blocks) + 2
+            name = f"some_cifar_resnet{depth}"
+            if name in ARCHITECTURES:
+                return name
+    raise ValueError(f"checkpoint {path} names no architecture (no 'arch' field); give --arch, one of "
+                     f"{', '.join(published_architectures())}")
+
+
+def _split_normalize(path: Path, state: dict):
+    """The network's keys (under ``1.``) and, if the normalize layer has keys under ``0.``, its mean and std."""
+    if not any(k.startswith(("1.", "module.1.")) for k in state):
+        raise ValueError(f"checkpoint {path}: no key starts with '1.', so this is not a Sequential(NormalizeLayer, "
+                         f"network) state dict (first keys: {', '.join(list(state)[:3])})")
+    state = _strip(state, "module.")
+    network = {k[2:]: v for k, v in state.items() if k.startswith("1.")}
+    head = {k[2:]: v for k, v in state.items() if k.startswith("0.")}
+    other = [k for k in state if not k.startswith(("0.", "1."))]
+    if other:
+        raise ValueError(f"checkpoint {path}: unexpected keys outside the normalize layer and the network: "
+                         f"{_few(other)}")
+    if not head:
+        return network, None
+    for mean_key, std_key in NORMALIZE_KEYS:
+        if set(head) == {mean_key, std_key}:
+            mean, std = head[mean_key].reshape(-1).tolist(), head[std_key].reshape(-1).tolist()
+            return network, (mean, std)
+    raise ValueError(f"checkpoint {path}: unexpected normalize-layer keys {_few(['0.' + k for k in head])}")
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    """Remove ``prefix`` from every key when all keys have it (a DataParallel wrapper)."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+# SOME's module names -> art-some's MultiHeadNet (trunk = Sequential(conv, bn, relu, stage1, stage2); head =
+# Sequential(stage3, pool, flatten, linear)).
+SOME_RENAMES = ((r"^conv1\.", "trunk.0."), (r"^bn1\.", "trunk.1."), (r"^layer1\.", "trunk.3."),
+                (r"^layer2\.", "trunk.4."), (r"^heads\.(\d+)\.0\.", r"heads.\1.0."),
+                (r"^heads\.(\d+)\.1\.", r"heads.\1.3."))
+
+
+def _map_keys(state: dict, fmt: str, model_name: str) -> dict:
+    """
+    The authors' key names onto art-some's: ``downsample`` is ``shortcut`` in art-some's CIFAR basic blocks;
+    ResNet-50 is torchvision's in both, keys unchanged.
+    """
+    if model_name == "resnet50":
+        return dict(state)
+    if fmt in ("cohen", "macer"):
+        return {k.replace(".downsample.", ".shortcut."): v for k, v in state.items()}
+    mapped = {}
+    for key, value in state.items():
+        new = key.replace(".downsample.", ".shortcut.")
+        for pattern, replacement in SOME_RENAMES:
+            new, count = re.subn(pattern, replacement, new)
+            if count:
+                break
+        mapped[new] = value
+    return mapped
+
+
+def _shape_kwargs(path: Path, arch: str, fmt: str, state: dict):
+    """``num_classes`` (and SOME's ``num_heads``) read off the weights."""
+    if fmt == "some":
+        heads = sorted({int(k.split(".")[1]) for k in state if k.startswith("heads.")})
+        if not heads:
+            raise ValueError(f"checkpoint {path}: no 'heads.<i>' keys for multi-head arch {arch!r}")
+        fc = state.get("heads.0.3.weight")
+        kwargs = {"num_heads": len(heads)}
+    else:
+        fc = state.get("fc.weight")
+        kwargs = {}
+    if fc is None or fc.dim() != 2:
+        raise ValueError(f"checkpoint {path} does not match arch {arch!r}: missing its linear layer's weight "
+                         f"({'1.heads.0.1.weight' if fmt == 'some' else 'fc.weight'})")
+    return int(fc.shape[0]), kwargs
+
+
+def _load_strict(path: Path, arch: str, model, state: dict) -> None:
+    """All of the model's tensors from ``state`` with their shapes, or one line saying which keys differ."""
+    expected = model.state_dict()
+    # BatchNorm's num_batches_tracked (PyTorch >= 0.4.1) does not change an eval-mode forward pass; files written
+    # by older versions lack it.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or misshapen:
+        parts = [f"{label} {_few(keys)}" for label, keys in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("misshapen", misshapen)) if keys]
+        raise ValueError(f"checkpoint {path} does not match arch {arch!r} (art-some key names): {'; '.join(parts)}")
+    full = {k: state.get(k, v) for k, v in expected.items()}
+    model.load_state_dict(full)
+
+
+def _few(keys, limit: int = 5) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
