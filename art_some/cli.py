@@ -89,9 +89,11 @@ def smoothing_options(n_default: int, max_inputs_default, verb: str):
     options = [
         click.option("--model", "model_ref", required=True, help="A registered model name or a checkpoint file."),
         click.option("--arch", default=None,
-                     help="A published checkpoint's architecture (cifar_resnet20, cifar_resnet110, resnet50, "
-                          "some_cifar_resnet20, some_cifar_resnet110, macer_resnet110; default: the file's "
-                          "'arch' field or its keys); see docs/published.rst."),
+                     help="A published checkpoint's architecture: cifar_resnet20, cifar_resnet110, resnet50 "
+                          "(Cohen et al., Consistency, SmoothMix), smoothadv_cifar_resnet110, smoothadv_resnet50 "
+                          "(SmoothAdv's repository), some_cifar_resnet20, some_cifar_resnet110 (SOME), "
+                          "macer_resnet110 (MACER); default: the file's 'arch' field, else its keys. See "
+                          "docs/published.rst."),
         click.option("--dataset", default="digits", show_default=True, help="A registered dataset name."),
         click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits)."),
         click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True),

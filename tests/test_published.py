@@ -168,6 +168,34 @@ def test_cohen_cifar_checkpoint_gives_the_authors_logits(tmp_path, arch, fields)
     torch.testing.assert_close(estimator_logits(model, meta, x), expected, rtol=1e-5, atol=1e-5)
 
 
+class InputCenterLayer(nn.Module):
+    """SmoothAdv's layer: the means subtracted, nothing divided; no state-dict keys."""
+
+    def __init__(self, means):
+        super().__init__()
+        self.means = torch.tensor(means)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        return x - self.means.repeat((b, h, w, 1)).permute(0, 3, 1, 2)
+
+
+def test_smoothadv_center_layer_needs_its_arch_name(tmp_path):
+    net = nn.Sequential(InputCenterLayer(CIFAR_MEAN), randomise(RefCifarResNet(20)))
+    path = tmp_path / "checkpoint.pth.tar"
+    optimizer = with_optimizer_state(net)
+    torch.save({"epoch": 150, "arch": "cifar_resnet20", "state_dict": net.state_dict(), "optimizer": optimizer}, path)
+    model, meta = load_published(path, arch="smoothadv_cifar_resnet20")
+    assert meta["normalize"] == "center" and meta["std"] == [1.0] * 3
+    assert meta["mean"] == pytest.approx(CIFAR_MEAN)
+    x = inputs()
+    with torch.no_grad():
+        expected = net(x)
+    torch.testing.assert_close(estimator_logits(model, meta, x), expected, rtol=1e-5, atol=1e-5)
+    _, cohen = load_published(path)  # the file's own arch field: Cohen's standardisation, not SmoothAdv's
+    assert cohen["normalize"] == "standardize" and cohen["std"] == pytest.approx(CIFAR_STD)
+
+
 def test_preprocessing_is_cohens_normalize_layer():
     x = inputs(n=2)
     mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)

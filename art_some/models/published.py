@@ -16,6 +16,8 @@ Formats (see ``docs/published.rst``):
     tensor attributes, so it has no keys, and the network's keys start with ``1.`` (``1.module.`` for ImageNet's
     ``resnet50``, which is wrapped in ``DataParallel``). ``cifar_resnet20`` / ``cifar_resnet110`` are the
     bearpaw CIFAR ResNets (blocks' projection shortcut named ``downsample``); ``resnet50`` is torchvision's.
+    SmoothAdv's own repository puts an ``InputCenterLayer`` (``x - mean``, no division) in front instead, which
+    its files do not record: load them with ``arch="smoothadv_<arch>"`` (std 1).
 ``some``
     fanghenshaometeor/smoothed-multihead-ensemble (SOME): ``{"state_dict"}`` of ``Sequential(NormalizeLayer,
     multi-head ResNet)``: ``1.conv1``, ``1.bn1``, ``1.layer1``, ``1.layer2`` (the shared trunk) and
@@ -39,14 +41,21 @@ NORMALIZATION = {
 }
 INPUT_SHAPES = {"cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}
 
-# Architecture name -> (format, art-some model name, the data set its released checkpoints were trained on).
+# Architecture name -> (format, art-some model name, the data set its released checkpoints were trained on, the
+# layer in front of the network: "standardize" (NormalizeLayer: (x - mean) / std), "center" (SmoothAdv's
+# InputCenterLayer: x - mean) or "none").
 ARCHITECTURES = {
-    "cifar_resnet20": ("cohen", "cifar_resnet20", "cifar10"),
-    "cifar_resnet110": ("cohen", "cifar_resnet110", "cifar10"),
-    "resnet50": ("cohen", "resnet50", "imagenet"),
-    "some_cifar_resnet20": ("some", "some_cifar_resnet20", "cifar10"),
-    "some_cifar_resnet110": ("some", "some_cifar_resnet110", "cifar10"),
-    "macer_resnet110": ("macer", "cifar_resnet110", "cifar10"),
+    "cifar_resnet20": ("cohen", "cifar_resnet20", "cifar10", "standardize"),
+    "cifar_resnet110": ("cohen", "cifar_resnet110", "cifar10", "standardize"),
+    "resnet50": ("cohen", "resnet50", "imagenet", "standardize"),
+    # Hadisalman/smoothing-adversarial's files say arch "cifar_resnet110" / "resnet50" like Cohen's, but its
+    # get_architecture puts get_input_center_layer in front (mean subtracted, no division): name them explicitly.
+    "smoothadv_cifar_resnet20": ("cohen", "cifar_resnet20", "cifar10", "center"),
+    "smoothadv_cifar_resnet110": ("cohen", "cifar_resnet110", "cifar10", "center"),
+    "smoothadv_resnet50": ("cohen", "resnet50", "imagenet", "center"),
+    "some_cifar_resnet20": ("some", "some_cifar_resnet20", "cifar10", "standardize"),
+    "some_cifar_resnet110": ("some", "some_cifar_resnet110", "cifar10", "standardize"),
+    "macer_resnet110": ("macer", "cifar_resnet110", "cifar10", "none"),
 }
 # SOME's own names for its architectures (its --arch option).
 ALIASES = {"R20": "some_cifar_resnet20", "R110": "some_cifar_resnet110"}
@@ -72,7 +81,8 @@ def load_published(path: str | os.PathLike, arch: str | None = None, device: str
                     ``imagenet`` or ``none``); default: the one the architecture was released for.
     :return: ``(model, meta)``: the model in eval mode, on raw inputs *after* standardisation by
              ``meta["mean"]`` / ``meta["std"]``; meta also has ``num_classes``, ``input_shape``, ``dataset``,
-             ``arch``, ``format``, ``model`` (the art-some model name) and ``epoch`` when the file records it.
+             ``normalize`` (standardize, center or none), ``arch``, ``format``, ``model`` (the art-some model
+             name), ``model_kwargs`` and ``epoch`` when the file records it.
     :raises ValueError: one line naming the file: not a torch file, pickled objects that ``weights_only`` refuses,
                         an unknown architecture, or weights of another architecture (missing / unexpected keys).
     """
@@ -85,12 +95,14 @@ def load_published(path: str | os.PathLike, arch: str | None = None, device: str
         raise FileNotFoundError(f"checkpoint not found: {path}")
     blob = _read(path)
     arch = _architecture(path, blob, arch)
-    fmt, model_name, default_dataset = ARCHITECTURES[arch]
+    fmt, model_name, default_dataset, layer = ARCHITECTURES[arch]
     dataset = dataset or default_dataset
     if dataset not in NORMALIZATION:
         raise ValueError(f"checkpoint {path}: dataset {dataset!r} has no known normalize layer; "
                          f"choose from {', '.join(sorted(NORMALIZATION))}")
-    mean, std = NORMALIZATION["none" if fmt == "macer" else dataset]
+    mean, std = NORMALIZATION["none" if layer == "none" else dataset]
+    if layer == "center":
+        std = (1.0,) * len(mean)
     field = "net" if fmt == "macer" else "state_dict"
     state = blob.get(field)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -101,6 +113,7 @@ def load_published(path: str | os.PathLike, arch: str | None = None, device: str
         network, buffers = _split_normalize(path, state)
         if buffers is not None:  # a fork that registered the statistics: the file's own numbers win
             mean, std = buffers
+            std = std if std is not None else (1.0,) * len(mean)
         network = _strip(network, "module.")
     mapped = _map_keys(network, fmt, model_name)
     num_classes, kwargs = _shape_kwargs(path, arch, fmt, mapped)
@@ -109,7 +122,8 @@ def load_published(path: str | os.PathLike, arch: str | None = None, device: str
     check_finite_weights(model, f"checkpoint {path}")
     meta = {
         "model": model_name, "model_kwargs": {"num_classes": num_classes, **kwargs}, "arch": arch, "format": fmt,
-        "dataset": dataset, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+        "dataset": dataset, "normalize": layer,
+        "mean": [float(m) for m in mean], "std": [float(s) for s in std],
         "num_classes": num_classes, "input_shape": list(INPUT_SHAPES.get(dataset, (3, 32, 32))),
     }
     if isinstance(blob.get("epoch"), int):
@@ -196,6 +210,8 @@ def _split_normalize(path: Path, state: dict):
         if set(head) == {mean_key, std_key}:
             mean, std = head[mean_key].reshape(-1).tolist(), head[std_key].reshape(-1).tolist()
             return network, (mean, std)
+        if set(head) == {mean_key}:  # a center layer
+            return network, (head[mean_key].reshape(-1).tolist(), None)
     raise ValueError(f"checkpoint {path}: unexpected normalize-layer keys {_few(['0.' + k for k in head])}")
 
 
