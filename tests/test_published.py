@@ -143,16 +143,18 @@ def estimator_logits(model, meta, x):
 COHEN_FIELDS = {"minimal": ("arch", "state_dict"), "released": ("epoch", "arch", "state_dict", "optimizer")}
 
 
-@pytest.mark.parametrize("arch,fields", [("cifar_resnet20", "minimal"), ("cifar_resnet20", "released"),
-                                         ("cifar_resnet110", "released")])
-def test_cohen_cifar_checkpoint_gives_the_authors_logits(tmp_path, arch, fields):
+@pytest.mark.parametrize("arch,fields,legacy", [("cifar_resnet20", "minimal", False),
+                                                ("cifar_resnet20", "released", True),
+                                                ("cifar_resnet110", "released", False)])
+def test_cohen_cifar_checkpoint_gives_the_authors_logits(tmp_path, arch, fields, legacy):
+    """``legacy``: the pre-1.6 (non-zip) torch format of the 2019 releases, which weights_only also reads."""
     depth = int(arch.rsplit("resnet", 1)[1])
     net = nn.Sequential(NormalizeLayer(CIFAR_MEAN, CIFAR_STD), randomise(RefCifarResNet(depth)))
     optimizer = with_optimizer_state(net)
     blob = {"epoch": 150, "arch": arch, "state_dict": net.state_dict(), "optimizer": optimizer}
     assert all(k.startswith("1.") for k in blob["state_dict"])  # the normalize layer has no keys
     path = tmp_path / "checkpoint.pth.tar"
-    torch.save({k: blob[k] for k in COHEN_FIELDS[fields]}, path)
+    torch.save({k: blob[k] for k in COHEN_FIELDS[fields]}, path, _use_new_zipfile_serialization=not legacy)
 
     model, meta = load_published(path)
     assert meta["arch"] == arch and meta["format"] == "cohen" and meta["dataset"] == "cifar10"
@@ -352,3 +354,16 @@ def test_cli_detects_the_arch_field(tmp_path):
     result = CliRunner().invoke(cli, ["certify", "--model", "cifar_resnet20", "--arch", "cifar_resnet20",
                                       "--sigma", "0.5", "--output", str(tmp_path / "x.jsonl")])
     assert result.exit_code == 2 and "is not a file" in result.output
+
+
+def test_evaluate_audits_a_released_multihead_file(tmp_path):
+    data = image_folder(tmp_path / "images", classes=3, per_class=1)
+    net = nn.Sequential(NormalizeLayer(CIFAR_MEAN, CIFAR_STD), randomise(RefSomeResNet(20, num_classes=3, num_heads=2)))
+    path = tmp_path / "epoch150.pth"
+    torch.save({"state_dict": net.state_dict()}, path)
+    result = CliRunner().invoke(cli, ["evaluate", "--model", str(path), "--dataset", "imagefolder", "--data-root",
+                                      str(data), "--sigma", "0.25", "--n0", "10", "--n", "20", "--verify-n", "20",
+                                      "--attack", "pgd", "--eps", "0.5", "--budget", "pgd.max_iter=1",
+                                      "--max-inputs", "2", "--device", "cpu", "--output-dir", str(tmp_path / "audit")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "audit" / "audit.json").is_file()
