@@ -91,7 +91,7 @@ def smoothing_options(n_default: int, max_inputs_default, verb: str):
         click.option("--arch", default=None,
                      help="A published checkpoint's architecture: cifar_resnet20, cifar_resnet110, resnet50 "
                           "(Cohen et al., Consistency, SmoothMix), smoothadv_cifar_resnet110, smoothadv_resnet50 "
-                          "(SmoothAdv's repository), some_cifar_resnet20, some_cifar_resnet110 (SOME), "
+                          "(SmoothAdv's repository), some_cifar_resnet20, some_cifar_resnet110, some_resnet50 (SOME), "
                           "macer_resnet110 (MACER); default: the file's 'arch' field, else its keys. See "
                           "docs/published.rst."),
         click.option("--dataset", default="digits", show_default=True, help="A registered dataset name."),

@@ -261,6 +261,46 @@ def test_some_multihead_checkpoint(tmp_path, arch):
     torch.testing.assert_close(estimator_logits(model, meta, x), torch.stack(heads).sum(0), rtol=1e-5, atol=1e-5)
 
 
+class RefSomeResNet50(nn.Module):
+    """SOME's ImageNet multi-head ResNet-50: torchvision's stem and layer1-3 shared, heads[i] = (layer4, Linear)."""
+
+    def __init__(self, num_classes=5, num_heads=2):
+        import torchvision
+
+        super().__init__()
+        base = torchvision.models.resnet50(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = base.conv1, base.bn1, base.relu, base.maxpool
+        self.layer1, self.layer2, self.layer3 = base.layer1, base.layer2, base.layer3
+        self.heads = nn.Sequential(*[nn.Sequential(torchvision.models.resnet50(weights=None).layer4,
+                                                   nn.Linear(2048, num_classes)) for _ in range(num_heads)])
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))))
+        return [h[1](nn.functional.avg_pool2d(h[0](x), 7, stride=1).view(x.size(0), -1)) for h in self.heads]
+
+
+def test_some_imagenet_resnet50_in_dataparallel(tmp_path):
+    mean, std = NORMALIZATION["imagenet"]
+    torch.manual_seed(0)
+    ref = RefSomeResNet50(num_classes=5, num_heads=2)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.8, 1.2)
+    net = nn.Sequential(NormalizeLayer(mean, std), nn.DataParallel(ref)).eval()
+    assert any(k.startswith("1.module.heads.1.0.") for k in net.state_dict())
+    path = tmp_path / "epoch90.pth"
+    torch.save({"state_dict": net.state_dict()}, path)
+
+    model, meta = load_published(path)
+    assert meta["arch"] == "some_resnet50" and meta["dataset"] == "imagenet" and model.num_heads == 2
+    x = inputs(n=2, size=224)
+    with torch.no_grad():
+        expected = torch.stack(net(x)).sum(0)
+    torch.testing.assert_close(estimator_logits(model, meta, x), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_macer_checkpoint_has_no_normalisation(tmp_path):
     ref = randomise(RefCifarResNet(110))
     path = tmp_path / "440.pth"

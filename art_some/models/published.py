@@ -21,7 +21,8 @@ Formats (see ``docs/published.rst``):
 ``some``
     fanghenshaometeor/smoothed-multihead-ensemble (SOME): ``{"state_dict"}`` of ``Sequential(NormalizeLayer,
     multi-head ResNet)``: ``1.conv1``, ``1.bn1``, ``1.layer1``, ``1.layer2`` (the shared trunk) and
-    ``1.heads.<i>.0`` (head i's own third stage), ``1.heads.<i>.1`` (its linear layer).
+    ``1.heads.<i>.0`` (head i's own third stage), ``1.heads.<i>.1`` (its linear layer); ImageNet's ResNet-50 is
+    in ``DataParallel`` (``1.module.``) and shares layer3 too, its heads holding layer4 and the linear layer.
 ``macer``
     RuntianZ/macer: ``{"net", "epoch"}`` with the bare ResNet-110's state dict (no prefix) and no normalisation
     at all (MACER trains on ``ToTensor()`` inputs): mean 0, std 1.
@@ -55,10 +56,11 @@ ARCHITECTURES = {
     "smoothadv_resnet50": ("cohen", "resnet50", "imagenet", "center"),
     "some_cifar_resnet20": ("some", "some_cifar_resnet20", "cifar10", "standardize"),
     "some_cifar_resnet110": ("some", "some_cifar_resnet110", "cifar10", "standardize"),
+    "some_resnet50": ("some", "some_resnet50", "imagenet", "standardize"),
     "macer_resnet110": ("macer", "cifar_resnet110", "cifar10", "none"),
 }
 # SOME's own names for its architectures (its --arch option).
-ALIASES = {"R20": "some_cifar_resnet20", "R110": "some_cifar_resnet110"}
+ALIASES = {"R20": "some_cifar_resnet20", "R110": "some_cifar_resnet110", "R50": "some_resnet50"}
 # The attributes a normalize layer may keep as buffers in a fork (then they have keys under "0.").
 NORMALIZE_KEYS = (("means", "sds"), ("mean", "std"), ("mu", "sigma"))
 
@@ -181,11 +183,12 @@ def _detect(path: Path, blob: dict) -> str:
         return "macer_resnet110"
     state = blob.get("state_dict")
     if isinstance(state, dict):
-        keys = [k for k in state if isinstance(k, str)]
-        if any(".heads." in f".{k}" for k in keys):
-            blocks = {k.split(".")[2] for k in keys if k.startswith("1.layer1.")}
-            depth = 6 * len(blocks) + 2
-            name = f"some_cifar_resnet{depth}"
+        keys = [re.sub(r"^(module\.)?1\.(module\.)?", "", k) for k in state if isinstance(k, str)]
+        if any(k.startswith("heads.") for k in keys):
+            if any(k.startswith("layer3.") for k in keys):  # ImageNet: the trunk keeps layer3, heads get layer4
+                return "some_resnet50"
+            blocks = {k.split(".")[1] for k in keys if k.startswith("layer1.")}
+            name = f"some_cifar_resnet{6 * len(blocks) + 2}"
             if name in ARCHITECTURES:
                 return name
     raise ValueError(f"checkpoint {path} names no architecture (no 'arch' field); give --arch, one of "
@@ -227,6 +230,11 @@ def _strip(state: dict, prefix: str) -> dict:
 SOME_RENAMES = ((r"^conv1\.", "trunk.0."), (r"^bn1\.", "trunk.1."), (r"^layer1\.", "trunk.3."),
                 (r"^layer2\.", "trunk.4."), (r"^heads\.(\d+)\.0\.", r"heads.\1.0."),
                 (r"^heads\.(\d+)\.1\.", r"heads.\1.3."))
+# SOME's ImageNet ResNet-50 (torchvision's blocks, ``downsample`` kept) -> art-some's resnet50_multihead (trunk =
+# Sequential(conv1, bn1, relu, maxpool, layer1, layer2, layer3); head = Sequential(layer4, avgpool, flatten, fc)).
+SOME_R50_RENAMES = ((r"^conv1\.", "trunk.0."), (r"^bn1\.", "trunk.1."), (r"^layer1\.", "trunk.4."),
+                    (r"^layer2\.", "trunk.5."), (r"^layer3\.", "trunk.6."), (r"^heads\.(\d+)\.0\.", r"heads.\1.0."),
+                    (r"^heads\.(\d+)\.1\.", r"heads.\1.3."))
 
 
 def _map_keys(state: dict, fmt: str, model_name: str) -> dict:
@@ -238,10 +246,11 @@ def _map_keys(state: dict, fmt: str, model_name: str) -> dict:
         return dict(state)
     if fmt in ("cohen", "macer"):
         return {k.replace(".downsample.", ".shortcut."): v for k, v in state.items()}
+    imagenet = model_name == "some_resnet50"
     mapped = {}
     for key, value in state.items():
-        new = key.replace(".downsample.", ".shortcut.")
-        for pattern, replacement in SOME_RENAMES:
+        new = key if imagenet else key.replace(".downsample.", ".shortcut.")
+        for pattern, replacement in SOME_R50_RENAMES if imagenet else SOME_RENAMES:
             new, count = re.subn(pattern, replacement, new)
             if count:
                 break
