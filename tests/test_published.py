@@ -314,21 +314,30 @@ def test_macer_checkpoint_has_no_normalisation(tmp_path):
         torch.testing.assert_close(estimator_logits(model, meta, x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-def cohen_file(tmp_path, arch="cifar_resnet20", num_classes=10, name="checkpoint.pth.tar", **extra):
+def cohen_file(tmp_path, arch="cifar_resnet20", num_classes=10, name="checkpoint.pth.tar", legacy=False, **extra):
     net = nn.Sequential(NormalizeLayer(CIFAR_MEAN, CIFAR_STD), randomise(RefCifarResNet(20, num_classes)))
     path = tmp_path / name
     blob = {"arch": arch, "state_dict": net.state_dict(), **extra}
-    torch.save({k: v for k, v in blob.items() if v is not None}, path)
+    torch.save({k: v for k, v in blob.items() if v is not None}, path, _use_new_zipfile_serialization=not legacy)
     return path, net
 
 
-def test_pickled_optimizer_is_refused_in_one_line(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True])
+def test_pickled_optimizer_is_refused_in_one_line(tmp_path, legacy):
     net = RefCifarResNet(20)
-    path, _ = cohen_file(tmp_path, optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
+    path, _ = cohen_file(tmp_path, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), legacy=legacy)
     with pytest.raises(ValueError) as err:
         load_published(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message and "torch.optim.sgd.SGD" in message
+
+
+def test_a_file_that_is_not_torch_is_one_line(tmp_path):
+    path = tmp_path / "checkpoint.pth.tar"
+    path.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="is not a readable torch file") as err:
+        load_published(path)
+    assert "\n" not in str(err.value)
 
 
 def test_another_architecture_names_the_keys(tmp_path):

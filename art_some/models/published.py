@@ -150,14 +150,17 @@ def _read(path: Path) -> dict:
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        what = f"a pickled {found.group(1)} object" if found else "pickled Python objects"
-        raise ValueError(f"checkpoint {path} holds {what}, which weights_only=True refuses to unpickle; "
-                         "re-save its tensors only (torch.save({'arch': ..., 'state_dict': ...}))") from None
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint {path} is not a readable torch file ({first})") from None
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if isinstance(err, pickle.UnpicklingError) and found:
+            what = f"a pickled {found.group(1)} object"
+            raise ValueError(f"checkpoint {path} holds {what}, which weights_only=True refuses to unpickle; "
+                             "re-save its tensors only (torch.save({'arch': ..., 'state_dict': ...}))") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # torch's reason, not its advice
+        first = detail.group(1) if detail else (text.strip().splitlines()[0] if text.strip() else "")
+        raise ValueError(f"checkpoint {path} is not a readable torch file ({type(err).__name__}"
+                         f"{': ' + first if first else ''})") from None
     if not isinstance(blob, dict):
         raise ValueError(f"checkpoint {path} holds a {type(blob).__name__}, not a dict with a 'state_dict' "
                          "(or MACER's 'net')")
