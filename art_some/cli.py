@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -141,22 +142,61 @@ def cli():
 @smoothing_options(n_default=100_000, max_inputs_default=None, verb="Certify")
 @click.option("--output", type=click.Path(dir_okay=False), required=True, help="JSONL records (resumed if present).")
 @click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
+@click.option("--shard", default=None, metavar="I/K",
+              help="Certify only shard I of K (every K-th input from the I-th), e.g. one per SLURM array task; "
+                   "`art-some merge` combines the shards' files. Under torchrun each rank takes its own shard and "
+                   "rank 0 merges them into --output.")
 @_fail_cleanly
 def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
-            output, device, radii, options, arch=None):
+            output, device, radii, options, arch=None, shard=None):
     """Certify a dataset with CERTIFY (Cohen et al.), writing JSONL and TSV records and a summary table."""
     from art_some.core.results import summary_table
     from art_some.evaluation import certify_dataset
+    from art_some.evaluation.runner import check_shard, merge_torchrun_shards, shard_path, torchrun_shard
 
     radii = _parse_radii(radii)
+    shard = None if shard is None else check_shard(shard)
+    ranked = torchrun_shard()
+    if ranked is not None and shard is not None:
+        raise ValueError("--shard is for runs without torchrun; under torchrun every rank takes its own shard")
+    if ranked is not None and device == "cuda":
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # each rank on its own GPU
     clf, data, estimator = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
                                                   batch_size, seed, device, options, arch=arch)
     _warn_small_n(n, n0, clf.scale, alpha)
     indices = list(range(0, len(data), skip))[:max_inputs]
-    records = certify_dataset(clf, data, indices, output, n=n, method=estimator,
-                              run_info=_run_info(dataset, split, model_ref, data_root), echo=_note)
+    records = certify_dataset(clf, data, indices, output if ranked is None else shard_path(output, ranked), n=n,
+                              method=estimator, run_info=_run_info(dataset, split, model_ref, data_root), echo=_note,
+                              shard=shard or ranked, progress=ranked is None or ranked[0] == 0)
+    if ranked is not None:
+        records = merge_torchrun_shards(output, ranked)
+        if records is None:  # not rank 0: the merged table is rank 0's to print
+            return
     click.echo(summary_table(records, radii))
-    click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')}")
+    click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')}"
+               + (f" (shard {shard[0]}/{shard[1]}; combine the shards with art-some merge)" if shard else ""))
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--output", type=click.Path(dir_okay=False), required=True, help="The merged JSONL records (new).")
+@click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
+@_fail_cleanly
+def merge(files, output, radii):
+    """
+    Merge the record files of a sharded certify run (--shard I/K) into one JSONL and TSV, after checking that they
+    are shards of one run (same settings, model, data and versions), that every shard is there once and finished,
+    and that no input is recorded twice.
+    """
+    from art_some.core.results import summary_table
+    from art_some.evaluation.runner import merge_records
+
+    radii = _parse_radii(radii)
+    records = merge_records(list(files), output)
+    click.echo(summary_table(records, radii))
+    click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')} ({len(files)} shards)")
 
 
 

@@ -99,3 +99,69 @@ def test_a_merged_sharded_run_equals_the_single_process_run_and_merge_checks_eve
         merge_records([paths[0], paths[1], unfinished], tmp_path / "m7.jsonl")
     with pytest.raises(ValueError, match="I/K"):
         certify_dataset(clf, data, indices, tmp_path / "bad.jsonl", n=40, progress=False, shard=(3, 3))
+
+
+# The command line: --shard I/K with art-some merge, and torchrun ----------------------------------------------------
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from art_some.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _checkpoint(tmp_path):
+    from art_some.models import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, DigitsCNN(), "digits_cnn", {"num_classes": 10}, sigma=0.25, dataset="digits",
+                    num_classes=10, input_shape=[1, 8, 8])
+    return path
+
+
+CERTIFY = ["--n0", 20, "--n", 60, "--skip", 12, "--device", "cpu", "--batch-size", 300]
+
+
+def _without_timings(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_shards_from_the_command_line_merge_into_the_single_process_records(tmp_path):
+    model = _checkpoint(tmp_path)
+    assert _cli("certify", "--model", model, *CERTIFY, "--output", tmp_path / "single.jsonl").exit_code == 0
+    for i in range(3):
+        result = _cli("certify", "--model", model, *CERTIFY, "--shard", f"{i}/3", "--output", tmp_path / f"s{i}.jsonl")
+        assert result.exit_code == 0 and "art-some merge" in result.output, result.output
+    result = _cli("merge", *(tmp_path / f"s{i}.jsonl" for i in range(3)), "--output", tmp_path / "merged.jsonl")
+    assert result.exit_code == 0, result.output
+    assert _without_timings(read_jsonl(tmp_path / "merged.jsonl")) == _without_timings(
+        read_jsonl(tmp_path / "single.jsonl"))
+    result = _cli("merge", tmp_path / "s0.jsonl", tmp_path / "s2.jsonl", "--output", tmp_path / "m2.jsonl")
+    assert result.exit_code == 2 and "shard(s) 1/3 missing" in result.output
+    result = _cli("certify", "--model", model, *CERTIFY, "--shard", "3/3", "--output", tmp_path / "bad.jsonl")
+    assert result.exit_code == 2 and "--shard must look like I/K" in result.output
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_torchrun_certifies_a_shard_per_rank_and_rank_0_merges_the_single_process_records(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    model = _checkpoint(tmp_path)
+    assert _cli("certify", "--model", model, *CERTIFY, "--output", tmp_path / "single.jsonl").exit_code == 0
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    # "--" ends torchrun's own options (its parser would read --n as an abbreviation of --nnodes).
+    args = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "art_some.cli", "--", "certify",
+            "--model", str(model), *map(str, CERTIFY), "--output", str(tmp_path / "run.jsonl")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ACR") == 1  # only rank 0 reports
+    assert (tmp_path / "run.shard0of2.jsonl").is_file() and (tmp_path / "run.shard1of2.jsonl").is_file()
+    assert _without_timings(read_jsonl(tmp_path / "run.jsonl")) == _without_timings(
+        read_jsonl(tmp_path / "single.jsonl"))
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)  # everything done: read back
+    assert again.returncode == 0 and again.stdout.count("ACR") == 1, again.stderr[-3000:]
