@@ -332,6 +332,14 @@ def test_pickled_optimizer_is_refused_in_one_line(tmp_path, legacy):
     assert "\n" not in message and str(path) in message and "torch.optim.sgd.SGD" in message
 
 
+def test_cli_names_the_pickled_object_without_arch(tmp_path):
+    path, _ = cohen_file(tmp_path, optimizer=torch.optim.SGD(RefCifarResNet(20).parameters(), lr=0.1))
+    result = CliRunner().invoke(cli, ["certify", "--model", str(path), "--sigma", "0.25",
+                                      "--output", str(tmp_path / "x.jsonl")])
+    assert result.exit_code == 2 and "torch.optim.sgd.SGD" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_a_file_that_is_not_torch_is_one_line(tmp_path):
     path = tmp_path / "checkpoint.pth.tar"
     path.write_text("not a checkpoint")

@@ -134,14 +134,17 @@ def load_published(path: str | os.PathLike, arch: str | None = None, device: str
 
 
 def is_published(path: str | os.PathLike) -> bool:
-    """True if ``path`` is a torch file in one of the released formats (not an art-some checkpoint)."""
+    """
+    True if ``path`` is a torch file in one of the released formats (not an art-some checkpoint), or a torch file
+    holding pickled objects (art-some never writes those), so that :func:`load_published` says what they are.
+    """
     path = Path(path)
     if path.suffix == ".safetensors" or not path.is_file():
         return False
     try:
         blob = _read(path)
-    except ValueError:
-        return False
+    except ValueError as err:
+        return "refuses to unpickle" in str(err)
     return "meta" not in blob and ("state_dict" in blob or "net" in blob)
 
 
