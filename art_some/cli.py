@@ -585,16 +585,21 @@ def report(files, radii):
     Print where the records come from (the JSONL header: versions, estimator, settings, weights hash, data), then
     certified accuracy at radii, ACR and abstention rate, for JSONL records or community TSV logs.
     """
-    from art_some.core.results import describe_header, read_header, read_records, summary_table
+    from art_some.core.results import comparison_table, describe_header, read_header, read_records, summary_table
 
     radii = _parse_radii(radii)
+    loaded = []
     for path in files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no such file: {path}")
         records = read_records(path)
+        loaded.append((Path(path).name, records))
         click.echo(f"== {path}")
         click.echo(describe_header(read_header(path)))
         click.echo(summary_table(records, radii))
+    if len(loaded) > 1:  # e.g. art-some's records next to the authors' published log of the same model
+        click.echo("== side by side")
+        click.echo(comparison_table(loaded, radii))
 
 
 @cli.command()

@@ -130,3 +130,17 @@ def test_tsv_times_beyond_a_day_and_radii_rounded_down(tmp_path):
     assert back[0]["seconds"] == pytest.approx(90061.5)
     assert back[0]["radius"] == 0.499 and back[1]["radius"] == 0.25
     assert certified_accuracy(back, [0.5]).tolist() == [0.0]
+
+
+def test_report_shows_several_logs_side_by_side():
+    from click.testing import CliRunner
+
+    from art_some.cli import cli
+
+    logs = [os.path.join(LOGS, "some_cifar10_r110", f"{m}_noise-0.25.tsv") for m in ("Gaussian", "SmoothMix")]
+    result = CliRunner().invoke(cli, ["report", *logs, "--radii", "0,0.25,0.5"])
+    assert result.exit_code == 0, result.output
+    table = result.output.split("== side by side\n")[1].splitlines()
+    assert table[0].split() == ["records", "r=0", "r=0.25", "r=0.5", "ACR", "abstain", "%", "inputs"]
+    assert table[1].split()[:5] == ["Gaussian_noise-0.25.tsv", "83.4", "71.6", "54.4", "0.537"]
+    assert table[2].split()[0] == "SmoothMix_noise-0.25.tsv" and table[2].split()[4] == "0.589"

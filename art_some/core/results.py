@@ -589,3 +589,18 @@ def summary_table(records: Sequence[dict], radii: Sequence[float] | None = None)
         f"inputs {len(records)}",
     ]
     return "\n".join(lines)
+
+
+def comparison_table(named_records: Sequence[tuple[str, Sequence[dict]]], radii: Sequence[float]) -> str:
+    """
+    Several record sets side by side, one row each: certified accuracy (%) at each radius, ACR, abstention rate
+    and the number of inputs (e.g. art-some's records next to the authors' published log of the same model).
+    """
+    radii = np.asarray(radii, dtype=np.float64)
+    head = ["records"] + [f"r={r:g}" for r in radii] + ["ACR", "abstain %", "inputs"]
+    rows = [[name] + [f"{100 * a:.1f}" for a in certified_accuracy(records, radii)]
+            + [f"{average_certified_radius(records):.3f}", f"{100 * abstention_rate(records):.1f}", str(len(records))]
+            for name, records in named_records]
+    widths = [max(len(row[c]) for row in [head, *rows]) for c in range(len(head))]
+    return "\n".join("  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths)))
+                     for row in [head, *rows])
