@@ -85,6 +85,13 @@ def _parse_radii(text: str):
     return radii
 
 
+def _speed_option(ctx, param, value):
+    """The vote function's speed options, kept aside and added to the estimator's options when they are set."""
+    if value not in (None, False, "fp32"):
+        ctx.meta.setdefault("art_some_speed", {})[param.name] = value
+    return value
+
+
 def smoothing_options(n_default: int, max_inputs_default, verb: str):
     """The options of every command that builds a smoothed estimator over a data set (certify, evaluate)."""
     options = [
@@ -116,6 +123,11 @@ def smoothing_options(n_default: int, max_inputs_default, verb: str):
         click.option("--max-inputs", type=click.IntRange(min=1), default=max_inputs_default,
                      show_default=max_inputs_default is not None, help="Stop after this many inputs."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                     expose_value=False, callback=_speed_option,
+                     help="Arithmetic of the vote function (autocast; noise stays fp32). Records say which voted."),
+        click.option("--channels-last", is_flag=True, expose_value=False, callback=_speed_option,
+                     help="Run the vote function's model in channels-last memory format."),
         click.option("--option", "options", multiple=True,
                      help="Estimator option name=value (JSON values), repeatable, e.g. for smooth_reduce: "
                           "'patches={\"layout\": \"grid\", \"size\": 8, \"stride\": 1}' resize=10 aggregation=max; "
@@ -323,7 +335,9 @@ def _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigm
         torch.manual_seed(seed)
         model = create_model(model_ref, num_classes=info["num_classes"])
     estimator = estimator or ("some" if callable(getattr(model, "head_logits", None)) else "smoothed")
-    options = _knn_reference(estimator, {**defaults, **_parse_options(options)}, dataset, data_root)
+    context = click.get_current_context(silent=True)
+    speed = context.meta.get("art_some_speed", {}) if context is not None else {}
+    options = _knn_reference(estimator, {**defaults, **_parse_options(options), **speed}, dataset, data_root)
     clf = build_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed,
                           device=device, options=options)
     return clf, data, estimator

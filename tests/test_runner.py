@@ -165,3 +165,41 @@ def test_torchrun_certifies_a_shard_per_rank_and_rank_0_merges_the_single_proces
         read_jsonl(tmp_path / "single.jsonl"))
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)  # everything done: read back
     assert again.returncode == 0 and again.stdout.count("ACR") == 1, again.stderr[-3000:]
+
+
+# Speed options of the vote function --------------------------------------------------------------------------------
+def test_bf16_fp16_and_channels_last_vote_on_cpu_and_records_say_which_precision_voted():
+    import pytest
+
+    data, _ = digits(split="test")
+    x = np.stack([np.asarray(data[i][0], np.float32) for i in range(6)])
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    results = {}
+    for options in ({}, {"precision": "bf16"}, {"precision": "fp16"}, {"channels_last": True}):
+        clf = make_classifier(model, (1, 8, 8), 10, sample_size=20, scale=0.25, **options)
+        results[str(options)] = clf.certify_detailed(x, n=200)
+        assert results[str(options)].extra["precision"] == options.get("precision", "fp32")
+    fp32 = results["{}"]
+    np.testing.assert_array_equal(results["{'channels_last': True}"].counts_estimation, fp32.counts_estimation)
+    for key in ("{'precision': 'bf16'}", "{'precision': 'fp16'}"):  # another classifier, but close to fp32's
+        agree = (results[key].counts_estimation.argmax(1) == fp32.counts_estimation.argmax(1)).mean()
+        assert agree >= 0.8 and results[key].counts_estimation.sum() == fp32.counts_estimation.sum()
+    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'bf16', 'fp16'"):
+        make_classifier(model, (1, 8, 8), 10, precision="int8")
+
+
+
+def test_the_command_line_speed_options_reach_the_estimator_and_the_header(tmp_path):
+    from art_some.core.results import read_header
+
+    model = _checkpoint(tmp_path)
+    result = _cli("certify", "--model", model, *CERTIFY, "--precision", "bf16", "--channels-last",
+                  "--output", tmp_path / "bf16.jsonl")
+    assert result.exit_code == 0, result.output
+    header = read_header(tmp_path / "bf16.jsonl")
+    assert header["estimator_params"]["precision"] == "bf16" and header["estimator_params"]["channels_last"] is True
+    assert all(r["precision"] == "bf16" for r in read_jsonl(tmp_path / "bf16.jsonl"))
+    # Resuming with another precision is another run.
+    result = _cli("certify", "--model", model, *CERTIFY, "--output", tmp_path / "bf16.jsonl")
+    assert result.exit_code == 2 and "precision" in result.output

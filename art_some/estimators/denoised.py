@@ -102,6 +102,8 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         hybrid_weight: float = 0.1,
         gradient_level: float | None = None,
         verbose: bool | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
     ):
         """
         Create a denoised (multi-scale) smoothed classifier. The leading arguments are ART's (``model, loss,
@@ -133,6 +135,9 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         :param hybrid_weight: w of the hybrid rule, in [0, 1] (official 0.1).
         :param gradient_level: None to differentiate the mean over levels, or one of ``sigmas``.
         :param verbose: Progress bars for ``certify`` (None: when standard error is a terminal).
+        :param precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the vote (denoiser and classifier), as in
+                          :class:`~art_some.SmoothedClassifier`.
+        :param channels_last: Channels-last memory format for the vote's models.
         """
         import torch
 
@@ -163,6 +168,8 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             seed=seed,
             gradient_samples=gradient_samples,
             verbose=verbose,
+            precision=precision,
+            channels_last=channels_last,
         )
         self._sigmas = sigmas
         self.denoiser = denoiser

@@ -80,7 +80,12 @@ def option_default(cls, name: str):
 
 def check_options(cls, options: dict) -> dict:
     """Check option names against the estimator's constructor, so that a typo is an error, not ignored."""
-    accepted = set(inspect.signature(cls.__init__).parameters) - set(FILLED)
+    params = inspect.signature(cls.__init__).parameters
+    accepted = set(params) - set(FILLED)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # passed on to SmoothedClassifier
+        from art_some.estimators.smoothed import SmoothedClassifier
+
+        accepted |= set(inspect.signature(SmoothedClassifier.__init__).parameters) - set(FILLED)
     unknown = sorted(set(options) - accepted)
     if unknown:
         takes = ", ".join(sorted(accepted)) or "no options"

@@ -85,6 +85,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         "seed",
         "gradient_samples",
         "verbose",
+        "precision",
+        "channels_last",
     ]
 
     def __init__(
@@ -107,6 +109,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         seed: int = 0,
         gradient_samples: int | None = None,
         verbose: bool | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
     ):
         """
         Create a smoothed classifier.
@@ -130,6 +134,11 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         :param gradient_samples: Noise draws per input for EOT gradients and losses (default: ``sample_size``).
         :param verbose: Progress bars for ``certify`` (True, False, or None: when standard error is a terminal); a
                         bar appears once a call has run for a second. ``predict`` stays quiet (attacks call it often).
+        :param precision: The vote function's arithmetic: ``"fp32"`` (default), or autocast to ``"bf16"`` or
+                          ``"fp16"`` for speed. Noise stays float32. A certificate holds for the classifier as it is
+                          evaluated, so records say which precision voted; a non-finite half-precision logit is
+                          refused like any other.
+        :param channels_last: Run the vote function's model in channels-last memory format (4-D inputs).
         """
         _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, gradient_samples, verbose)
         if isinstance(nb_classes, bool) or int(nb_classes) != nb_classes or int(nb_classes) < 2:
@@ -155,6 +164,10 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         self.seed = int(seed)
         self.gradient_samples = None if gradient_samples is None else int(gradient_samples)
         self.verbose = verbose
+        self.precision, self.channels_last = precision, bool(channels_last)
+        _check_speed_options(precision, channels_last)
+        if self.channels_last:
+            self._model.to(memory_format=_channels_last())
         self._gradient_generator = None
 
     def clone_for_refitting(self) -> "SmoothedClassifier":
@@ -191,6 +204,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             super().set_params(**kwargs)
             _check_smoothing_params(self.sample_size, self.scale, self.alpha, self.noise_batch_size, self.seed,
                                     self.gradient_samples, self.verbose)
+            _check_speed_options(self.precision, self.channels_last)
             _check_model_dtype(self._model)
         except Exception:
             for key, value in backup.items():
@@ -295,6 +309,28 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             return argmax_votes(torch.where(torch.isfinite(out), post, torch.full_like(post, float("nan"))))
         return argmax_votes(out)
 
+    def voting(self, vote_fn):
+        """
+        ``vote_fn`` as the engine runs it: under autocast for ``precision`` bf16/fp16 and on channels-last inputs
+        when asked. The noise the engine adds stays float32.
+        """
+        import torch
+
+        if self.precision == "fp32" and not self.channels_last:
+            return vote_fn
+        fn = vote_fn
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+        def run(z):
+            if self.channels_last and z.dim() == 4:
+                z = z.contiguous(memory_format=torch.channels_last)
+            if dtype is None:
+                return fn(z)
+            with torch.autocast(device_type=self._device.type, dtype=dtype):
+                return fn(z)
+
+        return run
+
     # ----------------------------------------------------------------------------------------------------------
     # PREDICT and CERTIFY
     # ----------------------------------------------------------------------------------------------------------
@@ -368,7 +404,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         else:
             vote, noise = levels[level].vote, GaussianNoise(levels[level].sigma)
         out = count_votes(
-            vote, z0, n, noise, num_classes=self.nb_classes, batch_size=self._batch_size(batch_size), seed=self.seed,
+            self.voting(vote), z0, n, noise, num_classes=self.nb_classes, batch_size=self._batch_size(batch_size),
+            seed=self.seed,
             stage=level_stage(stage, level), indices=indices[rows], squares=squares, invalid=sub,
         )
         if sub is not None:
@@ -499,7 +536,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         with torch.inference_mode():
             z0 = self.to_noise_space(x_t)
         result = certify_votes(
-            self.vote,
+            self.voting(self.vote),
             noise,
             z0,
             n0=self.sample_size if n0 is None else n0,
@@ -514,7 +551,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         )
         if np.ndim(noise.sigma):  # a sigma per input: every record says its own
             result.extra["sigma"] = np.asarray(noise.sigma)
-        result.extra.update(self.certificate_info())
+        result.extra.update(self.certificate_info(), precision=self.precision)  # the certificate is of this vote
         return result
 
     # ----------------------------------------------------------------------------------------------------------
@@ -532,7 +569,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         def count(level: int, stage: int, positions: np.ndarray, num: int) -> np.ndarray:
             marks = None if invalid is None else np.zeros(len(positions), dtype=bool)
             counts = count_votes(
-                levels[level].vote, z0[torch.as_tensor(positions, device=z0.device)], num,
+                self.voting(levels[level].vote), z0[torch.as_tensor(positions, device=z0.device)], num,
                 GaussianNoise(levels[level].sigma), num_classes=self.nb_classes,
                 batch_size=self._batch_size(batch_size), seed=self.seed, stage=level_stage(stage, level),
                 indices=indices[positions], invalid=marks, verbose=verbose, desc=f"sigma {levels[level].sigma:g}",
@@ -556,7 +593,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             len(z0), n0=n0, n=n, alpha=self.alpha if alpha is None else alpha, p0=float(rule.p0),
             alpha_split=rule.alpha_split, num_classes=self.nb_classes,
         )
-        result.extra.update(self.certificate_info())
+        result.extra.update(self.certificate_info(), precision=self.precision)
         return result
 
     def _cascade_predict(self, rule: CascadeRule, x, indices=None, invalid=None, abstain: bool = True):
@@ -848,6 +885,22 @@ def _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, g
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if verbose not in (None, True, False):
         raise ValueError(f"verbose must be True, False or None (bars on a terminal only), got {verbose!r}")
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _check_speed_options(precision, channels_last) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    if not isinstance(channels_last, (bool, np.bool_)):
+        raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
+
+
+def _channels_last():
+    import torch
+
+    return torch.channels_last
 
 
 def _check_model_dtype(model) -> None:
