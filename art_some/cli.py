@@ -128,6 +128,8 @@ def smoothing_options(n_default: int, max_inputs_default, verb: str):
                      help="Arithmetic of the vote function (autocast; noise stays fp32). Records say which voted."),
         click.option("--channels-last", is_flag=True, expose_value=False, callback=_speed_option,
                      help="Run the vote function's model in channels-last memory format."),
+        click.option("--compile", is_flag=True, expose_value=False, callback=_speed_option,
+                     help="torch.compile the vote function's network (the first batch compiles)."),
         click.option("--option", "options", multiple=True,
                      help="Estimator option name=value (JSON values), repeatable, e.g. for smooth_reduce: "
                           "'patches={\"layout\": \"grid\", \"size\": 8, \"stride\": 1}' resize=10 aggregation=max; "

@@ -168,7 +168,7 @@ def test_torchrun_certifies_a_shard_per_rank_and_rank_0_merges_the_single_proces
 
 
 # Speed options of the vote function --------------------------------------------------------------------------------
-def test_bf16_fp16_and_channels_last_vote_on_cpu_and_records_say_which_precision_voted():
+def test_bf16_fp16_channels_last_and_compile_vote_on_cpu_and_records_say_which_precision_voted():
     import pytest
 
     data, _ = digits(split="test")
@@ -176,17 +176,34 @@ def test_bf16_fp16_and_channels_last_vote_on_cpu_and_records_say_which_precision
     torch.manual_seed(0)
     model = DigitsCNN()
     results = {}
-    for options in ({}, {"precision": "bf16"}, {"precision": "fp16"}, {"channels_last": True}):
+    for options in ({}, {"precision": "bf16"}, {"precision": "fp16"}, {"channels_last": True}, {"compile": True}):
         clf = make_classifier(model, (1, 8, 8), 10, sample_size=20, scale=0.25, **options)
         results[str(options)] = clf.certify_detailed(x, n=200)
         assert results[str(options)].extra["precision"] == options.get("precision", "fp32")
     fp32 = results["{}"]
     np.testing.assert_array_equal(results["{'channels_last': True}"].counts_estimation, fp32.counts_estimation)
+    # The compiled network may round differently (fused kernels), so a rare vote near a tie may move.
+    moved = np.abs(results["{'compile': True}"].counts_estimation - fp32.counts_estimation).sum() / 2
+    assert moved <= 0.01 * fp32.counts_estimation.sum()
     for key in ("{'precision': 'bf16'}", "{'precision': 'fp16'}"):  # another classifier, but close to fp32's
         agree = (results[key].counts_estimation.argmax(1) == fp32.counts_estimation.argmax(1)).mean()
         assert agree >= 0.8 and results[key].counts_estimation.sum() == fp32.counts_estimation.sum()
     with pytest.raises(ValueError, match="precision must be one of 'fp32', 'bf16', 'fp16'"):
         make_classifier(model, (1, 8, 8), 10, precision="int8")
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        make_classifier(model, (1, 8, 8), 10, compile="yes")
+
+
+def test_compile_runs_the_votes_compiled_and_leaves_gradients_eager():
+    data, _ = digits(split="test")
+    x = np.stack([np.asarray(data[i][0], np.float32) for i in range(2)])
+    torch.manual_seed(0)
+    clf = make_classifier(DigitsCNN(), (1, 8, 8), 10, sample_size=20, scale=0.25, compile=True)
+    clf.certify_detailed(x, n=100)
+    compiled = [pair[1] for pair in clf._compiled.values()]
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "OptimizedModule"
+    grad = clf.loss_gradient(x, np.array([0, 1]))  # outside inference mode: the eager network
+    assert np.isfinite(grad).all() and np.abs(grad).sum() > 0
 
 
 
@@ -194,11 +211,12 @@ def test_the_command_line_speed_options_reach_the_estimator_and_the_header(tmp_p
     from art_some.core.results import read_header
 
     model = _checkpoint(tmp_path)
-    result = _cli("certify", "--model", model, *CERTIFY, "--precision", "bf16", "--channels-last",
+    result = _cli("certify", "--model", model, *CERTIFY, "--precision", "bf16", "--channels-last", "--compile",
                   "--output", tmp_path / "bf16.jsonl")
     assert result.exit_code == 0, result.output
     header = read_header(tmp_path / "bf16.jsonl")
     assert header["estimator_params"]["precision"] == "bf16" and header["estimator_params"]["channels_last"] is True
+    assert header["estimator_params"]["compile"] is True
     assert all(r["precision"] == "bf16" for r in read_jsonl(tmp_path / "bf16.jsonl"))
     # Resuming with another precision is another run.
     result = _cli("certify", "--model", model, *CERTIFY, "--output", tmp_path / "bf16.jsonl")

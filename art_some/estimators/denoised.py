@@ -104,6 +104,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         verbose: bool | None = None,
         precision: str = "fp32",
         channels_last: bool = False,
+        compile: bool = False,
     ):
         """
         Create a denoised (multi-scale) smoothed classifier. The leading arguments are ART's (``model, loss,
@@ -138,6 +139,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         :param precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the vote (denoiser and classifier), as in
                           :class:`~art_some.SmoothedClassifier`.
         :param channels_last: Channels-last memory format for the vote's models.
+        :param compile: :func:`torch.compile` the classifier for the vote (as in :class:`~art_some.SmoothedClassifier`).
         """
         import torch
 
@@ -170,6 +172,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             verbose=verbose,
             precision=precision,
             channels_last=channels_last,
+            compile=compile,
         )
         self._sigmas = sigmas
         self.denoiser = denoiser

@@ -41,4 +41,4 @@ class MultiHeadSmoothedClassifier(SmoothedClassifier):
 
         :return: list of M tensors ``(B, nb_classes)``.
         """
-        return self.model(self.preprocess(x, training_mode), per_head=True)
+        return self.network(self.model)(self.preprocess(x, training_mode), per_head=True)
