@@ -166,24 +166,17 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
     """Certify a dataset with CERTIFY (Cohen et al.), writing JSONL and TSV records and a summary table."""
     from art_some.core.results import summary_table
     from art_some.evaluation import certify_dataset
-    from art_some.evaluation.runner import check_shard, merge_torchrun_shards, shard_path, torchrun_shard
+    from art_some.evaluation.runner import merge_torchrun_shards, shard_path
 
     radii = _parse_radii(radii)
-    shard = None if shard is None else check_shard(shard)
-    ranked = torchrun_shard()
-    if ranked is not None and shard is not None:
-        raise ValueError("--shard is for runs without torchrun; under torchrun every rank takes its own shard")
-    if ranked is not None and device == "cuda":
-        import torch
-
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # each rank on its own GPU
+    shard, ranked = _shards(shard, device)
     clf, data, estimator = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
                                                   batch_size, seed, device, options, arch=arch)
     _warn_small_n(n, n0, clf.scale, alpha)
     indices = list(range(0, len(data), skip))[:max_inputs]
     records = certify_dataset(clf, data, indices, output if ranked is None else shard_path(output, ranked), n=n,
                               method=estimator, run_info=_run_info(dataset, split, model_ref, data_root), echo=_note,
-                              shard=shard or ranked, progress=ranked is None or ranked[0] == 0)
+                              shard=shard or ranked)
     if ranked is not None:
         records = merge_torchrun_shards(output, ranked)
         if records is None:  # not rank 0: the merged table is rank 0's to print
@@ -193,21 +186,50 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
                + (f" (shard {shard[0]}/{shard[1]}; combine the shards with art-some merge)" if shard else ""))
 
 
+def _shards(shard, device):
+    """
+    The shard a command runs: ``(--shard, None)`` without torchrun, ``(None, (rank, world size))`` under it (each
+    rank on its own GPU with --device cuda); (None, None) for a run in one process.
+    """
+    from art_some.evaluation.runner import check_shard, torchrun_shard
+
+    shard = None if shard is None else check_shard(shard)
+    ranked = torchrun_shard()
+    if ranked is not None and shard is not None:
+        raise ValueError("--shard is for runs without torchrun; under torchrun every rank takes its own shard")
+    if ranked is not None and device == "cuda":
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return shard, ranked
+
+
 @cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--output", type=click.Path(dir_okay=False), required=True, help="The merged JSONL records (new).")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--output", type=click.Path(), required=True,
+              help="The merged JSONL records (a new file), or for audit folders the merged audit's folder.")
 @click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
 @_fail_cleanly
 def merge(files, output, radii):
     """
-    Merge the record files of a sharded certify run (--shard I/K) into one JSONL and TSV, after checking that they
-    are shards of one run (same settings, model, data and versions), that every shard is there once and finished,
-    and that no input is recorded twice.
+    Merge the record files of a sharded certify run (--shard I/K) into one JSONL and TSV, or the folders of a
+    sharded evaluate run into one audit folder, after checking that they are shards of one run (same settings,
+    model, data and versions), that every shard is there once and finished, and that no input is recorded twice.
     """
     from art_some.core.results import summary_table
+    from art_some.evaluation.audit import merge_audits
     from art_some.evaluation.runner import merge_records
 
     radii = _parse_radii(radii)
+    folders = [Path(f).is_dir() for f in files]
+    if all(folders):
+        merge_audits(list(files), output)
+        click.echo((Path(output) / "audit.md").read_text())
+        click.echo(f"reports: {output}/audit.json, audit.csv, audit.md, audit.png ({len(files)} shards)")
+        return
+    if any(folders):
+        raise ValueError("merge takes either the record files of certify shards or the folders of evaluate shards, "
+                         "not both")
     records = merge_records(list(files), output)
     click.echo(summary_table(records, radii))
     click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')} ({len(files)} shards)")
@@ -231,10 +253,14 @@ def merge(files, output, radii):
               help="Inputs per attack batch (records are written after each chunk).")
 @click.option("--output-dir", type=click.Path(file_okay=False), required=True,
               help="audit.jsonl (resumed if present), audit.json/.csv/.md/.png and violations/ go here.")
+@click.option("--shard", default=None, metavar="I/K",
+              help="Audit only shard I of K (every K-th chunk of inputs from the I-th) into --output-dir; "
+                   "`art-some merge` combines the shards' folders. Under torchrun each rank audits its own shard "
+                   "(into OUTPUT_DIR.shardIofK) and rank 0 merges them into --output-dir.")
 @_fail_cleanly
 def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
              attacks, eps_grid, budget_options, verify_n, verify_alpha, chunk, output_dir, device, options,
-             arch=None):
+             arch=None, shard=None):
     """
     Attack-vs-certificate audit: certify, run ART's attacks on the smoothed classifier, confirm each attack point
     with fresh noise, and report certified vs empirical robust accuracy and any certificate violation.
@@ -242,8 +268,11 @@ def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alph
     import numpy as np
 
     from art_some.evaluation import audit
+    from art_some.evaluation.audit import merge_audits, merged_audit_before
+    from art_some.evaluation.runner import shard_path
 
     eps = _parse_radii(eps_grid)
+    shard, ranked = _shards(shard, device)
     budgets = {}
     for name, value in _parse_options([o.replace(".", "__", 1) for o in budget_options]).items():
         attack, _, key = name.partition("__")
@@ -256,13 +285,33 @@ def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alph
     indices = list(range(0, len(data), skip))[:max_inputs]
     x = np.stack([np.asarray(data[i][0], dtype=np.float32) for i in indices])
     y = np.array([int(data[i][1]) for i in indices])
+    folder = output_dir if ranked is None else shard_folder(output_dir, ranked)
     result = audit(clf, x, y, attacks=list(attacks), n=n, n0=n0, alpha=alpha, eps=eps, budgets=budgets,
-                   verify_n=verify_n, verify_alpha=verify_alpha, indices=indices, output_dir=output_dir,
-                   batch_size=chunk, run_info=_run_info(dataset, split, model_ref, data_root), echo=_note)
+                   verify_n=verify_n, verify_alpha=verify_alpha, indices=indices, output_dir=folder,
+                   batch_size=chunk, run_info=_run_info(dataset, split, model_ref, data_root), echo=_note,
+                   shard=shard or ranked)
+    if ranked is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if ranked[0] == 0:
+            shards = [shard_folder(output_dir, (i, ranked[1])) for i in range(ranked[1])]
+            result = (merged_audit_before(output_dir, shards[0]) if (Path(output_dir) / "audit.jsonl").exists()
+                      else merge_audits(shards, output_dir))
+        dist.barrier()
+        if ranked[0] != 0:  # the merged reports are rank 0's to print
+            return
     click.echo((Path(output_dir) / "audit.md").read_text())
     click.echo(f"reports: {Path(output_dir)}/audit.json, audit.csv, audit.md, audit.png"
                + (f"; {len(result.violations)} violation(s) saved in {Path(output_dir) / 'violations'}"
-                  if result.violations else ""))
+                  if result.violations else "")
+               + (f" (shard {shard[0]}/{shard[1]}; combine the shards with art-some merge)" if shard else ""))
+
+
+def shard_folder(output_dir, shard) -> Path:
+    """The audit folder of rank ``shard`` of a torchrun run whose merged audit goes to ``output_dir``."""
+    output_dir = Path(output_dir)
+    return output_dir.with_name(f"{output_dir.name}.shard{shard[0]}of{shard[1]}")
 
 
 def _run_info(dataset, split, model_ref, data_root=None) -> dict:

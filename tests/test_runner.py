@@ -221,3 +221,63 @@ def test_the_command_line_speed_options_reach_the_estimator_and_the_header(tmp_p
     # Resuming with another precision is another run.
     result = _cli("certify", "--model", model, *CERTIFY, "--output", tmp_path / "bf16.jsonl")
     assert result.exit_code == 2 and "precision" in result.output
+
+
+# Sharded audits (art-some evaluate) --------------------------------------------------------------------------------
+EVALUATE = ["--n0", 20, "--n", 60, "--max-inputs", 6, "--skip", 7, "--device", "cpu", "--attack", "pgd",
+            "--attack", "deepfool", "--eps", "0.5,1", "--budget", "pgd.max_iter=3", "--budget", "deepfool.max_iter=3",
+            "--verify-n", 60, "--chunk", 2]
+
+
+def _audit_records(folder):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(folder / "audit.jsonl")]
+
+
+def test_audit_shards_merge_into_the_single_process_audit_and_merge_checks_them(tmp_path):
+    import json
+
+    model = _checkpoint(tmp_path)
+    result = _cli("evaluate", "--model", model, *EVALUATE, "--output-dir", tmp_path / "single")
+    assert result.exit_code == 0, result.output
+    for i in range(2):  # chunks of 2 inputs: shard 0 audits inputs 0, 1, 4, 5 and shard 1 inputs 2, 3
+        result = _cli("evaluate", "--model", model, *EVALUATE, "--shard", f"{i}/2", "--output-dir", tmp_path / f"a{i}")
+        assert result.exit_code == 0 and "art-some merge" in result.output, result.output
+    assert [len(_audit_records(tmp_path / f"a{i}")) for i in range(2)] == [4, 2]
+    result = _cli("merge", tmp_path / "a0", tmp_path / "a1", "--output", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+    assert _audit_records(tmp_path / "merged") == _audit_records(tmp_path / "single")
+    single = json.loads((tmp_path / "single" / "audit.json").read_text())
+    merged = json.loads((tmp_path / "merged" / "audit.json").read_text())
+    assert merged["curves"] == single["curves"] and (tmp_path / "merged" / "audit.png").is_file()
+    result = _cli("merge", tmp_path / "a0", "--output", tmp_path / "m2")
+    assert result.exit_code == 2 and "shard(s) 1/2 missing" in result.output
+    result = _cli("merge", tmp_path / "a0", tmp_path / "a1", "--output", tmp_path / "merged")
+    assert result.exit_code == 2 and "holds an audit" in result.output
+    result = _cli("merge", tmp_path / "a0", tmp_path / "single.jsonl", "--output", tmp_path / "m3")
+    assert result.exit_code == 2
+    # A shard resumed with other settings is refused, naming the field.
+    result = _cli("evaluate", "--model", model, *EVALUATE, "--verify-n", 70, "--shard", "1/2",
+                  "--output-dir", tmp_path / "a1")
+    assert result.exit_code == 2 and "verify_n" in result.output
+
+
+def test_torchrun_audits_a_shard_per_rank_and_rank_0_merges_the_single_process_audit(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    model = _checkpoint(tmp_path)
+    assert _cli("evaluate", "--model", model, *EVALUATE, "--output-dir", tmp_path / "single").exit_code == 0
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    args = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "art_some.cli", "--", "evaluate",
+            "--model", str(model), *map(str, EVALUATE), "--output-dir", str(tmp_path / "audit")]
+    proc = subprocess.run(args, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("reports:") == 1  # only rank 0 reports
+    assert (tmp_path / "audit.shard0of2" / "audit.jsonl").is_file()
+    assert _audit_records(tmp_path / "audit") == _audit_records(tmp_path / "single")
+    again = subprocess.run(args, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                           timeout=300)  # everything done: the merged audit is read back
+    assert again.returncode == 0 and again.stdout.count("reports:") == 1, again.stderr[-3000:]

@@ -40,7 +40,7 @@ from art_some.core.results import (
 )
 from art_some.core.stats import binomial_test_two_sided
 from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LIMIT, attack_run_key, audit_key
-from art_some.evaluation.runner import resume_note
+from art_some.evaluation.runner import resume_note, shard_plan
 
 # Verification noise is keyed far above any data-set index (art_some.core.streams.audit_key), so it is fresh:
 # independent of the certification and prediction draws of every input, and different for every verification call.
@@ -104,7 +104,8 @@ def _broken_at(record: dict, attack: str | None) -> float:
 def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: int = 1000, n0: int | None = None,
           alpha: float | None = None, eps: Sequence[float] = DEFAULT_EPS, budgets: dict | None = None,
           verify_n: int = 1000, verify_alpha: float = 0.001, indices=None, radii=None, output_dir=None,
-          batch_size: int = 16, progress: bool = True, run_info: dict | None = None, echo=None) -> AuditResult:
+          batch_size: int = 16, progress: bool = True, run_info: dict | None = None, echo=None,
+          shard: tuple[int, int] | None = None) -> AuditResult:
     """
     Audit ``estimator``'s certificates on ``x`` against the registered attack recipes ``attacks``.
 
@@ -130,6 +131,9 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     :param echo: Where the line saying that an audit resumes goes (default: standard error when ``progress``).
     :param run_info: JSON-able entries for the audit's header that only the caller knows (the command line's data
                      set, split and model reference; a ``source`` entry is recorded, not compared).
+    :param shard: ``(i, k)``: audit only shard i of k, every k-th chunk of ``batch_size`` inputs from the i-th (whole
+                  chunks, so that each chunk's attacks run as in an audit of everything); the header records the
+                  shard and the whole index list, and :func:`merge_audits` combines the shards' folders.
 
     With ``output_dir``, ``audit_config.json`` beside ``audit.jsonl`` is the records' header
     (:func:`~art_some.core.results.provenance`: these settings, the estimator's parameters and weights hash,
@@ -169,25 +173,36 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
             raise ValueError(f"budgets[{name!r}] sets eps: give the budgets in eps=...")
     _check_budgets(estimator, registry, list(attacks), budgets, eps)
     out = None if output_dir is None else Path(output_dir)
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    mine = [list(range(s, min(s + batch_size, len(x)))) for s in range(0, len(x), batch_size)]  # the chunks
+    plan = {}
+    if shard is not None:
+        plan = shard_plan(indices.tolist(), shard)
+        mine = mine[plan["shard"][0]::plan["shard"][1]]
+        plan["shard_inputs"] = sum(map(len, mine))
+    mine = [j for chunk in mine for j in chunk]
     writer = None
     if out is not None:
         config = json.loads(json.dumps(
             {"kind": "audit", "attacks": list(attacks), "eps": eps, "budgets": budgets, "n": n, "n0": n0,
              "alpha": alpha, "verify_n": int(verify_n), "verify_alpha": float(verify_alpha),
              "certificate": {k: str(v) for k, v in estimator.certificate_info().items()}
-             if callable(getattr(estimator, "certificate_info", None)) else {}, **(run_info or {})}, default=str))
+             if callable(getattr(estimator, "certificate_info", None)) else {}, **(run_info or {}),
+             **({"chunk": int(batch_size), **plan} if plan else {})}, default=str))
         writer = _open_records(out, provenance(estimator, **config), x, indices)
     state = _Audit(estimator, list(attacks), registry, budgets, eps, int(verify_n), float(verify_alpha), out)
-    wanted = {int(i) for i in indices}
+    wanted = {int(indices[j]) for j in mine}
     records = [r for r in writer.records if r["idx"] in wanted] if writer else []
     try:
-        todo = [j for j in range(len(x)) if writer is None or int(indices[j]) not in writer.done]
+        todo = [j for j in mine if writer is None or int(indices[j]) not in writer.done]
         if writer is not None and writer.records:
-            resume_note(echo, progress, writer.path, len(x) - len(todo), len(x), "audited")
+            resume_note(echo, progress, writer.path, len(mine) - len(todo), len(mine), "audited")
         chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
         # The bar counts inputs, not chunks: a chunk of attacks can take minutes.
-        with tqdm(total=len(x), initial=len(x) - len(todo), desc="audit", unit="input",
-                  disable=not progress) as bar:
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="input", disable=not progress,
+                  desc="audit" if shard is None else f"audit shard {plan['shard'][0]}/{plan['shard'][1]}",
+                  position=0 if shard is None else plan["shard"][0]) as bar:
             for chunk in chunks:
                 for j, record in zip(chunk, state.run(x[chunk], y[chunk], indices[chunk], n=n, n0=n0,
                                                       alpha=alpha)):
@@ -197,17 +212,78 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
                         writer.append(record)
                 bar.update(len(chunk))
         records.sort(key=lambda r: r["idx"])
-        violations = [v for r in records for v in r.get("violations", [])]
-        if radii is None:
-            top = max([r["radius"] for r in records] + eps)
-            radii = np.round(np.linspace(0.0, top, 17), 4)
-        result = AuditResult(records, list(attacks), np.asarray(radii, dtype=np.float64), violations)
+        result = _result(records, list(attacks), eps, radii)
         if out is not None:
             write_reports(result, out)  # still under the records' lock: one audit writes this folder at a time
     finally:
         if writer is not None:
             writer.close()
     return result
+
+
+def _result(records, attacks, eps, radii=None) -> AuditResult:
+    """The audit's result from its records (the curves' radius grid by default: 0 to the largest radius or budget)."""
+    violations = [v for r in records for v in r.get("violations", [])]
+    if radii is None:
+        top = max([r["radius"] for r in records] + list(eps))
+        radii = np.round(np.linspace(0.0, top, 17), 4)
+    return AuditResult(records, list(attacks), np.asarray(radii, dtype=np.float64), violations)
+
+
+def merge_audits(folders: Sequence[str | os.PathLike], output_dir: str | os.PathLike) -> AuditResult:
+    """
+    Merge the folders of a sharded audit (``audit(..., shard=(i, k))``, ``art-some evaluate --shard``, or the ranks
+    of a ``torchrun`` run) into ``output_dir``: ``audit.jsonl``, its ``audit_config.json``, the reports and the
+    saved violations, after the checks of :func:`~art_some.evaluation.runner.merge_records` (one run, every shard
+    once and finished, no input twice, the run's index list).
+    """
+    import shutil
+
+    from art_some.core.results import read_jsonl
+    from art_some.evaluation.runner import check_shards, without_shard
+
+    if not folders:
+        raise ValueError("merge needs the folders of every shard")
+    headers, parts = [], []
+    for folder in map(Path, folders):
+        config, records = folder / "audit_config.json", folder / "audit.jsonl"
+        if not config.is_file() or not records.is_file():
+            raise FileNotFoundError(f"{folder} is not an audit folder (it needs audit.jsonl and audit_config.json)")
+        headers.append(json.loads(config.read_text()))
+        parts.append(read_jsonl(records))
+    base, merged = check_shards([Path(f) / "audit.jsonl" for f in folders], headers, parts)
+    out = Path(output_dir)
+    if (out / "audit.jsonl").exists():
+        raise ValueError(f"{out} holds an audit: merge writes a new folder (give another output or remove it)")
+    with RecordWriter(out / "audit.jsonl") as writer:
+        write_atomically(out / "audit_config.json",
+                         json.dumps({**without_shard(base, "plan"), "merged_from": len(folders)}, indent=1,
+                                    sort_keys=True))
+        for folder in map(Path, folders):
+            for saved in sorted((folder / "violations").glob("*.npz")):
+                (out / "violations").mkdir(exist_ok=True)
+                shutil.copy2(saved, out / "violations" / saved.name)
+        for record in merged:
+            writer.append(record)
+        result = _result(merged, base["attacks"], base["eps"])
+        write_reports(result, out)
+    return result
+
+
+def merged_audit_before(output_dir, first_shard) -> AuditResult:
+    """The result of an ``output_dir`` merged by an earlier run, if that run is this one (else a clear error)."""
+    from art_some.core.results import read_jsonl
+    from art_some.evaluation.runner import without_shard
+
+    out = Path(output_dir)
+    merged = json.loads((out / "audit_config.json").read_text()) if (out / "audit_config.json").is_file() else {}
+    shard = json.loads((Path(first_shard) / "audit_config.json").read_text())
+    records = read_jsonl(out / "audit.jsonl")
+    if (check_same_run(without_shard(merged, "plan"), without_shard(shard, "plan"))
+            or len(records) != shard.get("plan", {}).get("count")):
+        raise ValueError(f"{out} holds an audit that is not this run's merged audit; give another --output-dir or "
+                         "remove it")
+    return _result(records, shard["attacks"], shard["eps"])
 
 
 def _check_budgets(estimator, registry, attacks, budgets, eps) -> None:

@@ -77,8 +77,8 @@ def certify_dataset(
     indices = [int(i) for i in indices]
     plan = {}
     if shard is not None:
-        i, k = check_shard(shard)
-        plan = {"shard": [i, k], "plan": {"count": len(indices), "sha256": _indices_hash(indices)}}
+        plan = shard_plan(indices, shard)
+        i, k = plan["shard"]
         indices = indices[i::k]
     header = provenance(
         estimator,
@@ -96,8 +96,9 @@ def certify_dataset(
         if writer.records:
             resume_note(echo, progress, output, len(indices) - len(todo), len(indices), "certified")
         per_call = inputs_per_call(estimator, n, n0, batch_size)
-        with tqdm(desc="certify", disable=not progress, initial=len(indices) - len(todo), total=len(indices),
-                  unit="input") as bar:
+        with tqdm(desc="certify" if shard is None else f"certify shard {plan['shard'][0]}/{plan['shard'][1]}",
+                  position=0 if shard is None else plan["shard"][0], disable=not progress,
+                  initial=len(indices) - len(todo), total=len(indices), unit="input") as bar:
             for start in range(0, len(todo), per_call):
                 chunk = todo[start : start + per_call]
                 items = [dataset[i] for i in chunk]
@@ -172,7 +173,7 @@ def merge_records(paths: Sequence[str | os.PathLike], output: str | os.PathLike)
 
     :return: The merged records, sorted by index.
     """
-    from art_some.core.results import _show, check_same_run, read_header, read_jsonl
+    from art_some.core.results import read_header, read_jsonl
 
     if not paths:
         raise ValueError("merge needs the record files of every shard")
@@ -180,14 +181,41 @@ def merge_records(paths: Sequence[str | os.PathLike], output: str | os.PathLike)
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no such file: {path}")
-        header = read_header(path)
-        if header is None or "shard" not in header:
-            raise ValueError(f"{path} is not the record file of a shard (its header has no shard)")
-        headers.append(header)
+        headers.append(read_header(path))
         parts.append(read_jsonl(path))
-    base = {k: v for k, v in headers[0].items() if k != "shard"}
+    base, merged = check_shards(paths, headers, parts)
+    if Path(output).exists():
+        raise ValueError(f"{output} exists: merge writes a new file (give another --output or remove it)")
+    header = {**without_shard(base, "plan"), "merged_from": len(paths)}
+    with RecordWriter(output, header=header) as writer:
+        for record in merged:
+            writer.append(record)
+        write_atomically(Path(output).with_suffix(".tsv"), lambda tmp: write_tsv(merged, tmp))
+    return merged
+
+
+SHARD_KEYS = ("shard", "shard_inputs", "merged_from")  # what differs between the shards of one run and its merge
+
+
+def without_shard(header: dict, *also: str) -> dict:
+    """A run's header without what says which shard (or merge) a file holds (and without the keys ``also``)."""
+    return {k: v for k, v in header.items() if k not in SHARD_KEYS + also}
+
+
+def check_shards(paths, headers, parts) -> tuple[dict, list[dict]]:
+    """
+    Check that the record lists ``parts`` (read from ``paths``, with their ``headers``) are the finished shards of
+    one run; return its header (the first shard's) and the records merged and sorted by index. A shard holds
+    ``header["shard_inputs"]`` inputs where its header says so, else every k-th of the run's list.
+    """
+    from art_some.core.results import _show, check_same_run
+
+    for path, header in zip(paths, headers):
+        if not header or "shard" not in header:
+            raise ValueError(f"{path} is not the record file of a shard (its header has no shard)")
+    base = without_shard(headers[0])
     for path, header in zip(paths[1:], headers[1:]):
-        differences = check_same_run(base, {k: v for k, v in header.items() if k != "shard"})
+        differences = check_same_run(base, without_shard(header))
         if differences:
             shown = "; ".join(f"{key} {_show(new)} there, {_show(old)} in {paths[0]}"
                               for key, (old, new) in list(differences.items())[:5])
@@ -210,25 +238,26 @@ def merge_records(paths: Sequence[str | os.PathLike], output: str | os.PathLike)
             if record["idx"] in owner:
                 raise ValueError(f"index {record['idx']} is in {owner[record['idx']]} and in {path}")
             owner[record["idx"]] = str(path)
-    plan = base.get("plan", {})
+    plan = headers[0].get("plan", {})
     total = int(plan.get("count", -1))
     for path, header, records in zip(paths, headers, parts):
-        expected = len(range(header["shard"][0], total, k))
+        expected = int(header.get("shard_inputs", len(range(header["shard"][0], total, k))))
         if len(records) != expected:
             raise ValueError(f"{path} holds {len(records)} of its shard's {expected} inputs: resume that shard with "
                              "the same command before merging")
     merged = sorted((r for records in parts for r in records), key=lambda r: r["idx"])
     if _indices_hash([r["idx"] for r in merged]) != plan.get("sha256"):
         raise ValueError(f"the indices of {', '.join(map(str, paths))} are not the run's index list (plan.sha256)")
-    if Path(output).exists():
-        raise ValueError(f"{output} exists: merge writes a new file (give another --output or remove it)")
-    header = {k: v for k, v in base.items() if k != "plan"}
-    header["merged_from"] = len(paths)
-    with RecordWriter(output, header=header) as writer:
-        for record in merged:
-            writer.append(record)
-        write_atomically(Path(output).with_suffix(".tsv"), lambda tmp: write_tsv(merged, tmp))
-    return merged
+    return headers[0], merged
+
+
+def shard_plan(indices: Sequence[int], shard) -> dict:
+    """
+    The header entries of shard ``(i, k)`` of a run over ``indices``: the shard, and the run's whole index list
+    (its length and the hash of the sorted list, which the merged records must match).
+    """
+    i, k = check_shard(shard)
+    return {"shard": [i, k], "plan": {"count": len(indices), "sha256": _indices_hash(sorted(int(j) for j in indices))}}
 
 
 def torchrun_shard() -> tuple[int, int] | None:
@@ -273,10 +302,8 @@ def _merged_before(output, first_shard) -> list[dict]:
     """The records of an ``output`` merged by an earlier run, if that run is this one (else a clear error)."""
     from art_some.core.results import check_same_run, read_header, read_jsonl
 
-    drop = ("shard", "plan", "merged_from")
     merged, shard = read_header(output) or {}, read_header(first_shard) or {}
-    differences = check_same_run({k: v for k, v in merged.items() if k not in drop},
-                                 {k: v for k, v in shard.items() if k not in drop})
+    differences = check_same_run(without_shard(merged, "plan"), without_shard(shard, "plan"))
     records = read_jsonl(output)
     if differences or len(records) != shard.get("plan", {}).get("count"):
         raise ValueError(f"{output} exists and does not hold the merged records of this run; give another --output "
