@@ -269,7 +269,6 @@ def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alph
 
     from art_some.evaluation import audit
     from art_some.evaluation.audit import merge_audits, merged_audit_before
-    from art_some.evaluation.runner import shard_path
 
     eps = _parse_radii(eps_grid)
     shard, ranked = _shards(shard, device)
