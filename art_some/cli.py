@@ -155,20 +155,42 @@ def cli():
 @cli.command()
 @smoothing_options(n_default=100_000, max_inputs_default=None, verb="Certify")
 @click.option("--output", type=click.Path(dir_okay=False), required=True, help="JSONL records (resumed if present).")
-@click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
+@click.option("--radii", default=None, metavar="R1,R2,...",
+              help="Fixed-radius mode: decide for each input whether it is certified at each radius, drawing in "
+                   "rounds (up to --n) only until every radius is decided (sequential CERTIFY; at most alpha per "
+                   "input over all radii). Also the summary table's radii. Without it: fixed-n CERTIFY (or "
+                   f"--sequential) and the table at {DEFAULT_RADII}.")
+@click.option("--sequential", is_flag=True,
+              help="Radius mode of sequential CERTIFY: draw in rounds (up to --n) and stop each input once the rest "
+                   "could add at most --tolerance of its radius, or it must abstain.")
+@click.option("--tolerance", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Radius mode's stopping tolerance, a fraction of the radius reachable at --n [default: 0.02].")
 @click.option("--shard", default=None, metavar="I/K",
               help="Certify only shard I of K (every K-th input from the I-th), e.g. one per SLURM array task; "
                    "`art-some merge` combines the shards' files. Under torchrun each rank takes its own shard and "
                    "rank 0 merges them into --output.")
 @_fail_cleanly
 def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha, batch_size, seed, skip, max_inputs,
-            output, device, radii, options, arch=None, shard=None):
-    """Certify a dataset with CERTIFY (Cohen et al.), writing JSONL and TSV records and a summary table."""
+            output, device, radii, options, arch=None, shard=None, sequential=False, tolerance=None):
+    """
+    Certify a dataset with CERTIFY (Cohen et al.), writing JSONL and TSV records and a summary table; with --radii
+    or --sequential, with sequential CERTIFY (each input draws only until it is decided).
+    """
     from art_some.core.results import summary_table
     from art_some.evaluation import certify_dataset
     from art_some.evaluation.runner import merge_torchrun_shards, shard_path
 
-    radii = _parse_radii(radii)
+    plan = None
+    if radii is not None:
+        plan = {"radii": _parse_radii(radii)}
+    elif sequential:
+        plan = {}
+    if tolerance is not None:
+        if plan is None or "radii" in plan:
+            raise ValueError("--tolerance is the radius mode's stopping rule: give it with --sequential (and without "
+                             "--radii)")
+        plan["tolerance"] = tolerance
+    radii = _parse_radii(DEFAULT_RADII if radii is None else radii)
     shard, ranked = _shards(shard, device)
     clf, data, estimator = _smoothed_from_options(model_ref, dataset, data_root, split, estimator, sigma, n0, alpha,
                                                   batch_size, seed, device, options, arch=arch)
@@ -176,7 +198,7 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
     indices = list(range(0, len(data), skip))[:max_inputs]
     records = certify_dataset(clf, data, indices, output if ranked is None else shard_path(output, ranked), n=n,
                               method=estimator, run_info=_run_info(dataset, split, model_ref, data_root), echo=_note,
-                              shard=shard or ranked)
+                              shard=shard or ranked, sequential=plan)
     if ranked is not None:
         records = merge_torchrun_shards(output, ranked)
         if records is None:  # not rank 0: the merged table is rank 0's to print

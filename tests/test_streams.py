@@ -50,3 +50,16 @@ def test_every_stream_of_the_package_comes_from_the_registry():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if literal.search(p.read_text())]
     assert offenders == []
     assert "SELECTION" in streams.__doc__ and "level_stage" in streams.__doc__  # the table is documented
+
+
+def test_sequential_rounds_draw_fresh_estimation_noise_below_the_audit_keys():
+    import pytest
+
+    from art_some.core.streams import INDEX_LIMIT, MAX_ROUNDS, sequential_round_key
+
+    keys = [sequential_round_key(j, np.array([0, INDEX_LIMIT - 1])) for j in (0, 1, MAX_ROUNDS - 1)]
+    assert keys[0].tolist() == [0, INDEX_LIMIT - 1]  # round 0 is the input's own ESTIMATION key
+    flat = np.concatenate(keys)
+    assert len(set(flat.tolist())) == len(flat) and flat.max() < streams.AUDIT_KEY_BASE
+    with pytest.raises(ValueError, match="fewer than"):
+        sequential_round_key(MAX_ROUNDS, [0])

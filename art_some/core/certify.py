@@ -47,6 +47,12 @@ class CertifyResult:
     seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
     squares_estimation: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
+    # Sequential CERTIFY (art_some.core.sequential) says how each input was decided: its estimation draws, why it
+    # stopped, and in fixed-radius mode the radii and whether each input is certified at each of them.
+    draws: np.ndarray | None = None
+    stopped_by: np.ndarray | None = None
+    radii: np.ndarray | None = None
+    certified_at: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.predict)

@@ -104,6 +104,10 @@ class GaussianNoise:
         sigma = torch.as_tensor(self.sigma, dtype=eps.dtype, device=eps.device)[owner]
         return x_rows + per_example(sigma, eps) * eps
 
+    def subset(self, positions) -> "GaussianNoise":
+        """The noise of the inputs at ``positions`` (their own sigmas when there is one per input)."""
+        return self if isinstance(self.sigma, float) else GaussianNoise(self.sigma[np.asarray(positions)])
+
     def __repr__(self) -> str:
         return f"GaussianNoise(sigma={self.sigma!r})"
 

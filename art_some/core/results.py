@@ -78,9 +78,20 @@ def records_from_result(result, labels: Sequence[int], indices: Sequence[int], m
                 "method": method,
                 "seconds": float(result.seconds[j]) if len(result.seconds) else 0.0,
                 **{key: _json_value(value, j, len(result)) for key, value in result.extra.items()},
+                **_sequential_fields(result, j),
             }
         )
     return records
+
+
+def _sequential_fields(result, j: int) -> dict:
+    """What sequential CERTIFY adds to input ``j``'s record: its draws, why it stopped, its fixed-radius answers."""
+    fields = {}
+    if getattr(result, "draws", None) is not None:
+        fields.update(draws=int(result.draws[j]), stopped_by=str(result.stopped_by[j]))
+    if getattr(result, "certified_at", None) is not None:
+        fields["certified_at"] = {f"{r:g}": bool(c) for r, c in zip(result.radii, result.certified_at[j])}
+    return fields
 
 
 def _json_value(value, j: int, n: int):
@@ -588,6 +599,10 @@ def summary_table(records: Sequence[dict], radii: Sequence[float] | None = None)
         f"ACR {average_certified_radius(records):.3f}   abstained {100 * abstention_rate(records):.1f}%   "
         f"inputs {len(records)}",
     ]
+    if records and all("draws" in r for r in records):  # sequential CERTIFY: what it cost, and what it saved
+        passes = np.mean([r["n0"] + r["draws"] for r in records])
+        lines.append(f"forward passes per input {passes:,.0f} (n0 + estimation draws; fixed n: "
+                     f"{np.mean([r['n0'] + r['n'] for r in records]):,.0f})")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from art_some.core.certify import ABSTAIN, cohen_rule, predict_from_counts
-from art_some.core.stats import certifies
+from art_some.core.stats import certifies, gaussian_radius
 
 
 class CertificateRule:
@@ -31,6 +31,10 @@ class CertificateRule:
     needs_squares: bool = False
     sound: bool = True
     warning: str | None = None
+    # A rule whose certificate is the selection's class with a radius computed from one lower bound on its probability
+    # (radius(p_lower, noise)) may be used by sequential CERTIFY: any valid lower bound, such as one of a confidence
+    # sequence, then gives a valid certificate.
+    sequential: bool = False
 
     def certify(self, selection_counts: np.ndarray, estimation_counts: np.ndarray, alpha: float, noise,
                 squares: np.ndarray | None = None):
@@ -49,6 +53,10 @@ class CertificateRule:
         """Entries for each certificate record."""
         return {}
 
+    def radius(self, p_lower: np.ndarray, noise) -> np.ndarray:
+        """The certified radius for lower bounds ``p_lower`` >= 1/2 on pA (rules with ``sequential`` only)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support sequential certification")
+
     def __call__(self, selection_counts, estimation_counts, alpha, noise, squares=None):
         # Rules were plain functions before; calling one still works.
         return self.certify(selection_counts, estimation_counts, alpha, noise, squares=squares)
@@ -56,6 +64,12 @@ class CertificateRule:
 
 class CohenRule(CertificateRule):
     """Cohen et al.'s certificate and PREDICT, unchanged."""
+
+    sequential = True
+
+    def radius(self, p_lower, noise):
+        """Cohen et al.'s radius sigma * Phi^-1(pA_lower)."""
+        return gaussian_radius(p_lower, noise.sigma)
 
     def __repr__(self) -> str:
         return "CohenRule()"
@@ -71,6 +85,10 @@ class ScaledRule(CertificateRule):
         self.base, self.divisor = base, float(divisor)
         self.needs_squares = base.needs_squares
         self.sound, self.warning = sound, warning
+        self.sequential = base.sequential
+
+    def radius(self, p_lower, noise):
+        return self.base.radius(p_lower, noise) / self.divisor
 
     def certify(self, selection_counts, estimation_counts, alpha, noise, squares=None):
         predict, radius, p_lower = self.base.certify(selection_counts, estimation_counts, alpha, noise, squares)

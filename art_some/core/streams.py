@@ -11,6 +11,7 @@ stage                          key                                    draws
 =============================  =====================================  ==================================
 ``SELECTION`` (0)              input index                            CERTIFY's n0 selection draws
 ``ESTIMATION`` (1)             input index                            CERTIFY's n estimation draws
+``ESTIMATION`` (1)             :func:`sequential_round_key`           sequential CERTIFY's round j draws
 ``PREDICTION`` (2)             input index, or an audit key           PREDICT; the audit's confirmations
 ``GRADIENT`` (3)               gradient stream (one per attack run)   EOT noise of the smoothed gradients
 ``TRAINING`` (4)               ``2 * rank``; 1; ``1000 + epoch``      training noise; array shuffling;
@@ -21,7 +22,8 @@ stage                          key                                    draws
 ``level_stage(s, l)``          as stage s                             stage s at level l >= 1 of a cascade
 =============================  =====================================  ==================================
 
-Key spaces: input indices lie in ``[0, INDEX_LIMIT)``; an attack run of the audit (attack ``a``, budget ``e``,
+Key spaces: input indices lie in ``[0, INDEX_LIMIT)``; round j of sequential CERTIFY draws its estimation noise
+under ``j * INDEX_LIMIT + index`` (round 0 is the input's plain ESTIMATION key); an attack run of the audit (attack ``a``, budget ``e``,
 input ``index``) has the key :func:`attack_run_key` in ``[INDEX_LIMIT, AUDIT_KEY_BASE)`` for its gradient and
 numpy streams, and confirms its point with fresh draws under :func:`audit_key` ``>= AUDIT_KEY_BASE``; levels of a
 cascade add ``LEVEL_STRIDE`` per level to the stage, so level 0 is a plain smoothed classifier's streams.
@@ -64,6 +66,18 @@ def attack_run_key(attack: int, budget: int, index) -> np.ndarray:
     if np.any(index < 0) or np.any(index >= INDEX_LIMIT) or not 0 <= budget < AUDIT_BUDGETS:
         raise ValueError(f"audit keys need input indices in [0, 2**30) and fewer than {AUDIT_BUDGETS} budgets")
     return (int(attack) * AUDIT_BUDGETS + int(budget) + 1) * INDEX_LIMIT + index
+
+
+MAX_ROUNDS = AUDIT_KEY_BASE // INDEX_LIMIT  # rounds of sequential CERTIFY that keys leave room for
+
+
+def sequential_round_key(round_number: int, index) -> np.ndarray:
+    """The ESTIMATION key of round ``round_number`` (from 0) of sequential CERTIFY for inputs ``index``."""
+    index = np.asarray(index, dtype=np.int64)
+    if np.any(index < 0) or np.any(index >= INDEX_LIMIT) or not 0 <= round_number < MAX_ROUNDS:
+        raise ValueError(f"sequential certification needs input indices in [0, 2**30) and fewer than {MAX_ROUNDS} "
+                         "rounds")
+    return int(round_number) * INDEX_LIMIT + index
 
 
 def audit_key(run_key) -> np.ndarray:

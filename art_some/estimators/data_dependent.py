@@ -266,8 +266,17 @@ class InputDependentRule(CertificateRule):
     in the input dimension ``dimension``), for a sigma rule whose log is ``rate``-Lipschitz.
     """
 
+    sequential = True  # Cohen's class and bound; the radius grows with the bound
+
     def __init__(self, rate: float, dimension: int, radius_steps: int, sigma_steps: int):
         self.rate, self.dimension, self.radius_steps, self.sigma_steps = rate, dimension, radius_steps, sigma_steps
+
+    def radius(self, p_lower, noise):
+        p_lower = np.asarray(p_lower, dtype=np.float64)
+        sigma = np.broadcast_to(np.asarray(noise.sigma, dtype=np.float64), p_lower.shape)
+        radius = semi_elastic_radius(p_lower, sigma, self.rate, self.dimension, radius_steps=self.radius_steps,
+                                     sigma_steps=self.sigma_steps)
+        return np.where(certifies(p_lower), radius, 0.0)
 
     def certify(self, selection_counts, estimation_counts, alpha, noise, squares=None):
         rows = np.arange(len(selection_counts))

@@ -40,6 +40,7 @@ from art_some.core.noise import (
     seed_for,
 )
 from art_some.core.rules import CertificateRule, CohenRule
+from art_some.core.sequential import DEFAULT_GROWTH, DEFAULT_START, DEFAULT_TOLERANCE, sequential_certify
 from art_some.core.streams import CHOICE, GRADIENT, level_stage
 from art_some.core.validate import positive_int, probability
 
@@ -543,8 +544,71 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         return self._certify_with(self.certificate_rule, x, n, n0=n0, alpha=alpha, batch_size=batch_size,
                                   indices=indices)
 
-    def _certify_with(self, rule: CertificateRule, x, n: int, n0=None, alpha=None, batch_size=None, indices=None):
-        """CERTIFY with the parts of this estimator and ``rule``; warns on every use of an unsound rule."""
+    def certify_sequential(
+        self,
+        x,
+        n: int,
+        n0: int | None = None,
+        alpha: float | None = None,
+        batch_size: int | None = None,
+        indices=None,
+        radii=None,
+        tolerance: float = DEFAULT_TOLERANCE,
+        start: int = DEFAULT_START,
+        growth: float = DEFAULT_GROWTH,
+    ) -> CertifyResult:
+        """
+        Sequential CERTIFY (:mod:`art_some.core.sequential`): estimation draws in geometric rounds up to ``n``,
+        Clopper-Pearson bounds with alpha spent evenly over the rounds, and each input stopped once decided: early
+        abstention, every radius of ``radii`` decided (fixed-radius mode), or (radius mode) when the rest of the draws
+        could add at most ``tolerance`` of the radius reachable at n.
+
+        Guarantee: for each input, the probability that any claim about it is wrong (the class within the returned
+        radius, or "certified at r" for any r of ``radii``) is at most ``alpha``, over all rounds and radii together.
+
+        :param x: Inputs ``(N, *input_shape)`` in raw input space.
+        :param n: The most estimation draws per input (the last round's total).
+        :param n0: Selection draws (default ``sample_size``), independent of the estimation draws.
+        :param alpha: Failure probability per input (default the estimator's ``alpha``).
+        :param batch_size: Noisy inputs per forward pass (default ``noise_batch_size``).
+        :param indices: Global indices that key each input's noise (default ``0..N-1``).
+        :param radii: Fixed-radius mode: the radii to decide; None for radius mode.
+        :param tolerance: Radius mode's stopping tolerance, a fraction in [0, 1).
+        :param start: Estimation draws of the first round.
+        :param growth: Growth factor of the cumulative draws per round.
+        :return: a :class:`~art_some.core.certify.CertifyResult` with ``draws`` and ``stopped_by`` per input (and
+                 ``radii``, ``certified_at`` in fixed-radius mode).
+        """
+        options = dict(radii=radii, tolerance=tolerance, start=start, growth=growth)
+        return self._certify_with(self.certificate_rule, x, n, n0=n0, alpha=alpha, batch_size=batch_size,
+                                  indices=indices, sequential=options)
+
+    def certify_at(self, x, radii, n: int, n0: int | None = None, alpha: float | None = None,
+                   batch_size: int | None = None, indices=None, start: int = DEFAULT_START,
+                   growth: float = DEFAULT_GROWTH) -> np.ndarray:
+        """
+        Is each input certified at each radius of ``radii``? Sequential CERTIFY in fixed-radius mode: every input
+        draws (in rounds, up to ``n``) until each radius is decided.
+
+        Guarantee: for each input, the probability that any of its "certified" answers is wrong (the smoothed
+        classifier's prediction is not constant within that radius) is at most ``alpha``, over all radii and rounds
+        together. A False is no claim: the radius was not certified with at most n draws.
+
+        :param x: Inputs ``(N, *input_shape)`` in raw input space.
+        :param radii: L2 radii (>= 0).
+        :param n: The most estimation draws per input.
+        :return: bool array ``(N, len(radii))``; :meth:`certify_sequential` with ``radii`` gives the full outcome.
+        """
+        result = self.certify_sequential(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices,
+                                         radii=radii, start=start, growth=growth)
+        return result.certified_at
+
+    def _certify_with(self, rule: CertificateRule, x, n: int, n0=None, alpha=None, batch_size=None, indices=None,
+                      sequential: dict | None = None):
+        """
+        CERTIFY with the parts of this estimator and ``rule`` (sequential CERTIFY with the options ``sequential``);
+        warns on every use of an unsound rule.
+        """
         import torch
 
         if not rule.sound:
@@ -553,11 +617,15 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         indices = check_indices(indices, len(x_t))
         check_finite_inputs(x_t, indices)  # before the noise-space map, which may spread a NaN to other inputs
         if isinstance(rule, CascadeRule):
+            if sequential is not None:
+                raise ValueError("sequential certification is not available for cascades yet (a cascade's levels "
+                                 "would need their own confidence sequences); use fixed-n certify")
             return self._cascade_certify(rule, x_t, n, n0, alpha, batch_size, indices)
         noise = self.noise_for(x_t, indices)
         with torch.inference_mode():
             z0 = self.to_noise_space(x_t)
-        result = certify_votes(
+        procedure, options = (certify_votes, {}) if sequential is None else (sequential_certify, sequential)
+        result = procedure(
             self.voting(self.vote),
             noise,
             z0,
@@ -570,6 +638,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             indices=indices,
             rule=rule,
             verbose=self.verbose,
+            **options,
         )
         if np.ndim(noise.sigma):  # a sigma per input: every record says its own
             result.extra["sigma"] = np.asarray(noise.sigma)

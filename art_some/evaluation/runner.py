@@ -8,6 +8,7 @@ settings, another model or other data is refused instead of being mixed into the
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ def certify_dataset(
     hint: str = DEFAULT_HINT,
     echo=None,
     shard: tuple[int, int] | None = None,
+    sequential: dict | None = None,
 ) -> list[dict]:
     """
     Certify ``dataset[i]`` for each ``i`` in ``indices`` and append the records to ``output`` (JSONL); skips
@@ -69,6 +71,10 @@ def certify_dataset(
     :param hint: The end of a mismatch message (what to do instead).
     :param echo: Where the line saying that a run resumes goes (a callable taking a string; default: standard
                  error when ``progress`` is on).
+    :param sequential: Certify with sequential CERTIFY (the estimator's ``certify_sequential``) and these options:
+                       ``{}`` for radius mode, ``{"radii": [...]}`` for fixed-radius mode, ``tolerance``, ``start``,
+                       ``growth``. Records then say each input's ``draws`` and ``stopped_by`` (and
+                       ``certified_at``); the header records the options.
     :param shard: ``(i, k)``: certify only shard i of k (every k-th of ``indices``, from the i-th), for a run spread
                   over processes or machines; the header records the shard and the whole index list, so that
                   :func:`merge_records` can check the shards against each other and for completeness.
@@ -89,13 +95,14 @@ def certify_dataset(
         alpha=float(getattr(estimator, "alpha", 0.0) if alpha is None else alpha),
         **(run_info or {}),
         **plan,
+        **({} if sequential is None else {"sequential": _sequential_options(sequential)}),
     )
     with RecordWriter(output, header=header, hint=hint) as writer:
         _check_recorded_inputs(writer, dataset, hint)
         todo = [int(i) for i in indices if int(i) not in writer.done]
         if writer.records:
             resume_note(echo, progress, output, len(indices) - len(todo), len(indices), "certified")
-        per_call = inputs_per_call(estimator, n, n0, batch_size)
+        per_call = inputs_per_call(estimator, n, n0, batch_size, sequential)
         with tqdm(desc="certify" if shard is None else f"certify shard {plan['shard'][0]}/{plan['shard'][1]}",
                   position=0 if shard is None else plan["shard"][0], disable=not progress,
                   initial=len(indices) - len(todo), total=len(indices), unit="input") as bar:
@@ -104,8 +111,9 @@ def certify_dataset(
                 items = [dataset[i] for i in chunk]
                 x = np.stack([np.asarray(item[0], dtype=np.float32) for item in items])
                 labels = [int(item[1]) for item in items]
-                result = estimator.certify_detailed(x, n=n, n0=n0, alpha=alpha, batch_size=batch_size,
-                                                    indices=chunk)
+                certify = estimator.certify_detailed if sequential is None else functools.partial(
+                    estimator.certify_sequential, **sequential)
+                result = certify(x, n=n, n0=n0, alpha=alpha, batch_size=batch_size, indices=chunk)
                 for record, x_i in zip(records_from_result(result, labels, chunk, method), x):
                     writer.append({**record, "input_sha256": input_hash(x_i)})
                 bar.update(len(chunk))
@@ -115,15 +123,33 @@ def certify_dataset(
     return records
 
 
-def inputs_per_call(estimator, n: int, n0: int | None, batch_size: int | None) -> int:
+def inputs_per_call(estimator, n: int, n0: int | None, batch_size: int | None, sequential: dict | None = None) -> int:
     """
     How many inputs one engine call certifies: enough to fill a noisy batch when n is small (n = 100 with batches
-    of 1,000 packs 10 inputs per forward pass), one when n alone fills batches. Records do not depend on it: every
-    input's noise comes from its own stream (keyed by its index), and each record is written when its call ends.
+    of 1,000 packs 10 inputs per forward pass), one when n alone fills batches; sequential CERTIFY packs by its
+    first round's draws, since most inputs stop after a few rounds. Records do not depend on it: every input's
+    noise comes from its own stream (keyed by its index), and each record is written when its call ends.
     """
+    from art_some.core.sequential import DEFAULT_START
+
     batch = int(batch_size or getattr(estimator, "noise_batch_size", 1))
-    draws = max(int(n), int(getattr(estimator, "sample_size", 1) if n0 is None else n0))
+    first = int(n) if sequential is None else min(int(n), int(sequential.get("start", DEFAULT_START)))
+    draws = max(first, int(getattr(estimator, "sample_size", 1) if n0 is None else n0))
     return max(1, batch // draws)
+
+
+def _sequential_options(options: dict) -> dict:
+    """Sequential CERTIFY's options as the header records them (all of them, defaults included)."""
+    from art_some.core.sequential import DEFAULT_GROWTH, DEFAULT_START, DEFAULT_TOLERANCE
+
+    unknown = sorted(set(options) - {"radii", "tolerance", "start", "growth"})
+    if unknown:
+        raise ValueError(f"sequential takes radii, tolerance, start and growth, got {', '.join(unknown)}")
+    radii = options.get("radii")
+    return {"mode": "radius" if radii is None else "fixed_radius",
+            "radii": None if radii is None else [float(r) for r in radii],
+            "tolerance": float(options.get("tolerance", DEFAULT_TOLERANCE)),
+            "start": int(options.get("start", DEFAULT_START)), "growth": float(options.get("growth", DEFAULT_GROWTH))}
 
 
 def resume_note(echo, progress: bool, path, done: int, total: int, verb: str) -> None:

@@ -1,0 +1,226 @@
+"""
+Sequential CERTIFY: the schedule, the stopping rules, and soundness tested statistically on exact linear ground truths
+(a half-space classifier at signed distance d: pA = Phi(d / sigma), so the true radius is |d|).
+"""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom
+
+from art_some.core import sequential
+from art_some.core.noise import GaussianNoise
+from art_some.core.rules import CohenRule
+from art_some.core.sequential import draw_schedule, round_alphas, sequential_certify
+
+SIGMA = 0.5
+ALPHA = 0.1  # large, so that the tests have power
+TRIALS = 600  # inputs per distance; each index keys its own noise, so they are independent trials
+
+
+def half_space(z):
+    """Class 1 where the first coordinate is positive: an input at x[0] = d has pA = Phi(d / sigma)."""
+    return (z[:, 0] > 0).long()
+
+
+def run(d, trials=TRIALS, **options):
+    x = torch.zeros((trials, 2))
+    x[:, 0] = d
+    settings = dict(n0=20, n=3000, alpha=ALPHA, num_classes=2, rule=CohenRule(), start=20, batch_size=20000,
+                    seed=11)
+    return sequential_certify(half_space, GaussianNoise(SIGMA), x, **{**settings, **options})
+
+
+def allowance(trials, alpha=ALPHA):
+    """The most wrong claims a procedure with failure rate <= alpha shows, at a one-sided 0.001 binomial test."""
+    return binom.ppf(0.999, trials, alpha)
+
+
+def wrong_radius_claims(result, d):
+    """Claims that are wrong: a certified radius above |d|, or a certified class that is not the true one."""
+    truth = 1 if d > 0 else 0
+    certified = result.predict >= 0
+    return int(np.sum(certified & ((result.predict != truth) | (result.radius > abs(d)))))
+
+
+def wrong_fixed_radius_claims(result, d):
+    """Inputs with at least one wrong "certified at r" (r > |d|, or the wrong class)."""
+    truth = 1 if d > 0 else 0
+    wrong = result.certified_at & ((result.radii[None, :] > abs(d)) | (result.predict != truth)[:, None])
+    return int(np.sum(wrong.any(axis=1)))
+
+
+def test_the_schedule_grows_geometrically_ends_at_n_and_splits_alpha_over_its_rounds():
+    assert draw_schedule(100_000) == [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 51200, 100_000]
+    assert draw_schedule(150, start=100) == [100, 150]
+    assert draw_schedule(50, start=100) == [50]
+    assert draw_schedule(10, start=2, growth=1.5) == [2, 3, 5, 7, 10]
+    assert round_alphas(0.001, 11).sum() == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="growth must be a number > 1"):
+        draw_schedule(100, growth=1.0)
+    with pytest.raises(ValueError, match="start"):
+        draw_schedule(100, start=0)
+
+
+@pytest.mark.parametrize("d", [0.1, 0.4, 0.8])
+def test_radius_mode_claims_a_radius_above_the_true_one_at_most_alpha_of_the_time(d):
+    result = run(d, tolerance=0.02)
+    assert wrong_radius_claims(result, d) <= allowance(TRIALS)
+    assert (result.draws <= 3000).all() and set(result.stopped_by) <= set(sequential.STOP_REASONS)
+    assert (result.predict >= 0).mean() > 0.5  # it does certify (the test is not passed by abstaining)
+
+
+@pytest.mark.parametrize("d", [0.3, 0.6])
+def test_fixed_radius_mode_wrong_certified_at_r_answers_stay_within_alpha_over_all_radii(d):
+    # Radii around the true one: those just above |d| are where a wrong "certified" can happen.
+    radii = [0.5 * d, 0.9 * d, 1.02 * d, 1.1 * d, 1.3 * d]
+    result = run(d, radii=radii)
+    assert wrong_fixed_radius_claims(result, d) <= allowance(TRIALS)
+    assert result.certified_at[:, 0].mean() > 0.9  # radii well inside are certified
+    assert (result.certified_at == ((result.predict >= 0)[:, None]
+                                    & (result.radius[:, None] >= np.asarray(radii)[None, :]))).all()
+
+
+def test_without_alpha_spending_the_same_test_fails(monkeypatch):
+    # The broken variant: every round's bound at the full alpha (no union bound over the rounds).
+    monkeypatch.setattr(sequential, "round_alphas", lambda alpha, rounds: np.full(rounds, alpha))
+    d = 0.3
+    radii = [1.02 * d, 1.1 * d]
+    broken = run(d, radii=radii)
+    assert wrong_fixed_radius_claims(broken, d) > allowance(TRIALS)
+    assert wrong_radius_claims(run(d, tolerance=0.0), d) > allowance(TRIALS)
+
+
+def test_clear_inputs_stop_early_and_a_coin_flip_abstains_early():
+    decided = run(2.0, 200, n=100_000, start=100, alpha=0.001, radii=[0.25, 0.5])  # pA = Phi(4)
+    assert decided.certified_at.all() and (decided.draws <= 800).all()
+    assert set(decided.stopped_by) == {"radii"}
+    # Radius mode stops where the rest of the draws could add little: at pA = Phi(0.5), well before n.
+    moderate = run(0.25, 200, n=100_000, start=100, alpha=0.001, tolerance=0.05)
+    assert np.median(moderate.draws) < 100_000 and (moderate.stopped_by == "tolerance").mean() > 0.5
+    assert (moderate.predict == 1).mean() > 0.9 and not (moderate.predict == 0).any()  # n0 = 20 may pick class 0
+    # Three classes with probabilities 0.4, 0.3, 0.3: no class can reach 1/2, which shows within a few rounds.
+    from scipy.stats import norm
+
+    cuts = SIGMA * norm.ppf([0.4, 0.7])
+
+    def three_way(z):
+        return torch.bucketize(z[:, 0].contiguous(), torch.as_tensor(cuts, dtype=z.dtype))
+
+    split = sequential_certify(three_way, GaussianNoise(SIGMA), torch.zeros((200, 2)), n0=100, n=100_000,
+                               alpha=0.001, num_classes=3, rule=CohenRule())
+    assert (split.predict == -1).all() and (split.stopped_by == "abstain").all()
+    assert split.draws.max() <= 800
+
+
+def test_a_radius_out_of_reach_at_n_is_decided_at_once():
+    # sigma * Phi^-1(alpha^(1/n)) is the largest radius n draws can certify; beyond it nothing needs drawing.
+    result = run(3.0, n=1000, start=100, alpha=0.001, radii=[10.0])
+    assert (result.draws == 100).all() and not result.certified_at.any()
+
+
+def test_the_selection_draws_are_those_of_fixed_n_certify():
+    from art_some.core.certify import certify
+
+    x = torch.zeros((20, 2))
+    x[:, 0] = 0.1
+    fixed = certify(half_space, GaussianNoise(SIGMA), x, n0=30, n=200, alpha=ALPHA, num_classes=2, seed=3)
+    seq = sequential_certify(half_space, GaussianNoise(SIGMA), x, n0=30, n=200, alpha=ALPHA, num_classes=2, seed=3,
+                             rule=CohenRule(), start=50)
+    np.testing.assert_array_equal(seq.counts_selection, fixed.counts_selection)
+    assert (seq.counts_estimation.sum(axis=1) == seq.draws).all()
+
+
+def test_bad_options_and_rules_without_sequential_support_are_refused():
+    x = torch.zeros((2, 2))
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        run(0.1, tolerance=1.0)
+    with pytest.raises(ValueError, match="radii must be"):
+        run(0.1, radii=[-1.0])
+    from art_some.core.rules import CertificateRule
+
+    with pytest.raises(ValueError, match="CertificateRule does not support sequential certification"):
+        sequential_certify(half_space, GaussianNoise(SIGMA), x, n0=10, n=100, alpha=ALPHA, num_classes=2,
+                           rule=CertificateRule())
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        sequential_certify(half_space, GaussianNoise(SIGMA), torch.full((2, 2), float("nan")), n0=10, n=100,
+                           alpha=ALPHA, num_classes=2, rule=CohenRule())
+
+
+# Every estimator, through its certificate rule -----------------------------------------------------------------------
+SEQUENTIAL_RULES = {"smoothed", "some", "smooth_reduce", "data_dependent"}  # Cohen's rule, scaled, or DDRS's
+
+
+@pytest.fixture(scope="module")
+def estimators(digits):
+    from test_non_finite import _digit_estimators
+
+    (x, _), _ = digits
+    return dict(_digit_estimators(x[:200]))
+
+
+@pytest.mark.parametrize("name", ["smoothed", "some", "smooth_reduce", "smooth_reduce_vote_average", "cascade",
+                                  "data_dependent"])
+def test_every_estimator_certifies_sequentially_or_says_why_not(estimators, digits, name):
+    _, (x, _) = digits
+    clf = estimators[name]
+    if name not in SEQUENTIAL_RULES:
+        with pytest.raises(ValueError, match="sequential certification is not available for cascades|does not "
+                                             "support sequential certification"):
+            clf.certify_sequential(x[:2], n=200)
+        return
+    result = clf.certify_sequential(x[:4], n=400, start=50, indices=[3, 5, 7, 9])
+    fixed = clf.certify_detailed(x[:4], n=400, indices=[3, 5, 7, 9])
+    np.testing.assert_array_equal(result.counts_selection, fixed.counts_selection)  # the same n0 draws
+    assert (result.draws >= 50).all() and (result.draws <= 400).all()
+    assert (result.counts_estimation.sum(axis=1) == result.draws).all()
+    rule = clf.certificate_rule
+    noise = clf.noise_for(torch.as_tensor(x[:4]), np.array([3, 5, 7, 9]))
+    sure = result.predict >= 0
+    np.testing.assert_allclose(result.radius[sure], rule.radius(result.p_lower, noise)[sure])
+    at = clf.certify_at(x[:4], radii=[0.0, 0.1, 0.3], n=400, start=50, indices=[3, 5, 7, 9])
+    assert at.shape == (4, 3) and at.dtype == bool
+    assert (at[:, 1] <= at[:, 0]).all() and (at[:, 2] <= at[:, 1]).all()  # a larger radius is never easier
+
+
+def test_certify_at_on_a_linear_model_answers_by_the_exact_radius():
+    from conftest import Linear2
+
+    # Logits (0, x0 - 0.3): class 1 beyond x0 = 0.3, so the input x0 = 0.8 has the exact radius 0.5.
+    clf = make_linear(Linear2([1.0, 0.0], -0.3))
+    x = np.tile(np.array([[0.8, 0.0]], dtype=np.float32), (8, 1))
+    at = clf.certify_at(x, radii=[0.1, 0.3, 0.6, 2.0], n=20_000)
+    assert at[:, :2].all() and not at[:, 2:].any()
+
+
+def make_linear(model):
+    from conftest import make_classifier
+
+    return make_classifier(model, (2,), 2, sample_size=50, scale=0.25, noise_batch_size=5000, clip_values=None)
+
+
+# The runner and the command line --------------------------------------------------------------------------------------
+def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_draws_it_spent(tmp_path):
+    from test_runner import _checkpoint, _cli
+
+    from art_some.core.results import read_header, read_jsonl
+
+    model = _checkpoint(tmp_path)
+    common = ["--model", model, "--n0", 20, "--n", 2000, "--skip", 30, "--device", "cpu"]
+    result = _cli("certify", *common, "--radii", "0.1,0.25", "--output", tmp_path / "at.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "forward passes per input" in result.output and "0.1  0.25" in result.output
+    records = read_jsonl(tmp_path / "at.jsonl")
+    assert all(set(r["certified_at"]) == {"0.1", "0.25"} and 100 <= r["draws"] <= 2000 for r in records)
+    assert all(r["certified_at"]["0.1"] == (r["predict"] >= 0 and r["radius"] >= 0.1) for r in records)
+    assert {r["stopped_by"] for r in records} <= {"abstain", "radii", "max_n"}
+    header = read_header(tmp_path / "at.jsonl")
+    assert header["sequential"]["mode"] == "fixed_radius" and header["sequential"]["radii"] == [0.1, 0.25]
+    # Another mode on the same file is another run.
+    result = _cli("certify", *common, "--sequential", "--output", tmp_path / "at.jsonl")
+    assert result.exit_code == 2 and "sequential" in result.output
+    result = _cli("certify", *common, "--sequential", "--tolerance", 0.05, "--output", tmp_path / "seq.jsonl")
+    assert result.exit_code == 0, result.output
+    assert read_header(tmp_path / "seq.jsonl")["sequential"]["tolerance"] == 0.05
+    assert all("certified_at" not in r and r["draws"] <= 2000 for r in read_jsonl(tmp_path / "seq.jsonl"))
+    result = _cli("certify", *common, "--tolerance", 0.05, "--output", tmp_path / "bad.jsonl")
+    assert result.exit_code == 2 and "--tolerance is the radius mode's stopping rule" in result.output
