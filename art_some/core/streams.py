@@ -24,9 +24,10 @@ stage                          key                                    draws
 
 Key spaces: input indices lie in ``[0, INDEX_LIMIT)``; round j of sequential CERTIFY draws its estimation noise
 under ``j * INDEX_LIMIT + index`` (round 0 is the input's plain ESTIMATION key; stage ESTIMATION has no other
-keys); an attack run of the audit (attack ``a``, budget ``e``, input ``index``) has the key :func:`attack_run_key` in ``[INDEX_LIMIT, AUDIT_KEY_BASE)`` for its gradient and
-numpy streams, and confirms its point with fresh draws under :func:`audit_key` ``>= AUDIT_KEY_BASE``; levels of a
-cascade add ``LEVEL_STRIDE`` per level to the stage, so level 0 is a plain smoothed classifier's streams.
+keys); an attack run of the audit (attack ``a``, budget ``e``, input ``index``) has the key :func:`attack_run_key`
+in ``[INDEX_LIMIT, AUDIT_KEY_BASE)`` for its gradient and numpy streams, and confirms its point with fresh draws
+under :func:`audit_key` ``>= AUDIT_KEY_BASE``; levels of a cascade add ``LEVEL_STRIDE`` per level to the stage, so
+level 0 is a plain smoothed classifier's streams.
 ``tests/test_streams.py`` checks that these spaces are disjoint within the documented limits.
 """
 from __future__ import annotations
