@@ -55,7 +55,8 @@ def draw_schedule(n: int, start: int = DEFAULT_START, growth: float = DEFAULT_GR
     with ``n``. Fixed before any draw, so the failure probability can be split over its rounds.
     """
     n, start = positive_int("n", n), positive_int("start", start)
-    if not np.isfinite(growth) or growth <= 1:
+    if isinstance(growth, bool) or not isinstance(growth, (int, float, np.number)) or not np.isfinite(growth) \
+            or growth <= 1:
         raise ValueError(f"growth must be a number > 1 (each round draws more than the last), got {growth!r}")
     schedule, size = [], float(start)
     while int(np.ceil(size)) < n:
