@@ -121,6 +121,8 @@ def sequential_certify(
              ``stopped_by`` and, in fixed-radius mode, ``radii`` and ``certified_at`` ``(N, len(radii))`` say how
              each input was decided.
     """
+    import torch
+
     if not getattr(rule, "sequential", False):
         raise ValueError(f"{type(rule).__name__} does not support sequential certification (its certificate is not "
                          "declared a function of one lower bound on pA); use fixed-n certify")
@@ -149,8 +151,6 @@ def sequential_certify(
     for j, (total, round_alpha) in enumerate(zip(schedule, alphas)):
         if not len(active):
             break
-        import torch
-
         rows = torch.as_tensor(active, device=x.device) if isinstance(x, torch.Tensor) else active
         counts[active] += count_votes(vote_fn, x[rows], total - previous, _subset(noise, active),
                                       stage=ESTIMATION, indices=sequential_round_key(j, indices[active]),

@@ -40,7 +40,7 @@ from art_some.core.results import (
 )
 from art_some.core.stats import binomial_test_two_sided
 from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LIMIT, attack_run_key, audit_key
-from art_some.evaluation.runner import resume_note, shard_plan
+from art_some.evaluation.runner import bar_interval, resume_note, shard_plan
 
 # Verification noise is keyed far above any data-set index (art_some.core.streams.audit_key), so it is fresh:
 # independent of the certification and prediction draws of every input, and different for every verification call.
@@ -202,7 +202,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
         # The bar counts inputs, not chunks: a chunk of attacks can take minutes.
         with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="input", disable=not progress,
                   desc="audit" if shard is None else f"audit shard {plan['shard'][0]}/{plan['shard'][1]}",
-                  position=0 if shard is None else plan["shard"][0]) as bar:
+                  position=0 if shard is None else plan["shard"][0], mininterval=bar_interval()) as bar:
             for chunk in chunks:
                 for j, record in zip(chunk, state.run(x[chunk], y[chunk], indices[chunk], n=n, n0=n0,
                                                       alpha=alpha)):

@@ -105,7 +105,8 @@ def certify_dataset(
         per_call = inputs_per_call(estimator, n, n0, batch_size, sequential)
         with tqdm(desc="certify" if shard is None else f"certify shard {plan['shard'][0]}/{plan['shard'][1]}",
                   position=0 if shard is None else plan["shard"][0], disable=not progress,
-                  initial=len(indices) - len(todo), total=len(indices), unit="input") as bar:
+                  initial=len(indices) - len(todo), total=len(indices), unit="input",
+                  mininterval=bar_interval()) as bar:
             for start in range(0, len(todo), per_call):
                 chunk = todo[start : start + per_call]
                 items = [dataset[i] for i in chunk]
@@ -150,6 +151,11 @@ def _sequential_options(options: dict) -> dict:
             "radii": None if radii is None else [float(r) for r in radii],
             "tolerance": float(options.get("tolerance", DEFAULT_TOLERANCE)),
             "start": int(options.get("start", DEFAULT_START)), "growth": float(options.get("growth", DEFAULT_GROWTH))}
+
+
+def bar_interval() -> float:
+    """Seconds between progress updates: often on a terminal, every half minute in a log file (a SLURM job's)."""
+    return 0.5 if sys.stderr.isatty() else 30.0
 
 
 def resume_note(echo, progress: bool, path, done: int, total: int, verb: str) -> None:
