@@ -81,6 +81,9 @@ def certify_dataset(
     :return: All records in the file, sorted by index.
     """
     indices = [int(i) for i in indices]
+    if sequential is not None and not callable(getattr(estimator, "certify_sequential", None)):
+        raise ValueError(f"{type(estimator).__name__} has no certify_sequential: sequential certification (--radii, "
+                         "--sequential) needs an estimator built on art_some.SmoothedClassifier")
     plan = {}
     if shard is not None:
         plan = shard_plan(indices, shard)
