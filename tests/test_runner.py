@@ -139,6 +139,9 @@ def test_shards_from_the_command_line_merge_into_the_single_process_records(tmp_
         read_jsonl(tmp_path / "single.jsonl"))
     result = _cli("merge", tmp_path / "s0.jsonl", tmp_path / "s2.jsonl", "--output", tmp_path / "m2.jsonl")
     assert result.exit_code == 2 and "shard(s) 1/3 missing" in result.output
+    report = _cli("report", tmp_path / "s1.jsonl", tmp_path / "merged.jsonl").output  # the provenance, shard included
+    assert "run: shard 1/3 of 30 inputs" in report and "merged from 3 shards" in report
+    assert "precision fp32" in report and "weights sha256" in report and "data digits test" in report
     result = _cli("certify", "--model", model, *CERTIFY, "--shard", "3/3", "--output", tmp_path / "bad.jsonl")
     assert result.exit_code == 2 and "--shard must look like I/K" in result.output
     assert not (tmp_path / "bad.jsonl").exists()

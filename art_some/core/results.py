@@ -486,12 +486,28 @@ def describe_header(header: dict | None) -> str:
                                                             "verify_n") if k in header)
     data = " ".join(str(header[k]) for k in ("dataset", "split") if header.get(k) is not None) or "given by the caller"
     model = source.get("model", "model")
-    return "\n".join([
+    lines = [
         f"provenance ({header.get('kind', 'records')}): art-some {header.get('art_some')}, "
         f"torch {header.get('torch')}, schema {header.get('schema')}",
         f"  {header.get('method') or header.get('estimator')} ({header.get('estimator')}): {settings}",
         f"  {model} (weights sha256 {_show(header.get('model_sha256'))}); data {data}",
-    ])
+    ]
+    params = header.get("estimator_params") or {}
+    if params:
+        lines.append("  estimator parameters: " + ", ".join(f"{k} {_show(v)}" for k, v in sorted(params.items())))
+    run = []
+    if header.get("sequential"):
+        options = header["sequential"]
+        run.append(f"sequential CERTIFY, {options.get('mode', '').replace('_', '-')} mode "
+                   + (f"at radii {_show(options.get('radii'))}" if options.get("radii")
+                      else f"with tolerance {_show(options.get('tolerance'))}"))
+    if header.get("shard"):
+        run.append(f"shard {header['shard'][0]}/{header['shard'][1]} of {header.get('plan', {}).get('count')} inputs")
+    if header.get("merged_from"):
+        run.append(f"merged from {header['merged_from']} shards")
+    if run:
+        lines.append("  run: " + "; ".join(run))
+    return "\n".join(lines)
 
 
 def _format_time(seconds: float) -> str:
