@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import shutil
 import sys
@@ -80,8 +81,8 @@ def _parse_radii(text: str):
         radii = [float(r) for r in text.split(",") if r.strip()]
     except ValueError:
         raise ValueError(f"--radii must be comma-separated numbers, got {text!r}") from None
-    if not radii or min(radii) < 0:
-        raise ValueError(f"--radii must hold non-negative numbers, got {text!r}")
+    if not radii or min(radii) < 0 or not all(math.isfinite(r) for r in radii):
+        raise ValueError(f"--radii must hold finite non-negative numbers, got {text!r}")
     return radii
 
 
@@ -181,6 +182,8 @@ def certify(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alpha
     from art_some.evaluation.runner import merge_torchrun_shards, shard_path
 
     plan = None
+    if radii is not None and sequential:
+        raise ValueError("give --radii (fixed-radius mode) or --sequential (radius mode), not both")
     if radii is not None:
         plan = {"radii": _parse_radii(radii)}
     elif sequential:

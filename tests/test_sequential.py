@@ -132,7 +132,7 @@ def test_the_selection_draws_are_those_of_fixed_n_certify():
 
 def test_bad_options_and_rules_without_sequential_support_are_refused():
     x = torch.zeros((2, 2))
-    with pytest.raises(ValueError, match="tolerance must be in"):
+    with pytest.raises(ValueError, match=r"tolerance must be a number in \[0, 1\)"):
         run(0.1, tolerance=1.0)
     with pytest.raises(ValueError, match="radii must be"):
         run(0.1, radii=[-1.0])
@@ -224,3 +224,66 @@ def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_
     assert all("certified_at" not in r and r["draws"] <= 2000 for r in read_jsonl(tmp_path / "seq.jsonl"))
     result = _cli("certify", *common, "--tolerance", 0.05, "--output", tmp_path / "bad.jsonl")
     assert result.exit_code == 2 and "--tolerance is the radius mode's stopping rule" in result.output
+
+
+# What the statistics cannot see: every bound at alpha / R, and fresh noise in every round -------------------------------
+def test_every_bound_of_every_round_is_at_alpha_over_the_number_of_rounds(monkeypatch):
+    levels = []
+    for name in ("clopper_pearson_lower", "clopper_pearson_upper"):
+        real = getattr(sequential, name)
+        monkeypatch.setattr(sequential, name, lambda k, n, a, real=real: levels.append(a) or real(k, n, a))
+    for options in ({"tolerance": 0.0}, {"radii": [0.1, 0.5]}):
+        levels.clear()
+        run(0.3, 50, n=3000, start=20, **options)
+        rounds = len(draw_schedule(3000, 20))
+        assert levels and set(levels) == {ALPHA / rounds}
+
+
+def test_the_selection_and_every_round_draw_from_streams_of_their_own(monkeypatch):
+    calls = []
+    real = sequential.count_votes
+
+    def spy(vote_fn, x, num, noise, *, stage, indices, **kwargs):
+        calls.append({(stage, int(k)) for k in indices})
+        return real(vote_fn, x, num, noise, stage=stage, indices=indices, **kwargs)
+
+    monkeypatch.setattr(sequential, "count_votes", spy)
+    x = torch.zeros((5, 2))
+    x[:, 0] = 0.2
+    sequential_certify(half_space, GaussianNoise(SIGMA), x, n0=20, n=2000, alpha=ALPHA, num_classes=2,
+                       rule=CohenRule(), start=20, tolerance=0.0, indices=[4, 9, 1, 7, 3])
+    assert len(calls) == len(draw_schedule(2000, 20)) + 1  # the selection, then one call per round
+    seen = set()
+    for streams in calls:
+        assert not streams & seen  # no (stage, key) is drawn from twice
+        seen |= streams
+
+
+def test_schedules_with_too_many_rounds_are_refused_at_once():
+    with pytest.raises(ValueError, match="more than 1024 rounds"):
+        draw_schedule(10**6, start=1, growth=1 + 1e-9)
+    assert draw_schedule(500, start=100, growth=1.0000001) == list(range(100, 501))  # one more draw per round
+    with pytest.raises(ValueError, match="radii must be a list"):
+        run(0.1, 2, radii="0.5")
+    with pytest.raises(ValueError, match="radii must be a list"):
+        run(0.1, 2, radii=[0.5, 0.5])
+    with pytest.raises(ValueError, match="tolerance must be a number"):
+        run(0.1, 2, tolerance="0.1")
+
+
+def test_a_mistyped_option_leaves_no_file_behind(tmp_path):
+    from test_runner import _checkpoint, _cli
+
+    from art_some.data import digits
+    from art_some.evaluation import certify_dataset
+
+    model = _checkpoint(tmp_path)
+    for bad in (["--radii", "nan"], ["--radii", "0.5", "--sequential"], ["--sequential", "--tolerance", 1.5]):
+        result = _cli("certify", "--model", model, "--n", 100, "--device", "cpu", *bad, "--output",
+                      tmp_path / "r.jsonl")
+        assert result.exit_code == 2 and not (tmp_path / "r.jsonl").exists(), result.output
+    clf = make_linear(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)))
+    data, _ = digits(split="test")
+    with pytest.raises(ValueError, match="tolerance must be a number"):
+        certify_dataset(clf, data, [0], tmp_path / "t.jsonl", n=100, sequential={"tolerance": 1.5}, progress=False)
+    assert not (tmp_path / "t.jsonl").exists()

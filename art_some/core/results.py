@@ -90,7 +90,7 @@ def _sequential_fields(result, j: int) -> dict:
     if getattr(result, "draws", None) is not None:
         fields.update(draws=int(result.draws[j]), stopped_by=str(result.stopped_by[j]))
     if getattr(result, "certified_at", None) is not None:
-        fields["certified_at"] = {f"{r:g}": bool(c) for r, c in zip(result.radii, result.certified_at[j])}
+        fields["certified_at"] = {str(float(r)): bool(c) for r, c in zip(result.radii, result.certified_at[j])}
     return fields
 
 

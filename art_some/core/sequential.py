@@ -9,10 +9,10 @@ that the schedule fixes in advance: :func:`round_alphas`), so by the union bound
 with probability at least 1 - alpha: a confidence sequence. The certificate uses the largest bound seen so far.
 An input stops when
 
-- **abstain**: even if its remaining draws all went as the upper confidence bound allows, the bound at n could not
-  reach 1/2;
-- **radii** (fixed-radius mode): every requested radius is decided, certified (the bound already reaches it) or out
-  of reach at n (in the sense above);
+- **abstain**: even if its remaining draws voted for c_A at the rate of the upper confidence bound on pA, the bound
+  at n could not reach 1/2;
+- **radii** (fixed-radius mode): every requested radius is decided, certified (the rule's radius for the bound
+  already reaches it) or out of reach at n (in the sense above);
 - **tolerance** (radius mode): the radius that the remaining draws could at best add is at most ``tolerance`` times
   the radius reachable at n;
 - **max_n**: it has used all n draws.
@@ -36,8 +36,8 @@ import numpy as np
 from art_some.core.certify import ABSTAIN, CertifyResult, _check_inputs
 from art_some.core.noise import check_indices, count_votes
 from art_some.core.stats import certifies, clopper_pearson_lower, clopper_pearson_upper
-from art_some.core.streams import ESTIMATION, SELECTION, sequential_round_key
-from art_some.core.validate import positive_int, probability, unit_interval
+from art_some.core.streams import ESTIMATION, MAX_ROUNDS, SELECTION, sequential_round_key
+from art_some.core.validate import is_number, positive_int, probability
 
 if TYPE_CHECKING:
     import torch
@@ -55,15 +55,16 @@ def draw_schedule(n: int, start: int = DEFAULT_START, growth: float = DEFAULT_GR
     with ``n``. Fixed before any draw, so the failure probability can be split over its rounds.
     """
     n, start = positive_int("n", n), positive_int("start", start)
-    if isinstance(growth, bool) or not isinstance(growth, (int, float, np.number)) or not np.isfinite(growth) \
-            or growth <= 1:
+    if not is_number(growth) or not np.isfinite(growth) or growth <= 1:
         raise ValueError(f"growth must be a number > 1 (each round draws more than the last), got {growth!r}")
     schedule, size = [], float(start)
     while int(np.ceil(size)) < n:
-        step = int(np.ceil(size))
-        if not schedule or step > schedule[-1]:
-            schedule.append(step)
-        size *= growth
+        step = max(int(np.ceil(size)), schedule[-1] + 1 if schedule else 1)  # at least one more draw per round
+        schedule.append(step)
+        if len(schedule) >= MAX_ROUNDS:
+            raise ValueError(f"start {start} and growth {growth!r} give more than {MAX_ROUNDS} rounds up to n = {n}: "
+                             "use a larger start or growth (each round spends a share of alpha)")
+        size = max(size * float(growth), step + 1)
     return [*schedule, n]
 
 
@@ -109,7 +110,8 @@ def sequential_certify(
     :param rule: A certificate rule with ``sequential = True`` and ``radius(p_lower, noise)``.
     :param radii: Fixed-radius mode: decide "certified at r" for each r (>= 0); None for radius mode.
     :param tolerance: Radius mode: stop once the remaining draws could add at most this fraction of the radius
-                      reachable at n (in [0, 1); 0 runs every input to a decision at n, as fixed-n CERTIFY).
+                      reachable at n (in [0, 1); 0 stops only to abstain or at n, and even then the bounds are at
+                      alpha / R, so radii are a little smaller than fixed-n CERTIFY's).
     :param start: Estimation draws of the first round.
     :param growth: Factor by which the cumulative draws grow per round (> 1).
     :param batch_size: Noisy inputs per forward pass.
@@ -129,15 +131,14 @@ def sequential_certify(
     alpha = probability("alpha", alpha)
     positive_int("n0", n0)
     _check_inputs(x, "n", n, indices)
-    tolerance = unit_interval("tolerance", tolerance)
-    if tolerance >= 1:
-        raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
-    radii = None if radii is None else _check_radii(radii)
+    tolerance = check_tolerance(tolerance)
+    radii = None if radii is None else check_radii(radii)
     schedule = draw_schedule(n, start, growth)
     alphas = round_alphas(alpha, len(schedule))
     began = time.perf_counter()
     x_len = len(x)
     indices = check_indices(indices, x_len)
+    sequential_round_key(len(schedule) - 1, indices)  # refuses indices beyond the key space before any draw
     common = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, device=device, verbose=verbose)
     selection = count_votes(vote_fn, x, int(n0), noise, stage=SELECTION, indices=indices,
                             desc="CERTIFY selection", **common)
@@ -191,9 +192,10 @@ def sequential_certify(
 
 def _reachable(rule, k, total, n, alphas, j, best, noise) -> np.ndarray:
     """
-    The largest radius each input could still certify by the end (-1 where even that stays below 1/2): its
-    remaining draws all going as the upper confidence bound on pA allows, with the last round's bound at n, or the
-    best bound it already has.
+    The largest radius each input could still certify by the end (-1 where even that stays below 1/2), in an
+    optimistic projection: its remaining draws voting for c_A at the rate of the upper confidence bound on pA, and
+    the last round's bound at n; or what the best bound it already has gives. Only the cost depends on it: a wrong
+    projection stops an input too early (fewer certificates) or too late (more draws), never a wrong claim.
     """
     p_final = best
     if total < n:
@@ -210,11 +212,22 @@ def _subset(noise, positions: np.ndarray):
     return noise.subset(positions)
 
 
-def _check_radii(radii) -> np.ndarray:
-    values = np.asarray(radii, dtype=np.float64).reshape(-1)
-    if not len(values) or not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise ValueError(f"radii must be one or more finite numbers >= 0, got {radii!r}")
+def check_radii(radii) -> np.ndarray:
+    """Fixed-radius mode's radii: one or more distinct finite numbers >= 0 (a list or array, not a string)."""
+    message = f"radii must be a list of one or more distinct finite numbers >= 0, got {radii!r}"
+    if isinstance(radii, (str, bytes)) or np.ndim(radii) != 1 or not all(is_number(r) for r in radii):
+        raise ValueError(message)
+    values = np.asarray(radii, dtype=np.float64)
+    if not len(values) or not np.all(np.isfinite(values)) or np.any(values < 0) or len(set(values)) < len(values):
+        raise ValueError(message)
     return values
 
 
-__all__ = ["STOP_REASONS", "draw_schedule", "round_alphas", "sequential_certify"]
+def check_tolerance(tolerance) -> float:
+    """Radius mode's tolerance: a number in [0, 1)."""
+    if not is_number(tolerance) or not 0 <= float(tolerance) < 1:
+        raise ValueError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
+    return float(tolerance)
+
+
+__all__ = ["STOP_REASONS", "check_radii", "check_tolerance", "draw_schedule", "round_alphas", "sequential_certify"]

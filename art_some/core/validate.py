@@ -10,7 +10,8 @@ from numbers import Real
 import numpy as np
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A real number, never a bool (True is 1 to Python, but never what a user meant by a number)."""
     return isinstance(value, (Real, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -20,7 +21,7 @@ def integer(name: str, value, low: int | None = None, high: int | None = None) -
         allowed = "an integer"
     else:
         allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    if not _is_number(value) or not math.isfinite(float(value)) or int(value) != value:
+    if not is_number(value) or not math.isfinite(float(value)) or int(value) != value:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
@@ -34,7 +35,7 @@ def positive_int(name: str, value) -> int:
 
 def probability(name: str, value) -> float:
     """A failure probability strictly between 0 and 1 (alpha: 0 certifies nothing, 1 guarantees nothing)."""
-    if not _is_number(value) or not 0.0 < float(value) < 1.0:
+    if not is_number(value) or not 0.0 < float(value) < 1.0:
         raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
     return float(value)
 

@@ -27,6 +27,7 @@ from art_some.core.results import (
     write_atomically,
     write_tsv,
 )
+from art_some.core.validate import positive_int, probability
 
 CHECKED_INPUTS = 8  # recorded inputs compared with the data set on resume (a cheap check that it is the same data)
 
@@ -84,6 +85,14 @@ def certify_dataset(
     if sequential is not None and not callable(getattr(estimator, "certify_sequential", None)):
         raise ValueError(f"{type(estimator).__name__} has no certify_sequential: sequential certification (--radii, "
                          "--sequential) needs an estimator built on art_some.SmoothedClassifier")
+    # Everything checked before the file is opened: a typo must not leave a header that the corrected run then
+    # does not match.
+    positive_int("n", n)
+    if n0 is not None:
+        positive_int("n0", n0)
+    if alpha is not None:
+        probability("alpha", alpha)
+    checked = None if sequential is None else _sequential_options(sequential)
     plan = {}
     if shard is not None:
         plan = shard_plan(indices, shard)
@@ -98,7 +107,7 @@ def certify_dataset(
         alpha=float(getattr(estimator, "alpha", 0.0) if alpha is None else alpha),
         **(run_info or {}),
         **plan,
-        **({} if sequential is None else {"sequential": _sequential_options(sequential)}),
+        **({} if checked is None else {"sequential": checked}),
     )
     with RecordWriter(output, header=header, hint=hint) as writer:
         _check_recorded_inputs(writer, dataset, hint)
@@ -115,8 +124,8 @@ def certify_dataset(
                 items = [dataset[i] for i in chunk]
                 x = np.stack([np.asarray(item[0], dtype=np.float32) for item in items])
                 labels = [int(item[1]) for item in items]
-                certify = estimator.certify_detailed if sequential is None else functools.partial(
-                    estimator.certify_sequential, **sequential)
+                certify = estimator.certify_detailed if checked is None else functools.partial(
+                    estimator.certify_sequential, **{k: v for k, v in checked.items() if k != "mode"})
                 result = certify(x, n=n, n0=n0, alpha=alpha, batch_size=batch_size, indices=chunk)
                 for record, x_i in zip(records_from_result(result, labels, chunk, method), x):
                     writer.append({**record, "input_sha256": input_hash(x_i)})
@@ -143,17 +152,27 @@ def inputs_per_call(estimator, n: int, n0: int | None, batch_size: int | None, s
 
 
 def _sequential_options(options: dict) -> dict:
-    """Sequential CERTIFY's options as the header records them (all of them, defaults included)."""
-    from art_some.core.sequential import DEFAULT_GROWTH, DEFAULT_START, DEFAULT_TOLERANCE
+    """Sequential CERTIFY's options, checked, as the header records them (all of them, defaults included)."""
+    from art_some.core.sequential import (
+        DEFAULT_GROWTH,
+        DEFAULT_START,
+        DEFAULT_TOLERANCE,
+        check_radii,
+        check_tolerance,
+        draw_schedule,
+    )
+    from art_some.core.validate import positive_int
 
     unknown = sorted(set(options) - {"radii", "tolerance", "start", "growth"})
     if unknown:
         raise ValueError(f"sequential takes radii, tolerance, start and growth, got {', '.join(unknown)}")
     radii = options.get("radii")
+    start, growth = positive_int("start", options.get("start", DEFAULT_START)), options.get("growth", DEFAULT_GROWTH)
+    draw_schedule(start + 1, start, growth)  # checks growth
     return {"mode": "radius" if radii is None else "fixed_radius",
-            "radii": None if radii is None else [float(r) for r in radii],
-            "tolerance": float(options.get("tolerance", DEFAULT_TOLERANCE)),
-            "start": int(options.get("start", DEFAULT_START)), "growth": float(options.get("growth", DEFAULT_GROWTH))}
+            "radii": None if radii is None else check_radii(radii).tolist(),
+            "tolerance": check_tolerance(options.get("tolerance", DEFAULT_TOLERANCE)),
+            "start": start, "growth": float(growth)}
 
 
 def bar_interval() -> float:
