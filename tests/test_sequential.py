@@ -226,7 +226,7 @@ def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_
     assert result.exit_code == 2 and "--tolerance is the radius mode's stopping rule" in result.output
 
 
-# What the statistics cannot see: every bound at alpha / R, and fresh noise in every round -------------------------------
+# What the statistics cannot see: every bound at alpha / R, and fresh noise in every round ---------------------------
 def test_every_bound_of_every_round_is_at_alpha_over_the_number_of_rounds(monkeypatch):
     levels = []
     for name in ("clopper_pearson_lower", "clopper_pearson_upper"):
