@@ -123,6 +123,20 @@ def _checkpoint(tmp_path):
 CERTIFY = ["--n0", 20, "--n", 60, "--skip", 12, "--device", "cpu", "--batch-size", 300]
 
 
+def _torchrun(*args):
+    """``art-some ARGS`` in two gloo processes under torchrun, one thread each."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    # "--" ends torchrun's own options (its parser would read --n as an abbreviation of --nnodes).
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "art_some.cli", "--", *map(str, args)]
+    return subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+
+
 def _without_timings(records):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
@@ -148,25 +162,15 @@ def test_shards_from_the_command_line_merge_into_the_single_process_records(tmp_
 
 
 def test_torchrun_certifies_a_shard_per_rank_and_rank_0_merges_the_single_process_records(tmp_path):
-    import os
-    import shutil
-    import subprocess
-    import sys
-
     model = _checkpoint(tmp_path)
     assert _cli("certify", "--model", model, *CERTIFY, "--output", tmp_path / "single.jsonl").exit_code == 0
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    # "--" ends torchrun's own options (its parser would read --n as an abbreviation of --nnodes).
-    args = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "art_some.cli", "--", "certify",
-            "--model", str(model), *map(str, CERTIFY), "--output", str(tmp_path / "run.jsonl")]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    proc = _torchrun("certify", "--model", model, *CERTIFY, "--output", tmp_path / "run.jsonl")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("ACR") == 1  # only rank 0 reports
     assert (tmp_path / "run.shard0of2.jsonl").is_file() and (tmp_path / "run.shard1of2.jsonl").is_file()
     assert _without_timings(read_jsonl(tmp_path / "run.jsonl")) == _without_timings(
         read_jsonl(tmp_path / "single.jsonl"))
-    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)  # everything done: read back
+    again = _torchrun("certify", "--model", model, *CERTIFY, "--output", tmp_path / "run.jsonl")  # done: read back
     assert again.returncode == 0 and again.stdout.count("ACR") == 1, again.stderr[-3000:]
 
 
@@ -265,22 +269,13 @@ def test_audit_shards_merge_into_the_single_process_audit_and_merge_checks_them(
 
 
 def test_torchrun_audits_a_shard_per_rank_and_rank_0_merges_the_single_process_audit(tmp_path):
-    import os
-    import shutil
-    import subprocess
-    import sys
-
     model = _checkpoint(tmp_path)
     assert _cli("evaluate", "--model", model, *EVALUATE, "--output-dir", tmp_path / "single").exit_code == 0
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    args = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "art_some.cli", "--", "evaluate",
-            "--model", str(model), *map(str, EVALUATE), "--output-dir", str(tmp_path / "audit")]
-    proc = subprocess.run(args, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=300)
+    args = ("evaluate", "--model", model, *EVALUATE, "--output-dir", tmp_path / "audit")
+    proc = _torchrun(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("reports:") == 1  # only rank 0 reports
     assert (tmp_path / "audit.shard0of2" / "audit.jsonl").is_file()
     assert _audit_records(tmp_path / "audit") == _audit_records(tmp_path / "single")
-    again = subprocess.run(args, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                           timeout=300)  # everything done: the merged audit is read back
+    again = _torchrun(*args)  # everything done: the merged audit is read back
     assert again.returncode == 0 and again.stdout.count("reports:") == 1, again.stderr[-3000:]
