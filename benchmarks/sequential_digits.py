@@ -75,6 +75,9 @@ def main():
     parser.add_argument("--methods", default="gaussian,smoothmix")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--tolerances", default="0.02,0.1", help="radius mode's tolerances, one run each")
+    parser.add_argument("--growth", type=float, default=2.0, help="growth of the rounds' cumulative draws")
+    parser.add_argument("--procedures", default="fixed n,fixed-radius mode,radius mode",
+                        help="which procedures to run (comma-separated)")
     parser.add_argument("--skip", type=int, default=1, help="certify every skip-th test digit")
     parser.add_argument("--max-inputs", type=int, default=None, help="at most this many test digits (default: all)")
     parser.add_argument("--cache", default="benchmarks/results/cache", help="trained models are kept here")
@@ -99,22 +102,26 @@ def main():
                                      noise_batch_size=10_000)
             runs = {
                 "fixed n": lambda: clf.certify_detailed(x, n=args.n),
-                "fixed-radius mode": lambda: clf.certify_sequential(x, n=args.n, radii=RADII),
-                **{f"radius mode, tolerance {t:g}": (lambda t=t: clf.certify_sequential(x, n=args.n, tolerance=t))
+                "fixed-radius mode": lambda: clf.certify_sequential(x, n=args.n, radii=RADII, growth=args.growth),
+                **{f"radius mode, tolerance {t:g}": (lambda t=t: clf.certify_sequential(x, n=args.n, tolerance=t,
+                                                                                         growth=args.growth))
                    for t in (float(v) for v in args.tolerances.split(","))},
             }
+            wanted = args.procedures.split(",")
+            runs = {name: run for name, run in runs.items() if any(name.startswith(w) for w in wanted)}
             outcome = {}
             for name, run in runs.items():
                 start = time.perf_counter()
                 result = run()
                 outcome[name] = (result, summarise(result, y, time.perf_counter() - start))
                 print(method, sigma, name, json.dumps(outcome[name][1]), flush=True)
-            fixed = outcome["fixed n"][0]
-            p_hat = fixed.counts_estimation[np.arange(len(y)), fixed.counts_selection.argmax(1)] / fixed.n
-            points.append({"method": method, "sigma": sigma, "pA": p_hat.tolist(),
-                           **{name: (outcome[name][0].n0 + outcome[name][0].draws).tolist()
-                              for name in outcome if name != "fixed n"}})
-            fixed_passes = outcome["fixed n"][1]["forward_passes_per_input"]
+            if "fixed n" in outcome:
+                fixed = outcome["fixed n"][0]
+                p_hat = fixed.counts_estimation[np.arange(len(y)), fixed.counts_selection.argmax(1)] / fixed.n
+                points.append({"method": method, "sigma": sigma, "pA": p_hat.tolist(),
+                               **{name: (outcome[name][0].n0 + outcome[name][0].draws).tolist()
+                                  for name in outcome if name != "fixed n"}})
+            fixed_passes = args.n0 + args.n
             for name, (_, summary) in outcome.items():
                 summary["saving"] = round(fixed_passes / summary["forward_passes_per_input"], 2)
                 results.append({"method": method, "sigma": sigma, "procedure": name, **summary})
@@ -123,7 +130,7 @@ def main():
         Path(args.output).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items()},
                                                  "torch": torch.__version__, "results": results,
                                                  "points": points}, indent=1))
-    if args.plot:
+    if args.plot and points:
         plot(points, args.plot)
 
 

@@ -17,7 +17,7 @@ def test_sphinx_docs_build_without_warnings(tmp_path):
     for command in ("certify", "evaluate", "train", "demo", "report", "plugins"):
         assert f'id="art-some-{command}"' in cli, f"the CLI page does not document art-some {command}"
     assert "--n0" in cli
-    for page in ("some", "smooth_reduce", "denoised", "trainers", "audit", "performance"):
+    for page in ("some", "smooth_reduce", "denoised", "trainers", "audit", "performance", "sequential"):
         html = (tmp_path / f"{page}.html").read_text()
         assert "<table" in html and "|---|" not in html, f"{page}: its results are not rendered as tables"
     assert "Copyright 2026, art-some developers" in (tmp_path / "index.html").read_text()
