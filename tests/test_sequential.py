@@ -287,3 +287,11 @@ def test_a_mistyped_option_leaves_no_file_behind(tmp_path):
     with pytest.raises(ValueError, match="tolerance must be a number"):
         certify_dataset(clf, data, [0], tmp_path / "t.jsonl", n=100, sequential={"tolerance": 1.5}, progress=False)
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_a_rule_without_sequential_support_has_no_radius_to_give():
+    from art_some.core.rules import CertificateRule
+
+    with pytest.raises(ValueError, match="CertificateRule does not support sequential certification"):
+        CertificateRule().radius(np.array([0.9]), GaussianNoise(SIGMA))
+    assert CohenRule().radius(np.array([0.5, 0.9]), GaussianNoise(SIGMA))[1] > 0

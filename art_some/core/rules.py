@@ -55,7 +55,8 @@ class CertificateRule:
 
     def radius(self, p_lower: np.ndarray, noise) -> np.ndarray:
         """The certified radius for lower bounds ``p_lower`` >= 1/2 on pA (rules with ``sequential`` only)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support sequential certification")
+        raise ValueError(f"{type(self).__name__} does not support sequential certification (it does not declare "
+                         "sequential = True with a radius(p_lower, noise)); use fixed-n certify")
 
     def __call__(self, selection_counts, estimation_counts, alpha, noise, squares=None):
         # Rules were plain functions before; calling one still works.
