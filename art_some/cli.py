@@ -294,6 +294,7 @@ def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alph
 
     from art_some.evaluation import audit
     from art_some.evaluation.audit import merge_audits, merged_audit_before
+    from art_some.evaluation.runner import on_rank_zero_after_all
 
     eps = _parse_radii(eps_grid)
     shard, ranked = _shards(shard, device)
@@ -315,15 +316,13 @@ def evaluate(model_ref, dataset, data_root, split, estimator, sigma, n0, n, alph
                    batch_size=chunk, run_info=_run_info(dataset, split, model_ref, data_root), echo=_note,
                    shard=shard or ranked)
     if ranked is not None:
-        import torch.distributed as dist
-
-        dist.barrier()
-        if ranked[0] == 0:
+        def merge():
             shards = [shard_folder(output_dir, (i, ranked[1])) for i in range(ranked[1])]
-            result = (merged_audit_before(output_dir, shards[0]) if (Path(output_dir) / "audit.jsonl").exists()
-                      else merge_audits(shards, output_dir))
-        dist.barrier()
-        if ranked[0] != 0:  # the merged reports are rank 0's to print
+            return (merged_audit_before(output_dir, shards[0]) if (Path(output_dir) / "audit.jsonl").exists()
+                    else merge_audits(shards, output_dir))
+
+        result = on_rank_zero_after_all(ranked, merge)
+        if result is None:  # not rank 0: the merged reports are rank 0's to print
             return
     click.echo((Path(output_dir) / "audit.md").read_text())
     click.echo(f"reports: {Path(output_dir)}/audit.json, audit.csv, audit.md, audit.png"

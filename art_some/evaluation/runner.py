@@ -341,15 +341,24 @@ def merge_torchrun_shards(output: str | os.PathLike, shard: tuple[int, int]) -> 
     :func:`merge_records` checks them) while the others wait; every rank then returns the merged records (rank
     0) or None. A finished ``output`` from an earlier identical run is read back instead of merged again.
     """
+    def merge():
+        paths = [shard_path(output, (i, shard[1])) for i in range(shard[1])]
+        return _merged_before(output, paths[0]) if Path(output).exists() else merge_records(paths, output)
+
+    return on_rank_zero_after_all(shard, merge)
+
+
+def on_rank_zero_after_all(shard: tuple[int, int], work):
+    """
+    Once every rank has reached this point, rank 0 runs ``work`` while the others wait; rank 0 returns its
+    result, the other ranks None (the merge step of a torchrun run: certify's records, evaluate's audit).
+    """
     import torch.distributed as dist
 
     dist.barrier()
-    records = None
-    if shard[0] == 0:
-        paths = [shard_path(output, (i, shard[1])) for i in range(shard[1])]
-        records = _merged_before(output, paths[0]) if Path(output).exists() else merge_records(paths, output)
+    result = work() if shard[0] == 0 else None
     dist.barrier()
-    return records
+    return result
 
 
 def _merged_before(output, first_shard) -> list[dict]:
