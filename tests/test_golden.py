@@ -288,7 +288,7 @@ def case_smooth_reduce_vote_average():
     x, _ = digits_inputs(6)
     layout = {"layout": "grid", "size": 6, "stride": 2}
     est = reducer(patches=layout, patch_resize=8, certificate="vote_average")
-    out = all_modes(est, x, n=200, sequential=False)
+    out = all_modes(est, x, n=200)  # sequential since the rules own their bounds (Bernstein's here)
     hoeffding = reducer(patches=layout, patch_resize=8, certificate="vote_average", bound="hoeffding")
     out["certify_detailed_hoeffding"] = certificate(hoeffding.certify_detailed(x, n=200, batch_size=173))
     return out
@@ -338,7 +338,7 @@ def case_data_dependent_knn():
 
 
 def case_data_dependent_optimize():
-    from art_some.core.memory import MemoryCertifier
+    from art_some.estimators.memory import MemoryCertifier
 
     x, _ = digits_inputs(6)
     est = data_dependent(sigma_rule="optimize", certificate="fixed_sigma", sigma_steps=3, sigma_samples=4,

@@ -108,8 +108,16 @@ def certify(smooth: "Smooth", x, *, n0: int, n: int, alpha: float, indices=None)
     seconds = np.full(len(pred), (time.perf_counter() - start) / max(1, len(pred)))
     return CertifyResult(
         pred, radius, p_lower, selection.counts, estimation.counts, int(n0), int(n), alpha, smooth.noise.sigma,
-        seconds, estimation.squares, extra=dict(rule.info()),
+        seconds, estimation.squares, extra=record_extra(smooth),
     )
+
+
+def record_extra(smooth: "Smooth") -> dict:
+    """What every record of ``smooth``'s certificates adds: the rule's entries, and a sigma per input if it has one."""
+    extra = dict(smooth.rule.info())
+    if np.ndim(smooth.noise.sigma):
+        extra["sigma"] = np.asarray(smooth.noise.sigma)
+    return extra
 
 
 def predict(smooth: "Smooth", x, *, n: int, alpha: float, indices=None, invalid: np.ndarray | None = None):

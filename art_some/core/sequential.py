@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from art_some.core.certify import CertifyResult, check_inputs
+from art_some.core.certify import CertifyResult, check_inputs, record_extra
 from art_some.core.noise import check_indices
 from art_some.core.rules import Tally
 from art_some.core.stats import certifies
@@ -168,7 +168,7 @@ def sequential_certify(
     predict, radius = rule.decide(c_hat, best, smooth.noise)
     seconds = np.full(x_len, (time.perf_counter() - began) / max(1, x_len))
     result = CertifyResult(predict, radius, best, selection.counts, counts, int(n0), int(n), alpha,
-                           smooth.noise.sigma, seconds, squares, extra=dict(rule.info()))
+                           smooth.noise.sigma, seconds, squares, extra=record_extra(smooth))
     result.draws, result.stopped_by = draws, stopped.astype(str)
     if radii is not None:
         result.radii = radii

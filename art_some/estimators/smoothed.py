@@ -595,8 +595,6 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
             result = g.certify(z0, **options)
         else:
             result = g.certify_sequential(z0, **options, **sequential)
-        if np.ndim(result.sigma):  # a sigma per input: every record says its own
-            result.extra["sigma"] = np.asarray(result.sigma)
         result.extra.update(self.certificate_info(), precision=self.precision)  # the certificate is of this vote
         return result
 
