@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from art_some.core import cascade as cascade_procedures
+from art_some.core.cascade import (
+    LevelCounter,
+    cascade_certify,
+    cascade_point_estimate,
+    cascade_predict,
+    hybrid_predict,
+)
 from art_some.core.certify import CertifyResult, certify, predict
 from art_some.core.noise import check_indices, count_votes, non_finite_output_error
 from art_some.core.rules import CertificateRule, CohenRule, Tally
@@ -165,7 +171,7 @@ class Cascade:
     def sigmas(self) -> list[float]:
         return [float(level.noise.sigma) for level in self.levels]
 
-    def counter(self, x, indices: np.ndarray, invalid: np.ndarray | None = None) -> cascade_procedures.LevelCounter:
+    def counter(self, x, indices: np.ndarray, invalid: np.ndarray | None = None) -> LevelCounter:
         """
         ``count(level, stage, positions, num)`` over the inputs ``x`` (noise space) for the cascade procedures; with
         ``invalid`` (length N), inputs with non-finite outputs are marked there (zero counts) instead of raising.
@@ -187,7 +193,7 @@ class Cascade:
     def certify(self, x, *, n0: int, n: int, alpha: float, indices=None) -> CertifyResult:
         """Cascaded CERTIFY; see :func:`art_some.core.cascade.cascade_certify` for the guarantee."""
         indices = check_indices(indices, len(x))
-        return cascade_procedures.cascade_certify(
+        return cascade_certify(
             self.counter(x, indices), self.levels, len(x), n0=n0, n=n, alpha=alpha, p0=self.p0,
             alpha_split=self.alpha_split, num_classes=self.num_classes)
 
@@ -205,10 +211,10 @@ class Cascade:
         indices = check_indices(indices, len(x))
         count = self.counter(x, indices, invalid)
         if self.predict_rule == "cascade" and abstain:
-            return cascade_procedures.cascade_predict(count, self.levels, len(x), n=n, alpha=alpha, p0=self.p0,
+            return cascade_predict(count, self.levels, len(x), n=n, alpha=alpha, p0=self.p0,
                                                       alpha_split=self.alpha_split, num_classes=self.num_classes)
         if self.predict_rule == "cascade":
-            return cascade_procedures.cascade_point_estimate(count, len(self.levels), len(x), n=n, p0=self.p0,
+            return cascade_point_estimate(count, len(self.levels), len(x), n=n, p0=self.p0,
                                                              num_classes=self.num_classes)
         clean = self.clean_logits(x)
         bad = ~np.isfinite(clean).all(axis=1)
@@ -218,7 +224,7 @@ class Cascade:
             invalid |= bad
             clean[bad] = 0.0
         with np.errstate(divide="ignore"):
-            classes, logits, level = cascade_procedures.hybrid_predict(count, len(self.levels), clean, n=n,
+            classes, logits, level = hybrid_predict(count, len(self.levels), clean, n=n,
                                                                        p0=self.p0, weight=self.hybrid_weight)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return classes, n * shifted / shifted.sum(axis=1, keepdims=True), level
