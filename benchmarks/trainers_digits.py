@@ -66,7 +66,7 @@ def train(method, args, x, y, teacher=None):
 
 
 def summarise(result, y_test, radii, seconds):
-    from art_some.core.results import abstention_rate, average_certified_radius, certified_accuracy
+    from art_some.runs.metrics import abstention_rate, average_certified_radius, certified_accuracy
 
     records = [{"label": int(label), "predict": int(p), "radius": float(r), "correct": int(p == label)}
                for label, p, r in zip(y_test, result.predict, result.radius)]
