@@ -150,7 +150,6 @@ def certify(options, radii, **values):
 
     config = CertifyConfig(**values, options=parse_options(options),
                            radii=None if radii is None else parse_radii(radii))
-    config.sequential_plan()  # its refusals before any other
     records = run_certify(config, echo=_note)
     if records is None:  # a torchrun rank other than 0: the merged table is rank 0's to print
         return
