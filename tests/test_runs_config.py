@@ -1,6 +1,7 @@
 """Config files for certify, evaluate and train: keys are options, the command line overrides, unknown keys fail."""
 import json
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -83,3 +84,15 @@ def test_evaluate_from_a_config_file(tmp_path):
     assert saved["budgets"] == {"deepfool": {"max_iter": 2}} and saved["attacks"] == ["deepfool"]
     resolved = yaml.safe_load((out / "audit.config.yaml").read_text())
     assert resolved["budget"] == ["deepfool.max_iter=2"] and resolved["attack"] == ["deepfool"]
+
+
+def test_keys_take_dashes_underscores_or_the_parameter_name():
+    from art_some.cli import certify, evaluate
+    from art_some.runs.config import option_values
+
+    values = option_values(certify, {"max-inputs": 3, "batch_size": 10, "option": {"resize": 10}, "radii": [0, 1]})
+    assert values == {"max_inputs": 3, "batch_size": 10, "options": ["resize=10"], "radii": "0,1"}
+    values = option_values(evaluate, {"attacks": ["pgd"], "budget": {"pgd": {"max_iter": 5}}, "eps": [0.5]})
+    assert values == {"attacks": ["pgd"], "budgets": ["pgd.max_iter=5"], "eps": "0.5"}
+    with pytest.raises(ValueError, match="gives option 'attacks' twice"):
+        option_values(evaluate, {"attack": ["pgd"], "attacks": ["pgd"]})

@@ -79,12 +79,16 @@ def option_values(command: click.Command, values: dict, path="the config file") 
     :raises ValueError: naming the first key that is not an option of ``command``, and the keys it takes.
     """
     keys = option_keys(command)
+    # A parameter's own name is accepted too (options, attacks, budgets: the config dataclasses' field names).
+    aliases = {**{p.name: p for p in keys.values()}, **keys}
     defaults = {}
     for key, value in values.items():
-        param = keys.get(str(key).replace("-", "_"))
+        param = aliases.get(str(key).replace("-", "_"))
         if param is None:
             raise ValueError(f"unknown key {key!r} in {path}: art-some {command.name} takes "
                              f"{', '.join(sorted(keys))}")
+        if param.name in defaults:
+            raise ValueError(f"{path} gives option {key!r} twice (as {param.opts[0][2:]} and {param.name})")
         defaults[param.name] = _as_option(param, value)
     return defaults
 
