@@ -4,9 +4,8 @@ art-some: certified robustness by randomized smoothing, as ART estimators and tr
 Public names: :class:`SmoothedClassifier`, the trainers, the engine's :func:`certify` / :func:`predict`,
 and plugin access through :mod:`art_some.plugins`.
 """
-__version__ = "0.1.0"
-
-from art_some.hookspecs import hookimpl  # noqa: E402
+from art_some._version import __version__
+from art_some.hookspecs import hookimpl
 
 __all__ = [
     "CRTTrainer",

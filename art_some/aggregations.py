@@ -8,8 +8,6 @@ plugins add rules through the ``register_aggregations`` hook and can then be nam
 """
 from __future__ import annotations
 
-from art_some.hookspecs import hookimpl
-
 
 def max_over_patches(scores):
     """Class-wise max (Smooth-Max): the class of the single most confident patch wins."""
@@ -24,10 +22,3 @@ def mean_over_patches(scores):
 def min_over_patches(scores):
     """Class-wise min: a class scores as well as its least convinced patch (in the official code, unreported)."""
     return scores.amin(dim=1)
-
-
-@hookimpl
-def register_aggregations(register):
-    register("max", max_over_patches, description="class-wise max over patches (Smooth-Max); sound")
-    register("mean", mean_over_patches, description="class-wise mean over patches (Smooth-Mean); sound")
-    register("min", min_over_patches, description="class-wise min over patches; sound")

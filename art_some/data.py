@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from art_some.hookspecs import hookimpl
-
 SPLITS = ("train", "test")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -123,14 +121,6 @@ def imagefolder(root=None, split: str = "test", augment: bool = False):
     first, _ = dataset[0]
     n = len(dataset.classes)
     return dataset, {"num_classes": n, "input_shape": tuple(first.shape), "mean": (0.0,), "std": (1.0,)}
-
-
-@hookimpl
-def register_datasets(register):
-    register("digits", digits, description="scikit-learn digits, 1x8x8, 10 classes (embedded)")
-    register("cifar10", cifar10, description="CIFAR-10 via torchvision from --data-root")
-    register("imagenet", imagenet, description="ImageNet via torchvision from --data-root")
-    register("imagefolder", imagefolder, description="torchvision ImageFolder from --data-root")
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "test", augment: bool = False):

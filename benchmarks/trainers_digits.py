@@ -132,8 +132,8 @@ def main():
         args.epochs, args.n, args.sigma_steps = 2, 200, 5
 
     from art_some import DataDependentSmoothedClassifier
-    from art_some.core.memory import MemoryCertifier
     from art_some.data import digits_arrays
+    from art_some.estimators.memory import MemoryCertifier
     from art_some.models import DigitsCNN
 
     x, y = digits_arrays("train")

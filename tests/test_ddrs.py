@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from art_some import DataDependentSmoothedClassifier, DDRSTrainer
-from art_some.core.memory import MemoryCertifier
-from art_some.core.sigma_search import optimize_sigma, soft_radius
 from art_some.estimators import UnsoundCertificateWarning
+from art_some.estimators.memory import MemoryCertifier
+from art_some.estimators.sigma_search import optimize_sigma, soft_radius
 from conftest import make_classifier
 
 
@@ -257,7 +257,7 @@ def test_optimised_sigma_is_reproducible_per_input_and_not_certified_by_default(
 
 
 def test_knn_rule_is_certified_with_the_sound_input_dependent_radius(trained_digits_classifier, digits):
-    from art_some.core.input_dependent import semi_elastic_radius
+    from art_some.estimators.input_dependent import semi_elastic_radius
 
     (x_train, _), (x, _) = digits
     dd = _dd(trained_digits_classifier, reference=x_train[:500], rate=0.01, knn_k=10)

@@ -4,12 +4,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler  # noqa: E402
 from scipy.stats import norm
 
 from art_some import DenoisedMultiScaleClassifier, DiffusionCalibrationTrainer
-from art_some.core.cascade import cascade_certify, cascade_predict, class_upper_bounds, hybrid_predict, level_alpha
-from art_some.core.certify import cohen_rule
+from art_some.core import cascade
+from art_some.core.cascade import hybrid_predict, level_alpha
 from art_some.core.noise import SELECTION, GaussianNoise
+from art_some.core.rules import CohenRule, Tally
+from art_some.core.smoothing import Smooth
 from art_some.core.stats import clopper_pearson_lower
 from art_some.models.diffusion import (
     DiffusionDenoiser,
@@ -21,8 +24,24 @@ from art_some.models.diffusion import (
 )
 from conftest import Linear2, make_classifier
 
+
+def gaussian_levels(sigmas):
+    """Cascade levels with Gaussian noise and Cohen's rule; their counts come from the tests' stubs."""
+    return [Smooth(None, GaussianNoise(sigma), num_classes=3) for sigma in sigmas]
+
+
+def cascade_certify(count, sigmas, num_inputs, **options):
+    return cascade.cascade_certify(count, gaussian_levels(sigmas), num_inputs, **options)
+
+
+def cascade_predict(count, sigmas, num_inputs, **options):
+    return cascade.cascade_predict(count, gaussian_levels(sigmas), num_inputs, **options)
+
+
+def class_upper_bounds(counts, n, alpha):
+    return CohenRule().class_upper_bounds(Tally(counts, n), alpha)
+
 diffusers = pytest.importorskip("diffusers")
-from diffusers import DDPMScheduler  # noqa: E402
 
 LINEAR = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
 COSINE = DDPMScheduler(num_train_timesteps=4000, beta_schedule="squaredcos_cap_v2").alphas_cumprod
@@ -224,7 +243,7 @@ def test_single_level_cascade_is_cohen_on_the_same_counts():
     counts = rng.multinomial(1000, [0.55, 0.35, 0.1], size=50)
     stub = lambda level, stage, pos, num: (counts0 if stage == SELECTION else counts)[pos]
     res = cascade_certify(stub, [0.5], 50, n0=100, n=1000, alpha=0.01)
-    pred, radius, _ = cohen_rule(counts0, counts, 0.01, GaussianNoise(0.5))
+    pred, radius, _ = CohenRule().certify(Tally(counts0, 100), Tally(counts, 1000), 0.01, GaussianNoise(0.5))
     assert np.array_equal(res.predict, pred) and np.allclose(res.radius, radius)
     assert (res.predict >= 0).any() and (res.predict < 0).any()
 
@@ -451,11 +470,11 @@ def test_hybrid_predict_rule():
     per_level = {0: [80, 70, 50], 1: [20, 150, 30]}  # level 0 share 0.4 < p0; level 1 share 0.75
     stub = lambda level, stage, pos, num: np.tile(per_level[level], (len(pos), 1))
     clean = np.array([[5.0, 0.0, 0.0]])
-    labels, scores, level = hybrid_predict(stub, SIGMAS[:2], clean, n=200, weight=0.1)
+    labels, scores, level = hybrid_predict(stub, 2, clean, n=200, weight=0.1)
     expected = clean[0] + np.log(0.9 * np.array([20, 150, 30]) / 200 + 0.1 / 3)
     assert np.allclose(scores[0], expected) and labels[0] == int(np.argmax(expected)) and level[0] == 1
     never = {0: [80, 70, 50], 1: [80, 70, 50]}
-    labels, scores, level = hybrid_predict(lambda lv, st, pos, num: np.tile(never[lv], (len(pos), 1)), SIGMAS[:2],
+    labels, scores, level = hybrid_predict(lambda lv, st, pos, num: np.tile(never[lv], (len(pos), 1)), 2,
                                            clean, n=200)
     assert labels[0] == 0 and level[0] == -1 and np.array_equal(scores, clean)
 

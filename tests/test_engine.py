@@ -5,8 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from art_some.core.certify import certify, cohen_rule, predict
 from art_some.core.noise import ESTIMATION, SELECTION, GaussianNoise, block_size, count_votes, seed_for
+from art_some.core.rules import CohenRule, Tally
+from art_some.core.smoothing import Smooth
 
 C = 5
 
@@ -119,21 +120,21 @@ def test_bad_sigma_is_rejected(sigma):
 
 
 def test_certify_and_predict_check_their_arguments(inputs):
-    vote, noise = make_vote(), GaussianNoise(0.5)
+    smooth = Smooth(make_vote(), GaussianNoise(0.5), num_classes=C)
     with pytest.raises(ValueError, match="n0"):
-        certify(vote, noise, inputs, n0=0, n=10, alpha=0.01, num_classes=C)
+        smooth.certify(inputs, n0=0, n=10, alpha=0.01)
     with pytest.raises(ValueError, match="alpha"):
-        certify(vote, noise, inputs, n0=10, n=10, alpha=1.0, num_classes=C)
+        smooth.certify(inputs, n0=10, n=10, alpha=1.0)
     bad = inputs.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        predict(vote, noise, bad, n=10, alpha=0.01, num_classes=C)
+        smooth.predict(bad, n=10, alpha=0.01)
 
 
 def test_cohen_rule_abstains_below_one_half():
     sel = np.array([[10, 0], [0, 10]])
     est = np.array([[60, 40], [5, 995]])
-    pred, radius, p_lower = cohen_rule(sel, est, 0.001, GaussianNoise(1.0))
+    pred, radius, p_lower = CohenRule().certify(Tally(sel, 10), Tally(est, 1000), 0.001, GaussianNoise(1.0))
     assert pred[0] == -1 and radius[0] == 0.0 and p_lower[0] < 0.5
     assert pred[1] == 1 and radius[1] > 0
 

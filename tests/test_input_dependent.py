@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.stats import ncx2, norm
 
-from art_some.core.input_dependent import MAX_NONCENTRALITY, KNNSigma, semi_elastic_bound, semi_elastic_radius
+from art_some.estimators.input_dependent import MAX_NONCENTRALITY, KNNSigma, semi_elastic_bound, semi_elastic_radius
 
 P_GRID = np.array([0.6, 0.9, 0.99, 0.9999])
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from art_some.core.memory import MemoryCertifier
+from art_some.estimators.memory import MemoryCertifier
 
 CLASSES = (-1, 0, 1, 2)
 TOL = 1e-12

@@ -17,9 +17,9 @@ from art_some import (
     MultiHeadSmoothedClassifier,
     SmoothReduceClassifier,
 )
-from art_some.core.certify import certify, predict
 from art_some.core.errors import NonFiniteError
 from art_some.core.noise import ESTIMATION, INVALID, GaussianNoise, argmax_votes, count_votes
+from art_some.core.smoothing import Smooth
 from art_some.models import DigitsCNN, create_model
 from conftest import Linear2, make_classifier
 
@@ -124,9 +124,9 @@ def test_engine_certify_and_predict_refuse_non_finite_inputs_by_index():
     x = torch.zeros((3, 2))
     x[1, 1] = float("nan")
     with pytest.raises(NonFiniteError, match=r"input\(s\) 8 \(by index\)"):
-        certify(vote, GaussianNoise(0.5), x, n0=5, n=10, alpha=0.01, num_classes=2, indices=[7, 8, 9])
+        Smooth(vote, GaussianNoise(0.5), num_classes=2).certify(x, n0=5, n=10, alpha=0.01, indices=[7, 8, 9])
     with pytest.raises(NonFiniteError, match=r"input\(s\) 1;"):
-        predict(vote, GaussianNoise(0.5), x, n=10, alpha=0.01, num_classes=2)
+        Smooth(vote, GaussianNoise(0.5), num_classes=2).predict(x, n=10, alpha=0.01)
 
 
 # Every estimator: predict gives NaN rows, the rest raise --------------------------------------------------------------

@@ -74,9 +74,10 @@ def test_name_clash_keeps_the_builtin_and_warns_naming_both_plugins():
     pm = plugins.get_plugin_manager()
     pm.register(Clash(), name="clashing-plugin")
     try:
-        with pytest.warns(UserWarning, match="'smoothed'.*art_some.estimators.*clashing-plugin"):
+        with pytest.warns(UserWarning, match="'smoothed'.*art_some.builtins.estimators.*clashing-plugin"):
             found = plugins.entries("estimators")
-        assert found["smoothed"].obj is SmoothedClassifier and found["smoothed"].plugin == "art_some.estimators"
+        assert found["smoothed"].obj is SmoothedClassifier
+        assert found["smoothed"].plugin == "art_some.builtins.estimators"
         assert found["clash_only"].plugin == "clashing-plugin"  # only the clashing entry is skipped
     finally:
         pm.unregister(name="clashing-plugin")
@@ -136,7 +137,7 @@ def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, monkeypatch):
 def test_each_kind_has_a_registration_hook():
     from art_some import hookspecs
 
-    names = [n for n in dir(hookspecs) if n.startswith("register_")]
+    names = [n for n in dir(hookspecs) if n.startswith("register_") and n != "register_commands"]
     assert sorted(n[len("register_"):] for n in names) == sorted(plugins.KINDS)
 
 
@@ -295,7 +296,7 @@ def test_the_plugins_command_lists_everything_else_when_plugins_are_broken(tmp_p
         assert name in result.output
     assert "raiser_estimator" not in result.output and "typo_estimator" not in result.output
     assert set(plugins.skipped()) == {"raiser", "typo", "importfails"}
-    assert plugins.entries("models")["digits_cnn"].plugin == "art_some.models"
+    assert plugins.entries("models")["digits_cnn"].plugin == "art_some.builtins.models"
 
 
 def test_the_plugins_command_survives_a_broken_plugin_in_a_fresh_process(tmp_path):
@@ -309,3 +310,249 @@ def test_the_plugins_command_survives_a_broken_plugin_in_a_fresh_process(tmp_pat
     assert run.returncode == 0, run.stderr
     assert "digits_cnn" in run.stdout and "raiser_estimator" not in run.stdout
     assert "'raiser' from raiser-dist 1.0 is skipped" in run.stderr
+
+
+# --- Built-ins registered like plugins, with metadata the runs read; register_commands; _version ---------------
+
+
+def test_builtins_are_plugin_modules_of_their_own():
+    import importlib
+
+    for module_name in plugins.DEFAULT_PLUGINS:
+        assert module_name.startswith("art_some.builtins.")
+        hooks = [n for n in vars(importlib.import_module(module_name)) if n.startswith("register_")]
+        assert len(hooks) == 1, (module_name, hooks)  # one kind per module
+    for kind in plugins.KINDS:
+        assert {e.plugin for e in plugins.entries(kind).values()} <= set(plugins.DEFAULT_PLUGINS)
+    assert plugins.entries("denoisers")["tiny_diffusion"].plugin == "art_some.builtins.denoisers"
+    # The package faces hold no registrations any more.
+    for face in ("art_some.estimators", "art_some.trainers", "art_some.models", "art_some.data",
+                 "art_some.aggregations", "art_some.evaluation.attacks"):
+        assert not [n for n in vars(importlib.import_module(face)) if n.startswith("register_")], face
+
+
+def test_loading_the_plugin_manager_and_adding_commands_imports_neither_torch_nor_art():
+    import subprocess
+
+    code = ("import sys, click; from art_some import plugins; plugins.get_plugin_manager(); "
+            "plugins.add_commands(click.Group()); "
+            "sys.exit(1 if {'torch', 'art'} & set(sys.modules) else 0)")
+    env = {**os.environ, plugins.DISABLE_ENV: "1"}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_builtin_trainers_declare_what_training_decided_by_subclass():
+    # The rules training.py applied with issubclass before the metadata, checked against what each trainer declares.
+    from art_some.trainers import (
+        ConsistencyTrainer,
+        DenoisedClassifierTrainer,
+        DiffusionCalibrationTrainer,
+        GaussianAugmentationTrainer,
+        SmoothAdvTrainer,
+    )
+
+    for name, cls in plugins.registered("trainers").items():
+        declared = plugins.meta("trainers", name)
+        role = ("denoiser" if issubclass(cls, DiffusionCalibrationTrainer)
+                else "classifier" if issubclass(cls, DenoisedClassifierTrainer) else None)
+        denoised = declared["estimator"] is not None and plugins.meta("estimators", declared["estimator"])["denoiser"]
+        assert (declared["tunes"] if denoised else None) == role, name
+        assert declared["estimator"] == ("denoised_multiscale" if role else None), name
+        assert declared["distributed"] == (role != "denoiser"), name
+        assert declared["cross_entropy"] == issubclass(cls, (GaussianAugmentationTrainer, ConsistencyTrainer,
+                                                             SmoothAdvTrainer, DenoisedClassifierTrainer)), name
+    assert plugins.meta("estimators", "some")["fits"] == "multihead"
+    assert plugins.meta("estimators", "smoothed") == {"description": plugins.entries("estimators")["smoothed"].meta[
+        "description"], "fits": "any", "denoiser": False}
+    assert plugins.meta("attacks", "pgd")["bounded"] and not plugins.meta("attacks", "deepfool")["bounded"]
+
+
+def test_builtin_models_declare_the_estimator_the_runs_chose_by_duck_typing():
+    for name in plugins.registered("models"):
+        assert plugins.meta("models", name)["estimator"] == ("some" if name.startswith("some_") else None), name
+    for name in ("digits_cnn", "some_digits_cnn"):
+        model = plugins.get("models", name)(num_classes=10)
+        # The declared default agrees with the rule cli.py and training.py apply to the built model today.
+        assert plugins.default_estimator(name) == ("some" if callable(getattr(model, "head_logits", None))
+                                                   else "smoothed")
+    assert plugins.default_estimator(None, None) == "smoothed"
+
+
+THIRD_PARTY_TRAINERS = """
+class DenoiserTuner:
+    pass
+
+
+class PlainTrainer:
+    pass
+
+
+@hookimpl
+def register_trainers(register):
+    register("my_denoiser_tuner", DenoiserTuner, tunes="denoiser", estimator="denoised_multiscale",
+             distributed=False, description="tunes a denoiser")
+    register("my_plain", PlainTrainer, cross_entropy=True, paper="me 2026")
+
+
+@hookimpl
+def register_models(register):
+    register("my_heads", object, estimator="some")
+    register("my_net", object)
+"""
+
+
+def test_a_third_party_trainer_and_model_are_treated_as_declared(tmp_path, monkeypatch):
+    write_plugin(tmp_path, monkeypatch, "mine-dist", "mine", THIRD_PARTY_TRAINERS)
+    tuner = plugins.meta("trainers", "my_denoiser_tuner")
+    assert tuner == {"description": "tunes a denoiser", "tunes": "denoiser", "estimator": "denoised_multiscale",
+                     "cross_entropy": False, "distributed": False}
+    assert plugins.meta("estimators", tuner["estimator"])["denoiser"]  # so the run takes --denoiser and --sigmas
+    plain = plugins.meta("trainers", "my_plain")
+    assert plain["tunes"] == "classifier" and plain["estimator"] is None and plain["cross_entropy"]
+    assert plain["distributed"] and plain["paper"] == "me 2026"  # other keys are kept as given
+    assert plugins.default_estimator("my_heads") == "some"
+    assert plugins.default_estimator("my_net") == "smoothed"
+
+    class Heads:
+        def head_logits(self, x):
+            return x
+
+    assert plugins.default_estimator("my_net", Heads()) == "some"  # undeclared: the multi-head duck test
+    assert plugins.default_estimator("a_checkpoint_model_not_registered", Heads()) == "some"
+    with pytest.raises(ValueError, match="unknown trainer 'nope'; registered: .*my_plain"):
+        plugins.meta("trainers", "nope")
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"tunes": "both"}, "declares tunes='both'; choose one of 'classifier', 'denoiser'"),
+    ({"cross_entropy": "yes"}, "declares cross_entropy='yes'; it must be bool"),
+    ({"estimator": 3}, "declares estimator=3; it must be str or None"),
+])
+def test_a_plugin_declaring_bad_metadata_is_skipped(meta, message):
+    class Bad:
+        @hookimpl
+        def register_trainers(self, register):
+            register("bad_trainer", object, **meta)
+
+        @hookimpl
+        def register_models(self, register):
+            register("bad_model", object)
+
+    plugins.get_plugin_manager().register(Bad(), name="bad-meta")
+    with pytest.warns(UserWarning, match=f"'bad-meta'.*trainer 'bad_trainer' {message}"):
+        assert "gaussian" in plugins.registered("trainers")
+    assert "bad_trainer" not in plugins.registered("trainers") and "bad_model" not in plugins.registered("models")
+
+
+def builtin_group():
+    import click
+
+    @click.group()
+    def group():
+        pass
+
+    @group.command()
+    def certify():
+        click.echo("built-in certify")
+
+    return group
+
+
+def test_the_example_plugin_adds_a_command(example_installed):
+    import warnings
+
+    group = builtin_group()
+    plugins.add_commands(group)
+    result = CliRunner().invoke(group, ["example-hello", "--name", "Ada"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Hello, Ada, from art-some-example-plugin; ")
+    assert "flip_smoothed" in plugins.registered("estimators")
+    assert plugins.commands() == {"example-hello": "example (art-some-example-plugin 0.1.0)"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugins.add_commands(group)  # once per group: nothing added twice, no clash with itself
+    assert sorted(group.commands) == ["certify", "example-hello"]
+    plugins.reset()  # takes the plugin's commands off again
+    assert sorted(group.commands) == ["certify"]
+
+
+def test_a_plugin_whose_register_commands_raises_is_skipped_whole():
+    import click
+
+    class Raiser:
+        @hookimpl
+        def register_commands(self, cli):
+            cli.add_command(click.Command("half", callback=lambda: None))
+            raise RuntimeError("no display")
+
+        @hookimpl
+        def register_models(self, register):
+            register("raiser_model", object)
+
+    group = builtin_group()
+    plugins.registered("models")  # built before: the registries are built again without the plugin
+    plugins.get_plugin_manager().register(Raiser(), name="cmd-raiser")
+    with pytest.warns(UserWarning, match="'cmd-raiser'.*register_commands hook raised RuntimeError: no display"):
+        plugins.add_commands(group)
+    assert sorted(group.commands) == ["certify"]
+    assert "raiser_model" not in plugins.registered("models") and "cmd-raiser" in plugins.skipped()
+
+
+def test_a_command_name_taken_already_keeps_the_first():
+    import click
+
+    class Clash:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command()
+            def certify():
+                click.echo("plugin certify")
+
+            @cli.command()
+            def extra():
+                click.echo("extra")
+
+    group = builtin_group()
+    plugins.get_plugin_manager().register(Clash(), name="cmd-clash")
+    with pytest.warns(UserWarning, match="command 'certify' from art-some plugin 'cmd-clash'.*already taken"):
+        plugins.add_commands(group)
+    assert CliRunner().invoke(group, ["certify"]).output == "built-in certify\n"
+    assert CliRunner().invoke(group, ["extra"]).output == "extra\n"
+
+
+def test_a_plugin_skipped_when_a_registry_is_built_loses_its_commands():
+    import click
+
+    class LateRaiser:
+        @hookimpl
+        def register_commands(self, cli):
+            cli.add_command(click.Command("late", callback=lambda: None))
+
+        @hookimpl
+        def register_models(self, register):
+            raise RuntimeError("broken")
+
+    group = builtin_group()
+    plugins.get_plugin_manager().register(LateRaiser(), name="late-raiser")
+    plugins.add_commands(group)
+    assert "late" in group.commands
+    with pytest.warns(UserWarning, match="'late-raiser'.*register_models hook raised"):
+        plugins.registered("models")
+    assert "late" not in group.commands and plugins.commands() == {}
+
+
+def test_the_version_lives_in_its_own_module():
+    from pathlib import Path
+
+    import art_some
+    from art_some._version import __version__
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    assert art_some.__version__ == __version__
+    assert plugins.entries("estimators")["smoothed"].distribution == f"art-some {__version__}"
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "art_some._version.__version__"}
+    source = (Path(art_some.__file__).parent / "plugins.py").read_text()
+    assert "from art_some import __version__" not in source

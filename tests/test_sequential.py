@@ -7,10 +7,11 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from art_some.core import sequential
+from art_some.core import rules, sequential, smoothing
 from art_some.core.noise import GaussianNoise
 from art_some.core.rules import CohenRule
-from art_some.core.sequential import draw_schedule, round_alphas, sequential_certify
+from art_some.core.sequential import draw_schedule, round_alphas
+from art_some.core.smoothing import Smooth
 
 SIGMA = 0.5
 ALPHA = 0.1  # large, so that the tests have power
@@ -25,9 +26,10 @@ def half_space(z):
 def run(d, trials=TRIALS, **options):
     x = torch.zeros((trials, 2))
     x[:, 0] = d
-    settings = dict(n0=20, n=3000, alpha=ALPHA, num_classes=2, rule=CohenRule(), start=20, batch_size=20000,
-                    seed=11)
-    return sequential_certify(half_space, GaussianNoise(SIGMA), x, **{**settings, **options})
+    settings = {**dict(n0=20, n=3000, alpha=ALPHA, start=20), **options}
+    smooth = Smooth(half_space, GaussianNoise(SIGMA), settings.pop("rule", CohenRule()), num_classes=2,
+                    batch_size=20000, seed=11)
+    return smooth.certify_sequential(x, **settings)
 
 
 def allowance(trials, alpha=ALPHA):
@@ -106,8 +108,8 @@ def test_clear_inputs_stop_early_and_a_coin_flip_abstains_early():
     def three_way(z):
         return torch.bucketize(z[:, 0].contiguous(), torch.as_tensor(cuts, dtype=z.dtype))
 
-    split = sequential_certify(three_way, GaussianNoise(SIGMA), torch.zeros((200, 2)), n0=100, n=100_000,
-                               alpha=0.001, num_classes=3, rule=CohenRule())
+    split = Smooth(three_way, GaussianNoise(SIGMA), CohenRule(), num_classes=3).certify_sequential(
+        torch.zeros((200, 2)), n0=100, n=100_000, alpha=0.001)
     assert (split.predict == -1).all() and (split.stopped_by == "abstain").all()
     assert split.draws.max() <= 800
 
@@ -119,35 +121,29 @@ def test_a_radius_out_of_reach_at_n_is_decided_at_once():
 
 
 def test_the_selection_draws_are_those_of_fixed_n_certify():
-    from art_some.core.certify import certify
-
     x = torch.zeros((20, 2))
     x[:, 0] = 0.1
-    fixed = certify(half_space, GaussianNoise(SIGMA), x, n0=30, n=200, alpha=ALPHA, num_classes=2, seed=3)
-    seq = sequential_certify(half_space, GaussianNoise(SIGMA), x, n0=30, n=200, alpha=ALPHA, num_classes=2, seed=3,
-                             rule=CohenRule(), start=50)
+    smooth = Smooth(half_space, GaussianNoise(SIGMA), num_classes=2, seed=3)
+    fixed = smooth.certify(x, n0=30, n=200, alpha=ALPHA)
+    seq = smooth.certify_sequential(x, n0=30, n=200, alpha=ALPHA, start=50)
     np.testing.assert_array_equal(seq.counts_selection, fixed.counts_selection)
     assert (seq.counts_estimation.sum(axis=1) == seq.draws).all()
 
 
-def test_bad_options_and_rules_without_sequential_support_are_refused():
-    x = torch.zeros((2, 2))
+def test_bad_options_and_non_finite_inputs_are_refused():
     with pytest.raises(ValueError, match=r"tolerance must be a number in \[0, 1\)"):
         run(0.1, tolerance=1.0)
     with pytest.raises(ValueError, match="radii must be"):
         run(0.1, radii=[-1.0])
-    from art_some.core.rules import CertificateRule
-
-    with pytest.raises(ValueError, match="CertificateRule does not support sequential certification"):
-        sequential_certify(half_space, GaussianNoise(SIGMA), x, n0=10, n=100, alpha=ALPHA, num_classes=2,
-                           rule=CertificateRule())
     with pytest.raises(ValueError, match="NaN or infinite"):
-        sequential_certify(half_space, GaussianNoise(SIGMA), torch.full((2, 2), float("nan")), n0=10, n=100,
-                           alpha=ALPHA, num_classes=2, rule=CohenRule())
+        Smooth(half_space, GaussianNoise(SIGMA), num_classes=2).certify_sequential(
+            torch.full((2, 2), float("nan")), n0=10, n=100, alpha=ALPHA)
 
 
 # Every estimator, through its certificate rule -----------------------------------------------------------------------
-SEQUENTIAL_RULES = {"smoothed", "some", "smooth_reduce", "data_dependent"}  # Cohen's rule, scaled, or DDRS's
+# Every rule with a lower bound certifies sequentially (Cohen's, scaled, vote-average's Bernstein, DDRS's); a cascade
+# does not yet.
+SEQUENTIAL_RULES = {"smoothed", "some", "smooth_reduce", "smooth_reduce_vote_average", "data_dependent"}
 
 
 @pytest.fixture(scope="module")
@@ -172,11 +168,11 @@ def test_every_estimator_certifies_sequentially_or_says_why_not(estimators, digi
     fixed = clf.certify_detailed(x[:4], n=400, indices=[3, 5, 7, 9])
     np.testing.assert_array_equal(result.counts_selection, fixed.counts_selection)  # the same n0 draws
     assert (result.draws >= 50).all() and (result.draws <= 400).all()
-    assert (result.counts_estimation.sum(axis=1) == result.draws).all()
-    rule = clf.certificate_rule
-    noise = clf.noise_for(torch.as_tensor(x[:4]), np.array([3, 5, 7, 9]))
+    votes_per_draw = clf.num_patches if name == "smooth_reduce_vote_average" else 1  # one vote per patch
+    assert (result.counts_estimation.sum(axis=1) == votes_per_draw * result.draws).all()
+    g = clf.smoothing(torch.as_tensor(x[:4]), np.array([3, 5, 7, 9]))
     sure = result.predict >= 0
-    np.testing.assert_allclose(result.radius[sure], rule.radius(result.p_lower, noise)[sure])
+    np.testing.assert_allclose(result.radius[sure], g.rule.radius(result.p_lower, g.noise)[sure])
     at = clf.certify_at(x[:4], radii=[0.0, 0.1, 0.3], n=400, start=50, indices=[3, 5, 7, 9])
     assert at.shape == (4, 3) and at.dtype == bool
     assert (at[:, 1] <= at[:, 0]).all() and (at[:, 2] <= at[:, 1]).all()  # a larger radius is never easier
@@ -230,8 +226,8 @@ def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_
 def test_every_bound_of_every_round_is_at_alpha_over_the_number_of_rounds(monkeypatch):
     levels = []
     for name in ("clopper_pearson_lower", "clopper_pearson_upper"):
-        real = getattr(sequential, name)
-        monkeypatch.setattr(sequential, name, lambda k, n, a, real=real: levels.append(a) or real(k, n, a))
+        real = getattr(rules, name)
+        monkeypatch.setattr(rules, name, lambda k, n, a, real=real: levels.append(a) or real(k, n, a))
     for options in ({"tolerance": 0.0}, {"radii": [0.1, 0.5]}):
         levels.clear()
         run(0.3, 50, n=3000, start=20, **options)
@@ -241,17 +237,17 @@ def test_every_bound_of_every_round_is_at_alpha_over_the_number_of_rounds(monkey
 
 def test_the_selection_and_every_round_draw_from_streams_of_their_own(monkeypatch):
     calls = []
-    real = sequential.count_votes
+    real = smoothing.count_votes
 
     def spy(vote_fn, x, num, noise, *, stage, indices, **kwargs):
         calls.append({(stage, int(k)) for k in indices})
         return real(vote_fn, x, num, noise, stage=stage, indices=indices, **kwargs)
 
-    monkeypatch.setattr(sequential, "count_votes", spy)
+    monkeypatch.setattr(smoothing, "count_votes", spy)
     x = torch.zeros((5, 2))
     x[:, 0] = 0.2
-    sequential_certify(half_space, GaussianNoise(SIGMA), x, n0=20, n=2000, alpha=ALPHA, num_classes=2,
-                       rule=CohenRule(), start=20, tolerance=0.0, indices=[4, 9, 1, 7, 3])
+    Smooth(half_space, GaussianNoise(SIGMA), num_classes=2).certify_sequential(
+        x, n0=20, n=2000, alpha=ALPHA, start=20, tolerance=0.0, indices=[4, 9, 1, 7, 3])
     assert len(calls) == len(draw_schedule(2000, 20)) + 1  # the selection, then one call per round
     seen = set()
     for streams in calls:
@@ -289,9 +285,9 @@ def test_a_mistyped_option_leaves_no_file_behind(tmp_path):
     assert not (tmp_path / "t.jsonl").exists()
 
 
-def test_a_rule_without_sequential_support_has_no_radius_to_give():
+def test_a_rule_takes_its_radius_from_the_noise_unless_it_says_otherwise():
     from art_some.core.rules import CertificateRule
 
-    with pytest.raises(ValueError, match="CertificateRule does not support sequential certification"):
-        CertificateRule().radius(np.array([0.9]), GaussianNoise(SIGMA))
-    assert CohenRule().radius(np.array([0.5, 0.9]), GaussianNoise(SIGMA))[1] > 0
+    noise = GaussianNoise(SIGMA)
+    np.testing.assert_array_equal(CertificateRule().radius(np.array([0.5, 0.9]), noise), noise.radius([0.5, 0.9]))
+    assert CohenRule().radius(np.array([0.5, 0.9]), noise)[1] > 0

@@ -1,9 +1,12 @@
-"""The shared smoothing engine: noise and vote counting, statistics, CERTIFY/PREDICT, and result records."""
-from art_some.core.certify import CertifyResult, certify, cohen_rule, predict
-from art_some.core.input_dependent import KNNSigma, semi_elastic_bound, semi_elastic_radius
-from art_some.core.memory import MemoryCertifier
+"""
+The shared smoothing engine, and nothing else: noise and vote counting, statistics, certificate rules, CERTIFY /
+sequential CERTIFY / PREDICT / the cascade, and the smoothed classifier that binds a vote function, a noise model and
+a rule. No module here imports anything of art_some outside ``core``.
+"""
+from art_some.core.certify import CertifyResult
 from art_some.core.noise import GaussianNoise, count_votes
-from art_some.core.sigma_search import optimize_sigma, soft_radius
+from art_some.core.rules import CertificateRule, CohenRule, ScaledRule, Tally
+from art_some.core.smoothing import Cascade, Smooth
 from art_some.core.stats import (
     binomial_test_two_sided,
     clopper_pearson_lower,
@@ -13,21 +16,18 @@ from art_some.core.stats import (
 )
 
 __all__ = [
+    "Cascade",
+    "CertificateRule",
     "CertifyResult",
+    "CohenRule",
     "GaussianNoise",
-    "KNNSigma",
-    "MemoryCertifier",
+    "ScaledRule",
+    "Smooth",
+    "Tally",
     "binomial_test_two_sided",
-    "certify",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
-    "cohen_rule",
     "count_votes",
     "gaussian_radius",
     "max_certifiable_radius",
-    "optimize_sigma",
-    "predict",
-    "semi_elastic_bound",
-    "semi_elastic_radius",
-    "soft_radius",
 ]

@@ -10,63 +10,30 @@ level k' has an upper bound p_bar_k' >= max_{c != y_hat} p_k'(x, c) below p0, th
 
 because x -> Phi^-1(p_k(x, c)) is (1 / sigma_k)-Lipschitz. With K = 1 and p0 = 1/2 this is Cohen's certificate.
 
-These functions own only the control flow and the statistics; the counting is a callback into the shared
-engine, so each level keeps its own fresh selection and estimation draws.
+These functions own only the control flow; the bounds are each level's rule's and the radii its noise's
+(``margin``), and the counting is a callback into the shared engine, so each level keeps its own fresh selection
+and estimation draws.
 
 | Paper link: https://arxiv.org/abs/2310.16779
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-from scipy.stats import norm
 
-from art_some.core.certify import ABSTAIN, CertifyResult
-from art_some.core.noise import ESTIMATION, PREDICTION, SELECTION
-from art_some.core.stats import clopper_pearson_lower, clopper_pearson_upper
+from art_some.core.certify import CertifyResult
+from art_some.core.rules import ABSTAIN, Tally
+from art_some.core.streams import ESTIMATION, PREDICTION, SELECTION
 from art_some.core.validate import probability
+
+if TYPE_CHECKING:
+    from art_some.core.smoothing import Smooth
 
 ALPHA_SPLITS = ("uniform", "sequential")
 PREDICT_RULES = ("cascade", "hybrid")
 
-
-@dataclass(frozen=True)
-class Level:
-    """
-    One smoothing level of a cascade: its sigma, the vote function and soft scores of its base classifier, and
-    whether the EOT gradients average over it.
-    """
-
-    sigma: float
-    vote: Callable
-    soft_scores: Callable
-    in_gradient: bool = True
-
-
-@dataclass(frozen=True)
-class CascadeRule:
-    """
-    The certificate rule of a cascade (:func:`cascade_certify`): a level answers when its lower bound reaches
-    ``p0``; alpha is split over the levels by ``alpha_split``. PREDICT is ``"cascade"`` (:func:`cascade_predict`,
-    with a guarantee) or the official ``"hybrid"`` (:func:`hybrid_predict`, clean logits weighted by
-    ``hybrid_weight``, no guarantee). Sound for ``alpha_split="uniform"``; ``"sequential"`` is bounded only by
-    :func:`failure_bound`, which every record states.
-    """
-
-    p0: float = 0.5
-    alpha_split: str = "uniform"
-    predict_rule: str = "cascade"
-    hybrid_weight: float = 0.1
-
-    needs_squares = False
-    sound = True
-    warning = None
-
-    def info(self) -> dict:
-        return {}
 
 # count(level, stage, positions, num) -> (len(positions), C) int counts; ``level`` indexes sigmas (largest first).
 LevelCounter = Callable[[int, int, np.ndarray, int], np.ndarray]
@@ -106,26 +73,21 @@ def _budgets(level_budget: float, is_last: bool) -> tuple[float, float]:
     return (level_budget, 0.0) if is_last else (level_budget / 2, level_budget / 2)
 
 
-def class_upper_bounds(counts: np.ndarray, n: int, alpha: float) -> np.ndarray:
+def _cap(level: "Smooth", tally: Tally, alpha_upper: float, y_hat: np.ndarray, p0: float) -> np.ndarray:
     """
-    Simultaneous one-sided upper bounds on every class probability (Clopper-Pearson with a Bonferroni split over
-    the C classes): with probability at least 1 - alpha all of them hold. Used instead of the official Goodman
-    intervals, a chi-square approximation that needs its small counts pooled.
+    The radius cap sigma_k' (Phi^-1(p0) - Phi^-1(p_bar)) of one higher level, p_bar the largest of its simultaneous
+    upper bounds (:meth:`~art_some.core.rules.CertificateRule.class_upper_bounds`, used instead of the official
+    Goodman intervals, a chi-square approximation that needs its small counts pooled) over the classes != y_hat.
     """
-    return clopper_pearson_upper(counts, n, alpha / counts.shape[1])
-
-
-def _cap(counts_higher: np.ndarray, n: int, alpha_upper: float, y_hat: np.ndarray, sigma: float, p0: float):
-    """The radius cap sigma_k' (Phi^-1(p0) - Phi^-1(p_bar)) of one higher level, p_bar over classes != y_hat."""
-    upper = class_upper_bounds(counts_higher, n, alpha_upper)
+    upper = level.rule.class_upper_bounds(tally, alpha_upper)
     upper[np.arange(len(y_hat)), y_hat] = 0.0
     p_bar = upper.max(axis=1)
-    return sigma * (norm.ppf(p0) - norm.ppf(np.clip(p_bar, 1e-300, 1.0)))
+    return level.noise.margin(p0, np.clip(p_bar, 1e-300, 1.0))
 
 
 def cascade_certify(
     count: LevelCounter,
-    sigmas,
+    levels: Sequence["Smooth"],
     num_inputs: int,
     *,
     n0: int,
@@ -148,8 +110,8 @@ def cascade_certify(
     ``"uniform"`` split), a returned class is the cascade's output everywhere within the returned L2 radius.
 
     :param count: ``count(level, stage, positions, num)``: counts of ``num`` draws for the inputs at
-                  ``positions`` at ``sigmas[level]`` (``stage`` keeps selection and estimation draws apart).
-    :param sigmas: The levels' sigmas, largest first.
+                  ``positions`` at ``levels[level]`` (``stage`` keeps selection and estimation draws apart).
+    :param levels: The levels (smoothed classifiers with a Gaussian noise and a rule), largest sigma first.
     :param num_inputs: N.
     :param num_classes: C, so that N = 0 gives empty count matrices (otherwise read from the first counts).
     :return: a :class:`CertifyResult` whose ``sigma``, ``p_lower`` and counts are those of the level that
@@ -157,7 +119,7 @@ def cascade_certify(
              ``levels_visited``, ``radius_capped``, ``alpha_split`` and ``failure_bound``.
     """
     alpha = probability("alpha", alpha)
-    sigmas = [float(s) for s in sigmas]
+    sigmas = [float(level.noise.sigma) for level in levels]
     k_levels = len(sigmas)
     start = time.perf_counter()
     predict = np.full(num_inputs, ABSTAIN, dtype=np.int64)
@@ -185,17 +147,17 @@ def cascade_certify(
         counts0_out[active], counts_out[active] = counts0, counts
         visited[active] += 1
         sigma_used[active] = sigmas[s]
-        c_hat = counts0.argmax(axis=1)
-        rows = np.arange(len(active))
-        lower = clopper_pearson_lower(counts[rows, c_hat], n, a_lower)
+        level, tally = levels[s], Tally(counts, int(n))
+        c_hat = level.rule.select(Tally(counts0, int(n0)))
+        lower = level.rule.lower_bound(tally, c_hat, a_lower)
         p_lower[active] = lower
         stop = lower >= p0
         if stop.any():
             here = active[stop]
-            r = sigmas[s] * (norm.ppf(lower[stop]) - norm.ppf(p0))
+            r = level.noise.margin(lower[stop], p0)
             for j in range(s):  # the higher levels this input passed (all of them, by construction)
-                cap = _cap(history[j][here], n, _budgets(level_alpha(alpha, s, k_levels, alpha_split), False)[1],
-                           c_hat[stop], sigmas[j], p0)
+                cap = _cap(levels[j], Tally(history[j][here], int(n)),
+                           _budgets(level_alpha(alpha, s, k_levels, alpha_split), False)[1], c_hat[stop], p0)
                 capped[here] |= cap < r
                 r = np.minimum(r, cap)
             ok = r >= 0
@@ -205,7 +167,7 @@ def cascade_certify(
                 level_sigma[i] = sigmas[s]
         if is_last:
             break
-        passing = ~stop & (class_upper_bounds(counts, n, a_upper).max(axis=1) < p0)
+        passing = ~stop & (level.rule.class_upper_bounds(tally, a_upper).max(axis=1) < p0)
         full = np.zeros((num_inputs, counts.shape[1]), dtype=np.int64)
         full[active] = counts
         history.append(full)
@@ -224,7 +186,7 @@ def cascade_certify(
 
 
 def cascade_predict(
-    count: LevelCounter, sigmas, num_inputs: int, *, n: int, alpha: float, p0: float = 0.5,
+    count: LevelCounter, levels: Sequence["Smooth"], num_inputs: int, *, n: int, alpha: float, p0: float = 0.5,
     alpha_split: str = "uniform", num_classes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
@@ -238,7 +200,7 @@ def cascade_predict(
              visited), and the index of the answering level (-1 when abstaining).
     """
     alpha = probability("alpha", alpha)
-    k_levels = len(sigmas)
+    k_levels = len(levels)
     classes = np.full(num_inputs, ABSTAIN, dtype=np.int64)
     answered = np.full(num_inputs, -1, dtype=np.int64)
     counts_out = None if num_classes is None else np.zeros((num_inputs, num_classes), dtype=np.int64)
@@ -252,20 +214,21 @@ def cascade_predict(
         if counts_out is None:
             counts_out = np.zeros((num_inputs, counts.shape[1]), dtype=np.int64)
         counts_out[active] = counts
+        rule, tally = levels[s].rule, Tally(counts, int(n))
         top = counts.argmax(axis=1)
         num_classes = counts.shape[1]
-        lower = clopper_pearson_lower(counts[np.arange(len(active)), top], n, a_lower / num_classes)
+        lower = rule.lower_bound(tally, top, a_lower / num_classes)
         stop = lower > p0
         classes[active[stop]] = top[stop]
         answered[active[stop]] = s
         if is_last:
             break
-        active = active[~stop & (class_upper_bounds(counts, n, a_upper).max(axis=1) < p0)]
+        active = active[~stop & (rule.class_upper_bounds(tally, a_upper).max(axis=1) < p0)]
     return classes, counts_out, answered
 
 
 def hybrid_predict(
-    count: LevelCounter, sigmas, clean_logits: np.ndarray, *, n: int, p0: float = 0.5, weight: float = 0.1,
+    count: LevelCounter, num_levels: int, clean_logits: np.ndarray, *, n: int, p0: float = 0.5, weight: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     The official predict_mdds.py: from the largest sigma down, take the first level whose top vote share reaches
@@ -280,7 +243,7 @@ def hybrid_predict(
     scores = np.asarray(clean_logits, dtype=np.float64).copy()
     answered = np.full(num_inputs, -1, dtype=np.int64)
     active = np.arange(num_inputs)
-    for s in range(len(sigmas)):
+    for s in range(num_levels):
         if len(active) == 0:
             break
         counts = count(s, PREDICTION, active, int(n))

@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
+from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from art_some.core.errors import NonFiniteError, name_indices
+from art_some.core.stats import gaussian_radius
 
 # Stages keep the selection (n0) and estimation (n) draws of CERTIFY independent of each other and of PREDICT;
 # every stage and key of the package is listed in art_some.core.streams.
@@ -103,6 +105,20 @@ class GaussianNoise:
             return x_rows + self.sigma * eps
         sigma = torch.as_tensor(self.sigma, dtype=eps.dtype, device=eps.device)[owner]
         return x_rows + per_example(sigma, eps) * eps
+
+    def radius(self, p_lower) -> np.ndarray:
+        """
+        Cohen et al.'s L2 radius sigma * Phi^-1(p_lower) certified by a lower bound on pA; 0.0 where p_lower <= 1/2.
+        """
+        return gaussian_radius(p_lower, self.sigma)
+
+    def margin(self, p_high, p_low) -> np.ndarray:
+        """
+        sigma * (Phi^-1(p_high) - Phi^-1(p_low)): how far (L2) the input can move before a class probability at
+        least ``p_high`` can fall to ``p_low`` (or one at most ``p_low`` rise to ``p_high``), because x -> Phi^-1(p(x))
+        is (1 / sigma)-Lipschitz (Salman et al., Lemma 2). Cohen's radius is ``margin(p_lower, 1/2)``.
+        """
+        return self.sigma * (norm.ppf(p_high) - norm.ppf(p_low))
 
     def subset(self, positions) -> "GaussianNoise":
         """The noise of the inputs at ``positions`` (their own sigmas when there is one per input)."""

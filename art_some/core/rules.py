@@ -1,49 +1,159 @@
 """
 Certificate rules: the part of a smoothing method that turns vote counts into a certified class and radius (and
-PREDICT's decision). A rule is an object that says what statistics it needs, so the engine computes them once and
-no estimator rewrites CERTIFY or PREDICT to get them.
+PREDICT's decision). A rule owns its statistics; every certification procedure (fixed-n CERTIFY, sequential
+CERTIFY, the cascade's levels) asks it for the same four things:
 
-- :class:`CohenRule`: Cohen et al.'s Clopper-Pearson bound and radius sigma * Phi^-1(pA_lower), and PREDICT's
-  binomial test. Every other rule is a variation of it.
-- A rule with ``needs_squares = True`` also receives the estimation draws' sums of squared tallies (several votes
-  per noisy input, e.g. one per patch, for variance-adaptive bounds).
-- A rule that a spec marks unsound has ``sound = False`` and a ``warning``; the estimator says it on every use.
+- :meth:`CertificateRule.select`: the class to certify, c_A, from the selection draws;
+- :meth:`CertificateRule.lower_bound` / :meth:`CertificateRule.upper_bound`: one-sided confidence bounds on the
+  probability of given classes from a :class:`Tally` of estimation draws;
+- :meth:`CertificateRule.radius`: the radius that a lower bound >= 1/2 certifies (the noise model's by default);
+- :meth:`CertificateRule.decide`: Cohen et al.'s abstain test and radius, written once; no rule overrides it.
+
+So a new rule needs only ``lower_bound`` (and ``radius`` if its radius is not the noise's). Cohen et al.'s rule is
+:class:`CohenRule`; a rule that a spec marks unsound has ``sound = False`` and a ``warning`` that the estimator
+repeats on every use.
 
 | Paper link: https://arxiv.org/abs/1902.02918
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from art_some.core.certify import ABSTAIN, cohen_rule, predict_from_counts
-from art_some.core.stats import certifies, gaussian_radius
+from art_some.core.stats import (
+    binomial_test_two_sided,
+    certifies,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+)
+
+ABSTAIN = -1
+
+
+@dataclass
+class Tally:
+    """
+    What a rule sees of a batch of draws: ``counts`` ``(N, C)`` of votes per class, ``draws`` (the number of noisy
+    draws behind each row: an int or an ``(N,)`` array) and, for rules with ``needs_squares``, the per-class sums of
+    squared tallies (several votes per draw, e.g. one per patch).
+    """
+
+    counts: np.ndarray
+    draws: int | np.ndarray
+    squares: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def rows(self, positions) -> "Tally":
+        """The tally of the inputs at ``positions``."""
+        draws = self.draws if np.ndim(self.draws) == 0 else np.asarray(self.draws)[positions]
+        squares = None if self.squares is None else self.squares[positions]
+        return Tally(self.counts[positions], draws, squares)
 
 
 class CertificateRule:
     """
-    The interface of a certificate rule (and Cohen's rule as its default behaviour).
+    A certificate rule, with Cohen et al.'s behaviour wherever a subclass says nothing.
 
-    :meth:`certify` maps (selection counts, estimation counts, alpha, noise model) to ``(predict, radius,
-    p_lower)`` arrays with -1 / 0.0 where it abstains; :meth:`predict` maps PREDICT's counts to classes (-1 =
-    abstain); :meth:`info` is what each certificate record says about the rule.
+    Subclasses override :meth:`lower_bound` (and :meth:`upper_bound` where a procedure needs one), :meth:`radius`
+    if the radius is not the noise model's, :meth:`predict` and :meth:`scores` for their own PREDICT, and
+    :meth:`info` for what each record says. :meth:`decide` and :meth:`certify` are the same for every rule.
     """
 
     needs_squares: bool = False
     sound: bool = True
     warning: str | None = None
-    # A rule whose certificate is the selection's class with a radius computed from one lower bound on its probability
-    # (radius(p_lower, noise)) may be used by sequential CERTIFY: any valid lower bound, such as one of a confidence
-    # sequence, then gives a valid certificate.
-    sequential: bool = False
 
-    def certify(self, selection_counts: np.ndarray, estimation_counts: np.ndarray, alpha: float, noise,
-                squares: np.ndarray | None = None):
-        """CERTIFY's decision; see :func:`~art_some.core.certify.cohen_rule` for the guarantee."""
-        return cohen_rule(selection_counts, estimation_counts, alpha, noise)
+    # ------------------------------------------------------------------------------------------------------------
+    # The statistics
+    # ------------------------------------------------------------------------------------------------------------
+    def select(self, selection: Tally) -> np.ndarray:
+        """c_A: the class with the most selection votes (ties to the smallest index)."""
+        return selection.counts.argmax(axis=1)
 
-    def predict(self, counts: np.ndarray, alpha: float, squares: np.ndarray | None = None) -> np.ndarray:
-        """PREDICT's decision: the top class if the binomial test rejects a tie with the runner-up at ``alpha``."""
-        return predict_from_counts(counts, alpha)
+    def lower_bound(self, tally: Tally, classes: np.ndarray, alpha: float) -> np.ndarray:
+        """
+        One-sided (1 - alpha) lower confidence bounds on the probability of ``classes[i]`` for each row: here
+        Clopper-Pearson on the binomial count of that class out of the draws.
+        """
+        rows = np.arange(len(tally))
+        return clopper_pearson_lower(tally.counts[rows, classes], tally.draws, alpha)
+
+    def upper_bound(self, tally: Tally, classes: np.ndarray, alpha: float) -> np.ndarray:
+        """One-sided (1 - alpha) upper confidence bounds on the probability of ``classes[i]`` (Clopper-Pearson)."""
+        rows = np.arange(len(tally))
+        return clopper_pearson_upper(tally.counts[rows, classes], tally.draws, alpha)
+
+    def class_upper_bounds(self, tally: Tally, alpha: float) -> np.ndarray:
+        """
+        Simultaneous upper bounds ``(N, C)`` on every class's probability (Bonferroni over the C classes): with
+        probability at least 1 - alpha all of them hold.
+        """
+        num_classes = tally.counts.shape[1]
+        return np.stack([self.upper_bound(tally, np.full(len(tally), c), alpha / num_classes)
+                         for c in range(num_classes)], axis=1).reshape(len(tally), num_classes)
+
+    def projected_lower_bound(self, tally: Tally, classes: np.ndarray, n: int, alpha_now: float,
+                              alpha_final: float) -> np.ndarray:
+        """
+        An optimistic guess of the lower bound after ``n`` draws in all (sequential CERTIFY's stopping rules): the
+        remaining draws voting for ``classes`` at the rate of the upper bound at ``alpha_now``, bounded at
+        ``alpha_final``. No claim rests on it; a poor guess only stops an input too early or too late.
+        """
+        p_upper = self.upper_bound(tally, classes, alpha_now)
+        done = np.asarray(tally.draws)
+        k = tally.counts[np.arange(len(tally)), classes]
+        best_k = np.minimum(n, np.ceil(k + p_upper * (n - done)))
+        return clopper_pearson_lower(best_k, n, alpha_final)
+
+    def radius(self, p_lower: np.ndarray, noise) -> np.ndarray:
+        """The radius certified by lower bounds ``p_lower`` on pA: the noise model's (sigma Phi^-1(p) for Gaussian)."""
+        return noise.radius(p_lower)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The one decision
+    # ------------------------------------------------------------------------------------------------------------
+    def decide(self, classes: np.ndarray, p_lower: np.ndarray, noise) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Cohen et al.'s decision from a lower bound: certify ``classes`` where ``p_lower`` >= 1/2 with
+        :meth:`radius`, abstain (-1, radius 0.0) elsewhere. Every procedure decides here.
+        """
+        sure = certifies(p_lower)
+        radius = np.where(sure, self.radius(p_lower, noise), 0.0).astype(np.float64)
+        return np.where(sure, classes, ABSTAIN).astype(np.int64), radius
+
+    def certify(self, selection: Tally, estimation: Tally, alpha: float, noise):
+        """
+        Fixed-n CERTIFY's statistics: select c_A, lower-bound its probability at ``alpha`` from the independent
+        estimation draws, and decide.
+
+        Guarantee (given a valid ``lower_bound`` and ``radius``): with probability at least 1 - alpha over the
+        estimation draws, a returned class is the smoothed classifier's prediction within the returned radius.
+
+        :return: ``(predict, radius, p_lower)`` arrays.
+        """
+        classes = self.select(selection)
+        p_lower = self.lower_bound(estimation, classes, alpha)
+        predict, radius = self.decide(classes, p_lower, noise)
+        return predict, radius, p_lower
+
+    # ------------------------------------------------------------------------------------------------------------
+    # PREDICT
+    # ------------------------------------------------------------------------------------------------------------
+    def predict(self, tally: Tally, alpha: float) -> np.ndarray:
+        """
+        PREDICT's decision (Cohen et al.): the top class if a two-sided binomial test of the top two counts rejects a
+        tie at ``alpha``, else -1. Guarantee: a wrong class with probability at most alpha.
+        """
+        counts = tally.counts
+        order = np.argsort(-counts, axis=1, kind="stable")
+        rows = np.arange(len(counts))
+        top = counts[rows, order[:, 0]]
+        runner_up = counts[rows, order[:, 1]] if counts.shape[1] > 1 else 0
+        p_value = binomial_test_two_sided(top, runner_up)
+        return np.where(p_value <= alpha, order[:, 0], ABSTAIN).astype(np.int64)
 
     def scores(self, counts: np.ndarray) -> np.ndarray:
         """What ``predict`` shows per class for PREDICT's ``counts`` (the counts themselves here)."""
@@ -53,24 +163,9 @@ class CertificateRule:
         """Entries for each certificate record."""
         return {}
 
-    def radius(self, p_lower: np.ndarray, noise) -> np.ndarray:
-        """The certified radius for lower bounds ``p_lower`` >= 1/2 on pA (rules with ``sequential`` only)."""
-        raise ValueError(f"{type(self).__name__} does not support sequential certification (it does not declare "
-                         "sequential = True with a radius(p_lower, noise)); use fixed-n certify")
-
-    def __call__(self, selection_counts, estimation_counts, alpha, noise, squares=None):
-        # Rules were plain functions before; calling one still works.
-        return self.certify(selection_counts, estimation_counts, alpha, noise, squares=squares)
-
 
 class CohenRule(CertificateRule):
-    """Cohen et al.'s certificate and PREDICT, unchanged."""
-
-    sequential = True
-
-    def radius(self, p_lower, noise):
-        """Cohen et al.'s radius sigma * Phi^-1(pA_lower)."""
-        return gaussian_radius(p_lower, noise.sigma)
+    """Cohen et al.'s certificate and PREDICT: Clopper-Pearson bounds, the noise's radius, the binomial test."""
 
     def __repr__(self) -> str:
         return "CohenRule()"
@@ -78,25 +173,32 @@ class CohenRule(CertificateRule):
 
 class ScaledRule(CertificateRule):
     """
-    A rule whose radii are ``base``'s divided by ``divisor`` (a radius in a space that the input maps into with
-    operator norm ``divisor``, e.g. a resize before the noise, or stacked patches with independent noise).
+    ``base``'s rule with radii divided by ``divisor`` (a radius in a space that the input maps into with operator
+    norm ``divisor``, e.g. a resize before the noise, or stacked patches with independent noise).
     """
 
     def __init__(self, base: CertificateRule, divisor: float, *, sound: bool = True, warning: str | None = None):
         self.base, self.divisor = base, float(divisor)
         self.needs_squares = base.needs_squares
         self.sound, self.warning = sound, warning
-        self.sequential = base.sequential
+
+    def select(self, selection):
+        return self.base.select(selection)
+
+    def lower_bound(self, tally, classes, alpha):
+        return self.base.lower_bound(tally, classes, alpha)
+
+    def upper_bound(self, tally, classes, alpha):
+        return self.base.upper_bound(tally, classes, alpha)
+
+    def projected_lower_bound(self, tally, classes, n, alpha_now, alpha_final):
+        return self.base.projected_lower_bound(tally, classes, n, alpha_now, alpha_final)
 
     def radius(self, p_lower, noise):
         return self.base.radius(p_lower, noise) / self.divisor
 
-    def certify(self, selection_counts, estimation_counts, alpha, noise, squares=None):
-        predict, radius, p_lower = self.base.certify(selection_counts, estimation_counts, alpha, noise, squares)
-        return predict, radius / self.divisor, p_lower
-
-    def predict(self, counts, alpha, squares=None):
-        return self.base.predict(counts, alpha, squares)
+    def predict(self, tally, alpha):
+        return self.base.predict(tally, alpha)
 
     def scores(self, counts):
         return self.base.scores(counts)
@@ -105,24 +207,4 @@ class ScaledRule(CertificateRule):
         return self.base.info()
 
 
-def as_rule(rule) -> CertificateRule:
-    """A rule object from a rule or a plain function ``(selection, estimation, alpha, noise) -> (pred, r, p)``."""
-    if isinstance(rule, CertificateRule):
-        return rule
-    if callable(rule):
-        return _FunctionRule(rule)
-    raise ValueError(f"rule must be a CertificateRule or a function, got {type(rule).__name__}")
-
-
-class _FunctionRule(CertificateRule):
-    def __init__(self, function):
-        self.function = function
-        self.needs_squares = bool(getattr(function, "uses_squares", False))
-
-    def certify(self, selection_counts, estimation_counts, alpha, noise, squares=None):
-        if self.needs_squares:
-            return self.function(selection_counts, estimation_counts, alpha, noise, squares=squares)
-        return self.function(selection_counts, estimation_counts, alpha, noise)
-
-
-__all__ = ["ABSTAIN", "CertificateRule", "CohenRule", "ScaledRule", "as_rule", "certifies"]
+__all__ = ["ABSTAIN", "CertificateRule", "CohenRule", "ScaledRule", "Tally", "certifies"]

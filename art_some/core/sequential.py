@@ -3,8 +3,9 @@ Sequential CERTIFY: the estimation draws come in rounds of growing size, and eac
 answer is settled, instead of spending the full n on every input.
 
 After ``n0`` selection draws pick the class c_A (as in CERTIFY), estimation rounds draw until the cumulative counts
-reach ``N_1 < N_2 < ... < N_R = n`` (geometric, :func:`draw_schedule`). After round j, c_A's count gives a
-Clopper-Pearson lower bound on pA at level ``alpha / R`` (the failure probability spent evenly over the R rounds
+reach ``N_1 < N_2 < ... < N_R = n`` (geometric, :func:`draw_schedule`). After round j, the rule's lower bound on pA
+(Clopper-Pearson for Cohen's rule, Bernstein for the vote-average rule) at level ``alpha / R`` (the failure
+probability spent evenly over the R rounds
 that the schedule fixes in advance: :func:`round_alphas`), so by the union bound every round's bound holds at once
 with probability at least 1 - alpha: a confidence sequence. The certificate uses the largest bound seen so far.
 An input stops when
@@ -17,11 +18,11 @@ An input stops when
   the radius reachable at n;
 - **max_n**: it has used all n draws.
 
-Guarantee (for a rule that declares ``sequential``, e.g. Cohen's): for each input, the probability that any claim
-made about it is wrong (the returned class not the smoothed classifier's prediction within the returned radius,
-or "certified at r" for some requested r where it is not) is at most ``alpha``, over all rounds and radii together:
-every claim follows from one lower bound of the sequence, and the sequence fails with probability at most alpha.
-How and when an input stops does not enter the guarantee, only how many draws it costs.
+Guarantee (for every rule whose ``lower_bound`` is valid at a fixed number of draws): for each input, the
+probability that any claim made about it is wrong (the returned class not the smoothed classifier's prediction
+within the returned radius, or "certified at r" for some requested r where it is not) is at most ``alpha``, over all
+rounds and radii together: every claim follows from one lower bound of the sequence, and the sequence fails with
+probability at most alpha. How and when an input stops does not enter the guarantee, only how many draws it costs.
 
 | Paper link: https://arxiv.org/abs/1902.02918 (CERTIFY); input-specific sample sizes: Chen et al., AAAI 2022;
   confidence sequences for randomized smoothing: https://arxiv.org/abs/2406.17830
@@ -29,18 +30,19 @@ How and when an input stops does not enter the guarantee, only how many draws it
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from art_some.core.certify import ABSTAIN, CertifyResult, _check_inputs
-from art_some.core.noise import check_indices, count_votes
-from art_some.core.stats import certifies, clopper_pearson_lower, clopper_pearson_upper
+from art_some.core.certify import CertifyResult, check_inputs, record_extra
+from art_some.core.noise import check_indices
+from art_some.core.rules import Tally
+from art_some.core.stats import certifies
 from art_some.core.streams import ESTIMATION, MAX_ROUNDS, SELECTION, sequential_round_key
 from art_some.core.validate import is_number, positive_int, probability
 
 if TYPE_CHECKING:
-    import torch
+    from art_some.core.smoothing import Smooth
 
 # Why each input stopped (the records' ``stopped_by``).
 STOP_REASONS = ("abstain", "radii", "tolerance", "max_n")
@@ -77,60 +79,44 @@ def round_alphas(alpha: float, rounds: int) -> np.ndarray:
 
 
 def sequential_certify(
-    vote_fn: Callable[["torch.Tensor"], "torch.Tensor"],
-    noise,
+    smooth: "Smooth",
     x,
     *,
     n0: int,
     n: int,
     alpha: float,
-    num_classes: int,
-    rule,
     radii: Sequence[float] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     start: int = DEFAULT_START,
     growth: float = DEFAULT_GROWTH,
-    batch_size: int = 1000,
-    seed: int = 0,
     indices: Sequence[int] | None = None,
-    device=None,
-    verbose: bool | None = False,
 ) -> CertifyResult:
     """
     Sequential CERTIFY (see the module docstring for the procedure and its guarantee): radius mode without
     ``radii``, fixed-radius mode with them.
 
-    :param vote_fn: Maps noisy inputs ``(B, *shape)`` to class indices ``(B,)``.
-    :param noise: The noise model (one sigma, or one per input with ``subset``).
+    :param smooth: The smoothed classifier (its rule's bounds and decision; one noise scale, or one per input).
     :param x: Inputs ``(N, *shape)`` in the noise's space.
     :param n0: Selection draws (independent of the estimation draws, as in CERTIFY).
     :param n: The most estimation draws any input gets (the last round ends at n).
     :param alpha: Failure probability per input, over all rounds and radii.
-    :param num_classes: Number of classes.
-    :param rule: A certificate rule with ``sequential = True`` and ``radius(p_lower, noise)``.
     :param radii: Fixed-radius mode: decide "certified at r" for each r (>= 0); None for radius mode.
     :param tolerance: Radius mode: stop once the remaining draws could add at most this fraction of the radius
                       reachable at n (in [0, 1); 0 stops only to abstain or at n, and even then the bounds are at
                       alpha / R, so radii are a little smaller than fixed-n CERTIFY's).
     :param start: Estimation draws of the first round.
     :param growth: Factor by which the cumulative draws grow per round (> 1).
-    :param batch_size: Noisy inputs per forward pass.
-    :param seed: Base seed.
     :param indices: Global input indices (key the noise; round j draws from its own stream).
-    :param device: Device for sampling and forward passes.
-    :param verbose: Progress bars over the draws.
     :return: a :class:`~art_some.core.certify.CertifyResult` whose ``draws`` (estimation draws per input),
              ``stopped_by`` and, in fixed-radius mode, ``radii`` and ``certified_at`` ``(N, len(radii))`` say how
              each input was decided.
     """
     import torch
 
-    if not getattr(rule, "sequential", False):
-        raise ValueError(f"{type(rule).__name__} does not support sequential certification (its certificate is not "
-                         "declared a function of one lower bound on pA); use fixed-n certify")
+    rule = smooth.rule
     alpha = probability("alpha", alpha)
     positive_int("n0", n0)
-    _check_inputs(x, "n", n, indices)
+    check_inputs(x, "n", n, indices)
     tolerance = check_tolerance(tolerance)
     radii = None if radii is None else check_radii(radii)
     schedule = draw_schedule(n, start, growth)
@@ -139,11 +125,10 @@ def sequential_certify(
     x_len = len(x)
     indices = check_indices(indices, x_len)
     sequential_round_key(len(schedule) - 1, indices)  # refuses indices beyond the key space before any draw
-    common = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, device=device, verbose=verbose)
-    selection = count_votes(vote_fn, x, int(n0), noise, stage=SELECTION, indices=indices,
-                            desc="CERTIFY selection", **common)
-    c_hat = selection.argmax(axis=1)
-    counts = np.zeros((x_len, num_classes), dtype=np.int64)
+    selection = smooth.counts(x, int(n0), SELECTION, indices=indices, desc="CERTIFY selection")
+    c_hat = rule.select(selection)
+    counts = np.zeros((x_len, smooth.num_classes), dtype=np.int64)
+    squares = np.zeros_like(counts) if rule.needs_squares else None
     best = np.zeros(x_len)  # the largest lower bound so far: every one of the sequence holds at once
     draws = np.zeros(x_len, dtype=np.int64)
     stopped = np.full(x_len, "", dtype=object)
@@ -153,16 +138,19 @@ def sequential_certify(
         if not len(active):
             break
         rows = torch.as_tensor(active, device=x.device) if isinstance(x, torch.Tensor) else active
-        counts[active] += count_votes(vote_fn, x[rows], total - previous, _subset(noise, active),
-                                      stage=ESTIMATION, indices=sequential_round_key(j, indices[active]),
-                                      desc=f"CERTIFY round {j + 1}/{len(schedule)}", **common)
+        now_smooth = smooth.subset(active)
+        drawn = now_smooth.counts(x[rows], total - previous, ESTIMATION,
+                                  indices=sequential_round_key(j, indices[active]), squares=rule.needs_squares,
+                                  desc=f"CERTIFY round {j + 1}/{len(schedule)}")
+        counts[active] += drawn.counts
+        if squares is not None:
+            squares[active] += drawn.squares
         previous = total
         draws[active] = total
-        k = counts[active, c_hat[active]]
-        best[active] = np.maximum(best[active], clopper_pearson_lower(k, total, round_alpha))
-        noise_now = _subset(noise, active)
-        reach = _reachable(rule, k, total, n, alphas, j, best[active], noise_now)
-        now = np.where(certifies(best[active]), rule.radius(best[active], noise_now), -np.inf)
+        tally = Tally(counts[active], total, None if squares is None else squares[active])
+        best[active] = np.maximum(best[active], rule.lower_bound(tally, c_hat[active], round_alpha))
+        reach = _reachable(rule, tally, c_hat[active], n, alphas, j, best[active], now_smooth.noise)
+        now = np.where(certifies(best[active]), rule.radius(best[active], now_smooth.noise), -np.inf)
         done = np.full(len(active), total >= n)
         reason = np.where(done, "max_n", "").astype(object)
         hopeless = reach < 0  # even the best case at n stays below 1/2
@@ -177,39 +165,28 @@ def sequential_certify(
         finished = done | settled | hopeless
         stopped[active[finished]] = reason[finished]
         active = active[~finished]
-    sure = certifies(best)
-    radius = np.where(sure, rule.radius(best, noise), 0.0)
-    predict = np.where(sure, c_hat, ABSTAIN).astype(np.int64)
+    predict, radius = rule.decide(c_hat, best, smooth.noise)
     seconds = np.full(x_len, (time.perf_counter() - began) / max(1, x_len))
-    result = CertifyResult(predict, radius.astype(np.float64), best, selection, counts, int(n0), int(n), alpha,
-                           noise.sigma, seconds, extra=dict(rule.info()))
+    result = CertifyResult(predict, radius, best, selection.counts, counts, int(n0), int(n), alpha,
+                           smooth.noise.sigma, seconds, squares, extra=record_extra(smooth))
     result.draws, result.stopped_by = draws, stopped.astype(str)
     if radii is not None:
         result.radii = radii
-        result.certified_at = sure[:, None] & (radius[:, None] >= radii[None, :])
+        result.certified_at = certifies(best)[:, None] & (radius[:, None] >= radii[None, :])
     return result
 
 
-def _reachable(rule, k, total, n, alphas, j, best, noise) -> np.ndarray:
+def _reachable(rule, tally: Tally, classes, n, alphas, j, best, noise) -> np.ndarray:
     """
-    The largest radius each input could still certify by the end (-1 where even that stays below 1/2), in an
-    optimistic projection: its remaining draws voting for c_A at the rate of the upper confidence bound on pA, and
-    the last round's bound at n; or what the best bound it already has gives. Only the cost depends on it: a wrong
-    projection stops an input too early (fewer certificates) or too late (more draws), never a wrong claim.
+    The largest radius each input could still certify by the end (-1 where even that stays below 1/2), in the
+    rule's optimistic projection (:meth:`~art_some.core.rules.CertificateRule.projected_lower_bound`) to the last
+    round's bound at n; or what the best bound it already has gives. Only the cost depends on it: a wrong projection
+    stops an input too early (fewer certificates) or too late (more draws), never a wrong claim.
     """
     p_final = best
-    if total < n:
-        p_upper = clopper_pearson_upper(k, total, alphas[j])
-        best_k = np.minimum(n, np.ceil(k + p_upper * (n - total)))
-        p_final = np.maximum(best, clopper_pearson_lower(best_k, n, alphas[-1]))
+    if tally.draws < n:
+        p_final = np.maximum(best, rule.projected_lower_bound(tally, classes, n, alphas[j], alphas[-1]))
     return np.where(certifies(p_final), rule.radius(p_final, noise), -1.0)
-
-
-def _subset(noise, positions: np.ndarray):
-    """The noise model of the inputs at ``positions`` (the same model unless it holds a sigma per input)."""
-    if np.ndim(getattr(noise, "sigma", 0.0)) == 0:
-        return noise
-    return noise.subset(positions)
 
 
 def check_radii(radii) -> np.ndarray:

@@ -11,7 +11,7 @@ for each input, with two sigma rules and two certificates.
   fixed-sigma classifier g_{sigma(x)} around x, *not* G: inside the ball G re-chooses sigma and may answer
   differently. It exists for comparison with the paper, warns, and says so in every record.
 - :meth:`DataDependentSmoothedClassifier.certify_with_memory`: DDRS's memory-based certifier, an explicit stateful
-  and order-dependent :class:`~art_some.core.memory.MemoryCertifier` over the fixed-sigma certificates.
+  and order-dependent :class:`~art_some.estimators.memory.MemoryCertifier` over the fixed-sigma certificates.
 
 | Paper link: https://arxiv.org/abs/2012.04351
 | Paper link: https://arxiv.org/abs/2110.05365
@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from art_some.core.certify import ABSTAIN, CertifyResult
-from art_some.core.input_dependent import KNNSigma, semi_elastic_radius
+from art_some.core.certify import CertifyResult
 from art_some.core.noise import GaussianNoise, seed_for
 from art_some.core.rules import CertificateRule, CohenRule, certifies
-from art_some.core.sigma_search import optimize_sigma
-from art_some.core.stats import clopper_pearson_lower
+from art_some.core.smoothing import Smooth
 from art_some.core.streams import SIGMA_SEARCH
+from art_some.estimators.input_dependent import KNNSigma, semi_elastic_radius
+from art_some.estimators.sigma_search import optimize_sigma
 from art_some.estimators.smoothed import SmoothedClassifier
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 SIGMA_RULES = ("optimize", "knn")
 CERTIFICATES = ("input_dependent", "fixed_sigma")
-SIGMA_STAGE = SIGMA_SEARCH  # kept for callers of the old name
 # The optimize rule's test-time ascent settings: the ANCER/ddsmoothing package's and the DDRS scripts' (spec A.1).
 SIGMA_SEARCH_PRESETS = {
     "ancer": {"sigma_lr": 0.04, "sigma_steps": 900, "sigma_samples": 100, "prob_clamp": (0.001, 0.999)},
@@ -213,15 +213,20 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
     # ----------------------------------------------------------------------------------------------------------
     # PREDICT, CERTIFY and gradients at sigma(x)
     # ----------------------------------------------------------------------------------------------------------
-    def noise_for(self, x: "torch.Tensor", indices: np.ndarray | None = None) -> GaussianNoise:
-        """N(0, sigma(x_i)^2 I) for each raw input x_i (``indices`` key the optimize rule's search draws)."""
-        return GaussianNoise(self.sigma_of(x, indices))
+    def smoothing(self, x: "torch.Tensor", indices: np.ndarray | None = None, *, rule: CertificateRule | None = None,
+                  **settings) -> Smooth:
+        """
+        The base classifier's votes under N(0, sigma(x_i)^2 I) for each raw input x_i (``indices`` key the optimize
+        rule's search draws), certified by :attr:`certificate_rule` (or ``rule``).
+        """
+        return self.smooth(self.vote, GaussianNoise(self.sigma_of(x, indices)),
+                           self.certificate_rule if rule is None else rule, soft=self.soft_scores, **settings)
 
     def certify_with_memory(self, x, n: int, memory, order=None, **kwargs) -> CertifyResult:
         """
         DDRS's memory-enhanced certification: the fixed-sigma certificates of ``x``, then ``memory`` (a
-        :class:`~art_some.core.memory.MemoryCertifier`, kept by the caller across calls) adjusts each answer so that
-        no earlier memorised ball is contradicted, processing inputs in ``order`` (default: index order).
+        :class:`~art_some.estimators.memory.MemoryCertifier`, kept by the caller across calls) adjusts each answer so
+        that no earlier memorised ball is contradicted, processing inputs in ``order`` (default: index order).
 
         What is guaranteed: only that answers issued later never contradict a memorised certificate; an input
         queried first takes over its region, results depend on the order, and every past input is kept. This is
@@ -229,7 +234,7 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
 
         :return: The :class:`CertifyResult` with adjusted ``predict`` and ``radius``, ``extra["memory_changed"]``.
         """
-        result = self._certify_with(FixedSigmaRule(), x, n, **kwargs)
+        result = self._certify_with(x, n, **kwargs, smoothing=partial(self.smoothing, rule=FixedSigmaRule()))
         flat = np.asarray(self._as_input_tensor(x).cpu().numpy(), dtype=np.float64).reshape(len(result), -1)
         labels, radii, changed = memory.process(flat, result.predict, result.radius, order=order)
         result.predict, result.radius = labels.astype(np.int64), radii.astype(np.float64)
@@ -266,8 +271,6 @@ class InputDependentRule(CertificateRule):
     in the input dimension ``dimension``), for a sigma rule whose log is ``rate``-Lipschitz.
     """
 
-    sequential = True  # Cohen's class and bound; the radius grows with the bound
-
     def __init__(self, rate: float, dimension: int, radius_steps: int, sigma_steps: int):
         self.rate, self.dimension, self.radius_steps, self.sigma_steps = rate, dimension, radius_steps, sigma_steps
 
@@ -277,13 +280,3 @@ class InputDependentRule(CertificateRule):
         radius = semi_elastic_radius(p_lower, sigma, self.rate, self.dimension, radius_steps=self.radius_steps,
                                      sigma_steps=self.sigma_steps)
         return np.where(certifies(p_lower), radius, 0.0)
-
-    def certify(self, selection_counts, estimation_counts, alpha, noise, squares=None):
-        rows = np.arange(len(selection_counts))
-        c_hat = selection_counts.argmax(axis=1)
-        p_lower = clopper_pearson_lower(estimation_counts[rows, c_hat], estimation_counts.sum(axis=1), alpha)
-        sigma = np.broadcast_to(np.asarray(noise.sigma, dtype=np.float64), p_lower.shape)
-        radius = semi_elastic_radius(p_lower, sigma, self.rate, self.dimension, radius_steps=self.radius_steps,
-                                     sigma_steps=self.sigma_steps)
-        sure = certifies(p_lower)
-        return np.where(sure, c_hat, ABSTAIN).astype(np.int64), np.where(sure, radius, 0.0), p_lower

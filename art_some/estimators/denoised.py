@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from art_some.core.cascade import ALPHA_SPLITS, PREDICT_RULES, CascadeRule, Level, failure_bound
-from art_some.core.streams import LEVEL_STRIDE
+from art_some.core.cascade import ALPHA_SPLITS, PREDICT_RULES, failure_bound
+from art_some.core.noise import GaussianNoise
+from art_some.core.rules import CohenRule
+from art_some.core.smoothing import Cascade
 from art_some.estimators.smoothed import SmoothedClassifier
 
 if TYPE_CHECKING:
@@ -23,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 # Level s of the cascade (0 = the largest sigma) draws from level_stage(stage, s) (art_some.core.streams), so every
 # level gets fresh noise and a single level uses exactly the streams of a plain SmoothedClassifier.
-LEVEL_STAGE_STRIDE = LEVEL_STRIDE  # kept for callers of the old name
 
 
 class DenoisedMultiScaleClassifier(SmoothedClassifier):
@@ -296,28 +297,32 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
             "denoiser": type(self._denoiser).__name__,
         }
 
-    def smoothing_levels(self) -> tuple[Level, ...]:
+    def smoothing(self, x=None, indices=None, **settings) -> Cascade:
         """
-        The cascade's levels, largest sigma first: at each, the vote function classifier(denoiser(z, sigma)), its
-        soft scores, and whether the gradients use it (all levels, or ``gradient_level`` alone).
-        """
-        return tuple(
-            Level(sigma, partial(self.level_vote, sigma=sigma), partial(self.soft_scores, sigma=sigma),
-                  in_gradient=self.gradient_level is None or float(self.gradient_level) == sigma)
-            for sigma in self.levels
-        )
-
-    @property
-    def certificate_rule(self) -> CascadeRule:
-        """
-        The cascade's rule (:func:`~art_some.core.cascade.cascade_certify`; plain CERTIFY for one sigma).
+        The cascade (:class:`~art_some.core.smoothing.Cascade`; plain CERTIFY for one sigma): at each level, largest
+        sigma first, the vote function classifier(denoiser(z, sigma)) under N(0, sigma^2 I) with Cohen's rule, its
+        soft scores for the gradients (all levels, or ``gradient_level`` alone).
 
         Guarantee: with probability at least 1 - alpha (``alpha_split="uniform"``), a returned class is the
         cascade's prediction everywhere within the returned L2 radius (raw input units); records carry
         ``level_sigma`` (the level that answered, None when abstaining), ``levels_visited`` and ``failure_bound``.
         """
-        return CascadeRule(p0=float(self.p0), alpha_split=self.alpha_split, predict_rule=self.predict_rule,
-                           hybrid_weight=float(self.hybrid_weight))
+        levels = [self.smooth(partial(self.level_vote, sigma=sigma), GaussianNoise(sigma), CohenRule(), level=k,
+                              soft=partial(self.soft_scores, sigma=sigma), **settings)
+                  for k, sigma in enumerate(self.levels)]
+        used = [k for k, sigma in enumerate(self.levels)
+                if self.gradient_level is None or float(self.gradient_level) == sigma]
+        return Cascade(levels, p0=float(self.p0), alpha_split=self.alpha_split, predict_rule=self.predict_rule,
+                       hybrid_weight=float(self.hybrid_weight), gradient_levels=used, clean_logits=self._clean_logits)
+
+    def _clean_logits(self, z0: "torch.Tensor") -> np.ndarray:
+        """The base model's logits on the clean inputs, in chunks (N full-size images may not fit at once)."""
+        import torch
+
+        with torch.inference_mode():
+            chunks = [self.logits(z0[i : i + self.noise_batch_size]).float().cpu().numpy()
+                      for i in range(0, len(z0), self.noise_batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes))
 
     def predict_levels(self, x, indices=None, invalid=None, abstain: bool = True):
         """
@@ -325,7 +330,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         ``abstain=False`` and the cascade rule, the cascade's point estimate, which never abstains
         (:func:`~art_some.core.cascade.cascade_point_estimate`).
         """
-        classes, scores, level = self._cascade_predict(self.certificate_rule, x, indices, invalid, abstain)
+        classes, scores, level = self.predict_decisions(x, indices, invalid, abstain)
         return classes, scores, np.array([self.levels[k] if k >= 0 else np.nan for k in level])
 
     def failure_bound(self, alpha: float | None = None) -> float:

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from art_some.core.certify import ABSTAIN
 from art_some.core.errors import UnsoundCertificateWarning, warn_unsound  # noqa: F401 (re-exported)
-from art_some.core.noise import INVALID, argmax_votes
-from art_some.core.rules import CertificateRule, CohenRule, ScaledRule, certifies
-from art_some.core.stats import bernstein_lower, gaussian_radius, hoeffding_lower
+from art_some.core.noise import INVALID, GaussianNoise, argmax_votes
+from art_some.core.rules import ABSTAIN, CertificateRule, CohenRule, ScaledRule, Tally, certifies
+from art_some.core.smoothing import Smooth
+from art_some.core.stats import bernstein_lower, hoeffding_lower
 from art_some.core.validate import choice, probability
 from art_some.estimators.smoothed import SmoothedClassifier
 from art_some.patches import RESIZE_MODES, PatchLayout, make_layout, resize, resize_operator_norm
@@ -306,6 +306,11 @@ class SmoothReduceClassifier(SmoothedClassifier):
             return torch.softmax(aggregated, dim=1)
         return aggregated / aggregated.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
+    def smoothing(self, x=None, indices=None, **settings) -> Smooth:
+        """The aggregated patch votes, Gaussian noise in the noise space, and :attr:`certificate_rule`."""
+        return self.smooth(self.vote, GaussianNoise(self.scale), self.certificate_rule, soft=self.soft_scores,
+                           **settings)
+
     @property
     def certificate_rule(self) -> CertificateRule:
         """
@@ -354,27 +359,42 @@ class VoteAverageRule(CertificateRule):
     def __init__(self, num_patches: int, bound: str, nb_classes: int, divisor: float = 1.0):
         self.num_patches, self.bound, self.nb_classes, self.divisor = int(num_patches), bound, nb_classes, divisor
 
-    def lower_bound(self, counts: np.ndarray, squares: np.ndarray, top: np.ndarray, alpha: float) -> np.ndarray:
-        """Lower confidence bound on the ``top`` class's mean patch-vote fraction, from tallies and squared tallies."""
-        rows = np.arange(len(counts))
-        draws = counts.sum(axis=1) / self.num_patches
-        mean = counts[rows, top] / (draws * self.num_patches)
+    def _moments(self, tally: Tally, classes: np.ndarray):
+        """The draws, the mean patch-vote fraction of ``classes`` and its unbiased variance, per row."""
+        rows = np.arange(len(tally))
+        draws = tally.counts.sum(axis=1) / self.num_patches
+        mean = tally.counts[rows, classes] / (draws * self.num_patches)
+        if tally.squares is None:
+            return draws, mean, None
+        second = tally.squares[rows, classes] / float(self.num_patches) ** 2 / draws
+        return draws, mean, np.maximum(second - mean**2, 0.0) * draws / np.maximum(draws - 1, 1)
+
+    def _bound(self, mean, variance, draws, alpha) -> np.ndarray:
         if self.bound == "hoeffding":
             return hoeffding_lower(mean, draws, alpha)
-        second = squares[rows, top] / float(self.num_patches) ** 2 / draws
-        variance = np.maximum(second - mean**2, 0.0) * draws / np.maximum(draws - 1, 1)
         return bernstein_lower(mean, variance, draws, alpha)
 
-    def certify(self, selection_counts, estimation_counts, alpha, noise, squares=None):
-        top = selection_counts.argmax(axis=1)
-        p_lower = self.lower_bound(estimation_counts, squares, top, alpha)
-        sure = certifies(p_lower)
-        radius = np.where(sure, gaussian_radius(p_lower, noise.sigma) / self.divisor, 0.0)
-        return np.where(sure, top, ABSTAIN).astype(np.int64), radius, p_lower
+    def lower_bound(self, tally, classes, alpha):
+        """Lower confidence bound on the ``classes``' mean patch-vote fraction (Hoeffding or empirical Bernstein)."""
+        draws, mean, variance = self._moments(tally, classes)
+        return self._bound(mean, variance, draws, alpha)
 
-    def predict(self, counts, alpha, squares=None):
-        top = counts.argmax(axis=1)
-        p_lower = self.lower_bound(counts, squares, top, probability("alpha", alpha) / self.nb_classes)
+    def upper_bound(self, tally, classes, alpha):
+        """The same bound on the complement's mean: an upper bound on the mean patch-vote fraction."""
+        draws, mean, variance = self._moments(tally, classes)
+        return 1.0 - self._bound(1.0 - mean, variance, draws, alpha)
+
+    def projected_lower_bound(self, tally, classes, n, alpha_now, alpha_final):
+        """The bound after ``n`` draws if the mean were at its upper bound and the variance stayed as it is."""
+        _, _, variance = self._moments(tally, classes)
+        return self._bound(self.upper_bound(tally, classes, alpha_now), variance, float(n), alpha_final)
+
+    def radius(self, p_lower, noise):
+        return noise.radius(p_lower) / self.divisor
+
+    def predict(self, tally, alpha):
+        top = tally.counts.argmax(axis=1)
+        p_lower = self.lower_bound(tally, top, probability("alpha", alpha) / self.nb_classes)
         return np.where(certifies(p_lower), top, ABSTAIN).astype(np.int64)
 
     def scores(self, counts):

@@ -14,45 +14,23 @@ import numpy as np
 from art.config import ART_NUMPY_DTYPE
 from art.estimators.certification.randomized_smoothing.pytorch import PyTorchRandomizedSmoothing
 
-from art_some.core.cascade import (
-    CascadeRule,
-    Level,
-    cascade_certify,
-    cascade_point_estimate,
-    cascade_predict,
-    hybrid_predict,
-)
-from art_some.core.certify import (
-    ABSTAIN,
-    CertifyResult,
-    check_finite_inputs,
-)
-from art_some.core.certify import certify as certify_votes
+from art_some.core.certify import ABSTAIN, CertifyResult, check_finite_inputs
 from art_some.core.errors import name_indices, user_stacklevel, warn_unsound
-from art_some.core.noise import (
-    PREDICTION,
-    GaussianNoise,
-    argmax_votes,
-    check_indices,
-    count_votes,
-    expected_scores,
-    non_finite_output_error,
-    seed_for,
-)
-from art_some.core.rules import CertificateRule, CohenRule
-from art_some.core.sequential import DEFAULT_GROWTH, DEFAULT_START, DEFAULT_TOLERANCE, sequential_certify
-from art_some.core.streams import CHOICE, GRADIENT, level_stage
+from art_some.core.noise import PREDICTION, GaussianNoise, argmax_votes, check_indices
+from art_some.core.rules import CohenRule
+from art_some.core.sequential import DEFAULT_GROWTH, DEFAULT_START, DEFAULT_TOLERANCE
+from art_some.core.smoothing import Cascade, Smooth
+from art_some.core.speed import check_speed_options, with_speed_options
 from art_some.core.validate import positive_int, probability
+from art_some.estimators.gradients import SmoothedGradientsMixin
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-GRADIENT_STAGE = GRADIENT  # kept for callers of the old name
 
-
-class SmoothedClassifier(PyTorchRandomizedSmoothing):
+class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
     """
     Gaussian randomized smoothing g(x) = argmax_c P(f(x + delta) = c), delta ~ N(0, scale^2 I), with a fast
     streaming CERTIFY/PREDICT and gradients of the smoothed soft classifier, so that ART's attacks attack g.
@@ -77,6 +55,11 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
 
     | Paper link: https://arxiv.org/abs/1902.02918
     """
+
+    # ``predict``'s default for ``is_abstain``. An abstaining row is all zeros, which ART's attacks read as class 0;
+    # the attack audit runs attacks on a shallow copy with this off (evaluation.audit.attack_view), so that they see
+    # the smoothed classifier's top class while the caller's estimator stays as it was.
+    predict_abstains = True
 
     # How the factory (create_estimator) passes one noise level: as ART's scale here, as one of sigmas in a cascade.
     sigma_parameter = "scale"
@@ -171,7 +154,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         self.gradient_samples = None if gradient_samples is None else int(gradient_samples)
         self.verbose = verbose
         self.precision, self.channels_last, self.compile = precision, channels_last, compile
-        _check_speed_options(precision, channels_last, compile)
+        check_speed_options(precision, channels_last, compile)
         self._compiled = {}
         if self.channels_last:
             self._model.to(memory_format=_channels_last())
@@ -211,7 +194,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             super().set_params(**kwargs)
             _check_smoothing_params(self.sample_size, self.scale, self.alpha, self.noise_batch_size, self.seed,
                                     self.gradient_samples, self.verbose)
-            _check_speed_options(self.precision, self.channels_last, self.compile)
+            check_speed_options(self.precision, self.channels_last, self.compile)
             _check_model_dtype(self._model)
         except Exception:
             for key, value in backup.items():
@@ -222,32 +205,30 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
             raise
 
     # ----------------------------------------------------------------------------------------------------------
-    # The three parts every method supplies: noise model, vote function, certificate rule.
+    # The smoothed classifier this estimator certifies: a vote function, a noise model and a certificate rule.
     # ----------------------------------------------------------------------------------------------------------
-    @property
-    def noise_model(self) -> GaussianNoise:
-        """The noise model: isotropic Gaussian with sigma = ``scale`` in raw input space."""
-        return GaussianNoise(self.scale)
+    def smoothing(self, x: "torch.Tensor | None" = None, indices: np.ndarray | None = None,
+                  **settings) -> Smooth | Cascade:
+        """
+        The engine's smoothed classifier for the raw inputs ``x`` (global ``indices``): here the base classifier's
+        votes, Gaussian noise with sigma = ``scale`` in raw input space and Cohen et al.'s rule. Every method of
+        art-some overrides this one method (its vote function, a noise per input, its rule, or a
+        :class:`~art_some.core.smoothing.Cascade` of levels); CERTIFY, PREDICT, the audit's counts and the EOT
+        gradients all go through it.
 
-    def noise_for(self, x: "torch.Tensor", indices: np.ndarray | None = None):
+        :param settings: ``batch_size`` and ``verbose`` for this call (see :meth:`smooth`).
         """
-        The noise model for the raw inputs ``x`` (with global ``indices``): :attr:`noise_model` for every input
-        here; data-dependent smoothing returns one sigma per input.
-        """
-        return self.noise_model
+        return self.smooth(self.vote, GaussianNoise(self.scale), CohenRule(), soft=self.soft_scores, **settings)
 
-    def smoothing_levels(self) -> tuple[Level, ...] | None:
+    def smooth(self, vote, noise, rule=None, *, level: int = 0, soft=None, batch_size: int | None = None,
+               verbose: bool | None = False) -> Smooth:
         """
-        Cascades only: the smoothing levels, largest sigma first (:class:`~art_some.core.cascade.Level`: sigma,
-        vote function, soft scores), certified by a :class:`~art_some.core.cascade.CascadeRule`. None here: one
-        smoothed classifier, with its noise from :meth:`noise_for` and its votes from :meth:`vote`.
+        A :class:`~art_some.core.smoothing.Smooth` over ``vote`` (run with this estimator's speed options), ``noise``
+        and ``rule``, counting with this estimator's seed, device and ``noise_batch_size`` (or ``batch_size``).
         """
-        return None
-
-    @property
-    def certificate_rule(self) -> CertificateRule:
-        """The certificate rule: Cohen et al.'s Clopper-Pearson bound and radius sigma * Phi^-1(pA_lower)."""
-        return CohenRule()
+        return Smooth(self.voting(vote), noise, rule, num_classes=self.nb_classes,
+                      batch_size=self._batch_size(batch_size), seed=self.seed, verbose=verbose, level=level,
+                      soft=soft)
 
     def logits(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
         """
@@ -335,24 +316,9 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
     def voting(self, vote_fn):
         """
         ``vote_fn`` as the engine runs it: under autocast for ``precision`` bf16/fp16 and on channels-last inputs
-        when asked. The noise the engine adds stays float32.
+        when asked (:func:`~art_some.core.speed.with_speed_options`). The noise the engine adds stays float32.
         """
-        import torch
-
-        if self.precision == "fp32" and not self.channels_last:
-            return vote_fn
-        fn = vote_fn
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-
-        def run(z):
-            if self.channels_last and z.dim() == 4:
-                z = z.contiguous(memory_format=torch.channels_last)
-            if dtype is None:
-                return fn(z)
-            with torch.autocast(device_type=self._device.type, dtype=dtype):
-                return fn(z)
-
-        return run
+        return with_speed_options(vote_fn, self.precision, self.channels_last, self._device.type)
 
     # ----------------------------------------------------------------------------------------------------------
     # PREDICT and CERTIFY
@@ -399,6 +365,28 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
                 f", far outside clip_values ({lo:g}, {hi:g}): certificates are for the inputs as given; scale them "
                 f"first (e.g. x / 255 for 8-bit images)", UserWarning, stacklevel=user_stacklevel())
 
+
+    def _noise_space(self, x_t: "torch.Tensor", indices: np.ndarray, invalid: np.ndarray | None):
+        """
+        The finite inputs' positions, the inputs as the noise sees them, and the smoothed classifier for them; the
+        others raise, or are marked in ``invalid``.
+        """
+        import torch
+
+        finite = torch.isfinite(x_t.flatten(1)).all(dim=1).cpu().numpy()
+        if invalid is None:
+            check_finite_inputs(x_t, indices)  # before the noise-space map, which may spread a NaN to other inputs
+        else:
+            invalid |= ~finite
+        rows = np.flatnonzero(finite)
+        with torch.inference_mode():
+            z0 = self.to_noise_space(x_t[rows])
+        return rows, z0
+
+    def _batch_size(self, batch_size) -> int:
+        """``batch_size`` or the default ``noise_batch_size`` (0 is an error, not the default)."""
+        return self.noise_batch_size if batch_size is None else batch_size
+
     def predict_counts(
         self, x, n: int | None = None, batch_size: int | None = None, indices=None, squares: bool = False,
         invalid: np.ndarray | None = None, level: int = 0, stage: int = PREDICTION,
@@ -412,65 +400,47 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         :class:`~art_some.core.errors.NonFiniteError` naming it, unless ``invalid`` (a boolean array of length N)
         is given: then such inputs are marked there and their count rows are zero.
         """
-        import torch
-
         n = positive_int("n", self.sample_size if n is None else n)
         x_t = self._as_input_tensor(x)
         indices = check_indices(indices, len(x_t))
-        rows = self._finite_rows(x_t, indices, invalid)
-        with torch.inference_mode():
-            z0 = self.to_noise_space(x_t[rows])
+        rows, z0 = self._noise_space(x_t, indices, invalid)
+        g = self.smoothing(x_t[rows], indices[rows], batch_size=batch_size)
         sub = None if invalid is None else np.zeros(len(rows), dtype=bool)
-        levels = self.smoothing_levels()
-        if levels is None:
-            vote, noise = self.vote, self.noise_for(x_t[rows], indices[rows])
-        else:
-            vote, noise = levels[level].vote, GaussianNoise(levels[level].sigma)
-        out = count_votes(
-            self.voting(vote), z0, n, noise, num_classes=self.nb_classes, batch_size=self._batch_size(batch_size),
-            seed=self.seed,
-            stage=level_stage(stage, level), indices=indices[rows], squares=squares, invalid=sub,
-        )
+        tally = g.levels[level].counts(z0, n, stage, indices=indices[rows], squares=squares, invalid=sub)
         if sub is not None:
             invalid[rows] |= sub
-        return tuple(_scatter(part, rows, len(x_t)) for part in out) if squares else _scatter(out, rows, len(x_t))
+        if squares:
+            return _scatter(tally.counts, rows, len(x_t)), _scatter(tally.squares, rows, len(x_t))
+        return _scatter(tally.counts, rows, len(x_t))
 
-    def _finite_rows(self, x_t: "torch.Tensor", indices: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
-        """Positions of the inputs that hold no NaN or inf; the others raise, or are marked in ``invalid``."""
-        import torch
-
-        finite = torch.isfinite(x_t.flatten(1)).all(dim=1).cpu().numpy()
-        if invalid is None:
-            check_finite_inputs(x_t, indices)
-        else:
-            invalid |= ~finite
-        return np.flatnonzero(finite)
-
-    def _batch_size(self, batch_size) -> int:
-        """``batch_size`` or the default ``noise_batch_size`` (0 is an error, not the default)."""
-        return self.noise_batch_size if batch_size is None else batch_size
-
-    def predict_classes(self, x, indices=None, invalid: np.ndarray | None = None, abstain: bool = True):
+    def predict_decisions(self, x, indices=None, invalid: np.ndarray | None = None, abstain: bool = True):
         """
-        PREDICT's decisions (-1 = abstain) by the certificate rule, ``sample_size`` draws per input, and the scores
-        behind them (the vote counts for Cohen's rule). With ``abstain=False`` the smoothed classifier's top class
-        (the argmax of the counts), never -1. ``invalid`` as in :meth:`predict_counts` (marked inputs get -1 and
+        PREDICT with ``sample_size`` draws per input by the smoothed classifier's rule: ``(classes, scores, level)``,
+        -1 where it abstains, the scores behind the decisions (the vote counts for Cohen's rule) and the index of
+        the level that answered (0 unless a cascade; -1 for none). With ``abstain=False``, the smoothed classifier's
+        top class (a point estimate), never -1. ``invalid`` as in :meth:`predict_counts` (marked inputs get -1 and
         zero scores).
         """
-        rule = self.certificate_rule
-        if isinstance(rule, CascadeRule):
-            classes, scores, _ = self._cascade_predict(rule, x, indices, invalid, abstain)
-            return classes, scores
-        if rule.needs_squares:
-            counts, squares = self.predict_counts(x, indices=indices, invalid=invalid, squares=True)
-        else:
-            counts, squares = self.predict_counts(x, indices=indices, invalid=invalid), None
-        classes = counts.argmax(axis=1)
-        if abstain:
-            drawn = np.flatnonzero(counts.sum(axis=1) > 0)  # inputs marked invalid have no votes
-            classes = np.full(len(counts), ABSTAIN, dtype=np.int64)
-            classes[drawn] = rule.predict(counts[drawn], self.alpha, None if squares is None else squares[drawn])
-        return _unmark(classes.astype(np.int64), invalid), rule.scores(counts)
+        x_t = self._as_input_tensor(x)
+        indices = check_indices(indices, len(x_t))
+        marks = np.zeros(len(x_t), dtype=bool)
+        rows, z0 = self._noise_space(x_t, indices, None if invalid is None else marks)
+        sub = None if invalid is None else np.zeros(len(rows), dtype=bool)
+        g = self.smoothing(x_t[rows], indices[rows])
+        classes, scores, level = g.predict(z0, n=self.sample_size, alpha=self.alpha, indices=indices[rows],
+                                           invalid=sub, abstain=abstain)
+        classes, scores, level = (_scatter(a, rows, len(x_t)) for a in (classes, scores, level))
+        if sub is not None:
+            marks[rows] |= sub
+            invalid |= marks
+            classes, level = np.where(marks, ABSTAIN, classes), np.where(marks, -1, level)
+            scores[marks] = 0
+        return classes.astype(np.int64), scores, level
+
+    def predict_classes(self, x, indices=None, invalid: np.ndarray | None = None, abstain: bool = True):
+        """:meth:`predict_decisions` without the levels: ``(classes, scores)``."""
+        classes, scores, _ = self.predict_decisions(x, indices, invalid, abstain)
+        return classes, scores
 
     def predict(  # type: ignore[override]
         self, x: np.ndarray, batch_size: int = 128, verbose: bool = False, **kwargs
@@ -541,8 +511,7 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         :param indices: Global indices that key each input's noise (default ``0..N-1``).
         :return: a :class:`~art_some.core.certify.CertifyResult`.
         """
-        return self._certify_with(self.certificate_rule, x, n, n0=n0, alpha=alpha, batch_size=batch_size,
-                                  indices=indices)
+        return self._certify_with(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices)
 
     def certify_sequential(
         self,
@@ -559,9 +528,9 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
     ) -> CertifyResult:
         """
         Sequential CERTIFY (:mod:`art_some.core.sequential`): estimation draws in geometric rounds up to ``n``,
-        Clopper-Pearson bounds with alpha spent evenly over the rounds, and each input stopped once decided: early
-        abstention, every radius of ``radii`` decided (fixed-radius mode), or (radius mode) when the rest of the draws
-        could add at most ``tolerance`` of the radius reachable at n.
+        the rule's bounds (Clopper-Pearson for Cohen's) with alpha spent evenly over the rounds, and each input
+        stopped once decided: early abstention, every radius of ``radii`` decided (fixed-radius mode), or (radius
+        mode) when the rest of the draws could add at most ``tolerance`` of the radius reachable at n.
 
         Guarantee: for each input, the probability that any claim about it is wrong (the class within the returned
         radius, or "certified at r" for any r of ``radii``) is at most ``alpha``, over all rounds and radii together.
@@ -580,8 +549,8 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
                  ``radii``, ``certified_at`` in fixed-radius mode).
         """
         options = dict(radii=radii, tolerance=tolerance, start=start, growth=growth)
-        return self._certify_with(self.certificate_rule, x, n, n0=n0, alpha=alpha, batch_size=batch_size,
-                                  indices=indices, sequential=options)
+        return self._certify_with(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices,
+                                  sequential=options)
 
     def certify_at(self, x, radii, n: int, n0: int | None = None, alpha: float | None = None,
                    batch_size: int | None = None, indices=None, start: int = DEFAULT_START,
@@ -603,168 +572,43 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
                                          radii=radii, start=start, growth=growth)
         return result.certified_at
 
-    def _certify_with(self, rule: CertificateRule, x, n: int, n0=None, alpha=None, batch_size=None, indices=None,
-                      sequential: dict | None = None):
+
+    def _certify_with(self, x, n: int, n0=None, alpha=None, batch_size=None, indices=None,
+                      sequential: dict | None = None, smoothing=None) -> CertifyResult:
         """
-        CERTIFY with the parts of this estimator and ``rule`` (sequential CERTIFY with the options ``sequential``);
-        warns on every use of an unsound rule.
+        CERTIFY with this estimator's smoothed classifier (or ``smoothing(x, indices, **settings)``), sequential
+        CERTIFY with the options ``sequential``; warns on every use of an unsound rule.
         """
         import torch
 
-        if not rule.sound:
-            warn_unsound(rule.warning or f"{type(rule).__name__} is not a sound certificate")
         x_t = self._as_input_tensor(x)
         indices = check_indices(indices, len(x_t))
         check_finite_inputs(x_t, indices)  # before the noise-space map, which may spread a NaN to other inputs
-        if isinstance(rule, CascadeRule):
-            if sequential is not None:
-                raise ValueError("sequential certification is not available for cascades yet (a cascade's levels "
-                                 "would need their own confidence sequences); use fixed-n certify")
-            return self._cascade_certify(rule, x_t, n, n0, alpha, batch_size, indices)
-        noise = self.noise_for(x_t, indices)
+        g = (smoothing or self.smoothing)(x_t, indices, batch_size=batch_size, verbose=self.verbose)
+        if not g.sound:
+            warn_unsound(g.warning or f"{g!r} is not a sound certificate")
         with torch.inference_mode():
             z0 = self.to_noise_space(x_t)
-        procedure, options = (certify_votes, {}) if sequential is None else (sequential_certify, sequential)
-        result = procedure(
-            self.voting(self.vote),
-            noise,
-            z0,
-            n0=self.sample_size if n0 is None else n0,
-            n=n,
-            alpha=self.alpha if alpha is None else alpha,
-            num_classes=self.nb_classes,
-            batch_size=self._batch_size(batch_size),
-            seed=self.seed,
-            indices=indices,
-            rule=rule,
-            verbose=self.verbose,
-            **options,
-        )
-        if np.ndim(noise.sigma):  # a sigma per input: every record says its own
-            result.extra["sigma"] = np.asarray(noise.sigma)
+        options = dict(n0=self.sample_size if n0 is None else n0, n=n, alpha=self.alpha if alpha is None else alpha,
+                       indices=indices)
+        if sequential is None:
+            result = g.certify(z0, **options)
+        else:
+            result = g.certify_sequential(z0, **options, **sequential)
         result.extra.update(self.certificate_info(), precision=self.precision)  # the certificate is of this vote
         return result
-
-    # ----------------------------------------------------------------------------------------------------------
-    # Cascades: the same engine calls, level by level (art_some.core.cascade owns the control flow and statistics)
-    # ----------------------------------------------------------------------------------------------------------
-    def _level_counter(self, z0: "torch.Tensor", indices: np.ndarray, batch_size=None, invalid=None, verbose=False):
-        """
-        The engine's count function for level s of :meth:`smoothing_levels`, on the level's own streams. With
-        ``invalid`` (length N), inputs with non-finite outputs are marked there (zero counts) instead of raising.
-        """
-        import torch
-
-        levels = self.smoothing_levels()
-
-        def count(level: int, stage: int, positions: np.ndarray, num: int) -> np.ndarray:
-            marks = None if invalid is None else np.zeros(len(positions), dtype=bool)
-            counts = count_votes(
-                self.voting(levels[level].vote), z0[torch.as_tensor(positions, device=z0.device)], num,
-                GaussianNoise(levels[level].sigma), num_classes=self.nb_classes,
-                batch_size=self._batch_size(batch_size), seed=self.seed, stage=level_stage(stage, level),
-                indices=indices[positions], invalid=marks, verbose=verbose, desc=f"sigma {levels[level].sigma:g}",
-            )
-            if marks is not None:
-                invalid[positions] |= marks
-            return counts
-
-        return count
-
-    def _cascade_certify(self, rule: CascadeRule, x_t, n, n0, alpha, batch_size, indices) -> CertifyResult:
-        import torch
-
-        n0 = positive_int("n0", self.sample_size if n0 is None else n0)
-        n = positive_int("n", n)
-        with torch.inference_mode():
-            z0 = self.to_noise_space(x_t)
-        levels = self.smoothing_levels()
-        result = cascade_certify(
-            self._level_counter(z0, indices, batch_size, verbose=self.verbose), [lv.sigma for lv in levels],
-            len(z0), n0=n0, n=n, alpha=self.alpha if alpha is None else alpha, p0=float(rule.p0),
-            alpha_split=rule.alpha_split, num_classes=self.nb_classes,
-        )
-        result.extra.update(self.certificate_info(), precision=self.precision)
-        return result
-
-    def _cascade_predict(self, rule: CascadeRule, x, indices=None, invalid=None, abstain: bool = True):
-        """
-        A cascade's PREDICT: ``(classes, scores, answering level)`` by ``rule.predict_rule``; with ``abstain=False``
-        and the cascade rule, its point estimate (see :func:`~art_some.core.cascade.cascade_point_estimate`).
-        Inputs holding NaN or inf, or with non-finite outputs, raise, or are marked in ``invalid`` (class -1, zero
-        scores, level -1).
-        """
-        import torch
-
-        x_t = self._as_input_tensor(x)
-        indices = check_indices(indices, len(x_t))
-        marks = np.zeros(len(x_t), dtype=bool)
-        rows = self._finite_rows(x_t, indices, marks if invalid is not None else None)
-        with torch.inference_mode():
-            z0 = self.to_noise_space(x_t[rows])
-        sub = None if invalid is None else np.zeros(len(rows), dtype=bool)
-        count = self._level_counter(z0, indices[rows], None, sub)
-        sigmas = [lv.sigma for lv in self.smoothing_levels()]
-        if rule.predict_rule == "cascade" and abstain:
-            classes, scores, level = cascade_predict(count, sigmas, len(rows), n=self.sample_size, alpha=self.alpha,
-                                                     p0=float(rule.p0), alpha_split=rule.alpha_split,
-                                                     num_classes=self.nb_classes)
-        elif rule.predict_rule == "cascade":
-            classes, scores, level = cascade_point_estimate(count, len(sigmas), len(rows), n=self.sample_size,
-                                                            p0=float(rule.p0), num_classes=self.nb_classes)
-        else:
-            clean = self._clean_logits(z0)
-            bad = ~np.isfinite(clean).all(axis=1)
-            if bad.any():
-                if invalid is None:
-                    raise non_finite_output_error(indices[rows][bad])
-                marks[rows[bad]] = True
-                clean[bad] = 0.0
-            with np.errstate(divide="ignore"):
-                classes, logits, level = hybrid_predict(count, sigmas, clean, n=self.sample_size, p0=float(rule.p0),
-                                                        weight=float(rule.hybrid_weight))
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            scores = self.sample_size * shifted / shifted.sum(axis=1, keepdims=True)
-        classes, level, scores = (_scatter(a, rows, len(x_t)) for a in (classes, level, scores))
-        if sub is not None:
-            marks[rows] |= sub
-        if invalid is not None:
-            invalid |= marks
-            classes, level = np.where(marks, ABSTAIN, classes), np.where(marks, -1, level)
-            scores[marks] = 0
-        return classes, scores, level
-
-    def _clean_logits(self, z0: "torch.Tensor") -> np.ndarray:
-        """The base model's logits on the clean inputs, in chunks (N full-size images may not fit at once)."""
-        import torch
-
-        with torch.inference_mode():
-            chunks = [self.logits(z0[i : i + self.noise_batch_size]).float().cpu().numpy()
-                      for i in range(0, len(z0), self.noise_batch_size)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes))
 
     def audit_counts(self, x, n: int, indices=None) -> np.ndarray:
         """
         What the attack audit compares with a certified class: ``n`` fresh votes at ``x`` (PREDICT's streams under
-        ``indices``). For a cascade, the votes of the level it answers at: the level is chosen on separate draws
-        (each level's CHOICE stage) as the first, from the largest sigma, whose top class has a vote share of at
-        least p0 (a point estimate of the cascade's rule); no such level is an abstention (all-zero counts, which
-        confirm no flip).
+        ``indices``); for a cascade, the votes of the level it answers at
+        (:meth:`~art_some.core.smoothing.Cascade.audit_counts`).
         """
-        rule, levels = self.certificate_rule, self.smoothing_levels()
-        if levels is None:
-            return self.predict_counts(x, n=n, indices=indices)
-        indices = check_indices(indices, len(x))
-        choose = np.stack([self.predict_counts(x, n=n, indices=indices, level=k, stage=CHOICE)
-                           for k in range(len(levels))])
-        answers = choose.max(axis=2) >= float(rule.p0) * n
-        level = np.where(answers.any(axis=0), answers.argmax(axis=0), -1)
-        counts = np.zeros((len(level), self.nb_classes), dtype=np.int64)
-        for k in range(len(levels)):
-            rows = np.flatnonzero(level == k)
-            if len(rows):
-                counts[rows] = self.predict_counts(x[rows], n=n, indices=indices[rows], level=k)
-        return counts
+        n = positive_int("n", n)
+        x_t = self._as_input_tensor(x)
+        indices = check_indices(indices, len(x_t))
+        rows, z0 = self._noise_space(x_t, indices, None)
+        return self.smoothing(x_t, indices).audit_counts(z0, n=n, indices=indices)
 
     def certify(  # type: ignore[override]
         self, x: np.ndarray, n: int, batch_size: int | None = None, **kwargs
@@ -782,160 +626,6 @@ class SmoothedClassifier(PyTorchRandomizedSmoothing):
         result = self.certify_detailed(x, n, batch_size=batch_size, **kwargs)
         return result.predict, result.radius
 
-    # ----------------------------------------------------------------------------------------------------------
-    # Gradients of the soft smoothed classifier (EOT)
-    # ----------------------------------------------------------------------------------------------------------
-    def reseed_gradients(self, stream: int = 0) -> None:
-        """
-        Restart the EOT gradient noise at stream ``stream`` (0 is where a new estimator starts): an attack run that
-        begins with the same stream sees the same gradient noise, whatever ran before it.
-        """
-        self._gradient_stream = int(stream)
-        self._gradient_generator = None
-
-    _gradient_stream = 0
-    # ``predict``'s default for ``is_abstain``. An abstaining row is all zeros, which ART's attacks read as class 0;
-    # the attack audit runs attacks on a shallow copy with this off (evaluation.audit.attack_view), so that they see
-    # the smoothed classifier's top class while the caller's estimator stays as it was.
-    predict_abstains = True
-
-    def _gradient_noise(self, shape, device) -> "torch.Tensor":
-        import torch
-
-        key = (self.seed, str(torch.device(device)))
-        if self._gradient_generator is None or self._gradient_generator[0] != key:
-            # (Re)seeded whenever the seed or device changes, e.g. through set_params(seed=...).
-            generator = torch.Generator(device=device)
-            generator.manual_seed(seed_for(self.seed, GRADIENT, self._gradient_stream))
-            self._gradient_generator = (key, generator)
-        return torch.randn(shape, generator=self._gradient_generator[1], device=device)
-
-    def expected_scores(self, x: "torch.Tensor", noise, scores_fn) -> "torch.Tensor":
-        """
-        E[scores_fn(x + delta)] with delta from ``noise``, from ``gradient_samples`` fresh draws per input of the
-        GRADIENT stream (in noise space; :func:`art_some.core.noise.expected_scores`); differentiable in ``x``.
-        """
-        num = self.gradient_samples or self.sample_size
-        return expected_scores(scores_fn, self.to_noise_space(x), noise, num=num, batch_size=self.noise_batch_size,
-                               draw=lambda shape: self._gradient_noise(shape, x.device))
-
-    def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
-        """
-        log G(x), with G(x) = E[soft_scores(x + delta)] (softmax of f for plain smoothing) estimated from
-        ``gradient_samples`` draws per input; differentiable with respect to ``x`` (a tensor on the estimator's
-        device).
-        """
-        import torch
-
-        levels = self.smoothing_levels()
-        if levels is None:
-            noise = self.noise_for(x.detach())
-            probs = self.expected_scores(x, noise, lambda z: self.soft_scores(z, training_mode=training_mode))
-        else:  # a cascade: the mean over its (gradient) levels of their soft smoothed classifiers
-            used = [lv for lv in levels if lv.in_gradient]
-            probs = sum(
-                self.expected_scores(x, GaussianNoise(lv.sigma),
-                                     lambda z, lv=lv: lv.soft_scores(z, training_mode=training_mode))
-                for lv in used
-            ) / len(used)
-        return torch.log(probs.clamp_min(1e-20))
-
-    def _to_torch(self, x) -> tuple["torch.Tensor", bool]:
-        import torch
-
-        is_tensor = isinstance(x, torch.Tensor)
-        x_t = x.detach() if is_tensor else torch.from_numpy(np.asarray(x, dtype=ART_NUMPY_DTYPE))
-        if tuple(x_t.shape[1:]) != tuple(self.input_shape):
-            raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x_t.shape)}")
-        return x_t.to(self._device, dtype=torch.float32).clone().requires_grad_(True), is_tensor
-
-    def _labels(self, y, n: int) -> "torch.Tensor":
-        import torch
-
-        y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:  # a column of class indices, as ART accepts
-            y = y[:, 0]
-        elif y.ndim == 2:
-            if y.shape[1] != self.nb_classes:
-                raise ValueError(f"one-hot y must have {self.nb_classes} columns, got {y.shape[1]}")
-            y = y.argmax(axis=1)
-        if y.shape != (n,):
-            raise ValueError(f"y must be {n} class indices or one-hot rows, got shape {y.shape}")
-        return torch.as_tensor(check_labels(y, self.nb_classes), device=self._device)
-
-    def compute_loss(self, x, y, reduction: str = "none", **kwargs):
-        """
-        The smoothed cross-entropy -log G_y(x) (EOT estimate).
-
-        :param x: Inputs (numpy or torch).
-        :param y: Labels, indices or one-hot.
-        :param reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-        :return: Loss values, numpy or torch matching ``x``.
-        """
-        import torch
-
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        x_t, is_tensor = self._to_torch(x)
-        with torch.no_grad():
-            log_proba = self.smoothed_log_proba(x_t)
-            loss = torch.nn.functional.nll_loss(log_proba, self._labels(y, len(x_t)), reduction=reduction)
-        return loss if is_tensor else loss.cpu().numpy()
-
-    def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):  # type: ignore[override]
-        """
-        Gradient with respect to ``x`` of the smoothed cross-entropy -log G_y(x) (EOT over
-        ``gradient_samples`` draws; summed over inputs, so each row is that input's own gradient).
-
-        :param x: Inputs (numpy or torch).
-        :param y: Labels, indices or one-hot.
-        :param training_mode: Model in training mode while differentiating.
-        :return: Gradients of the same shape and type as ``x``.
-        """
-        import torch
-
-        x_t, is_tensor = self._to_torch(x)
-        loss = torch.nn.functional.nll_loss(
-            self.smoothed_log_proba(x_t, training_mode=training_mode), self._labels(y, len(x_t)), reduction="sum"
-        )
-        (grad,) = torch.autograd.grad(loss, x_t)
-        return grad if is_tensor else grad.cpu().numpy()
-
-    def class_gradient(self, x, label=None, training_mode: bool = False, **kwargs):  # type: ignore[override]
-        """
-        Gradient of ``sample_size * G_c(x)`` (the soft relaxation of the vote counts ``predict`` returns) with
-        respect to ``x``, by EOT.
-
-        :param x: Inputs (numpy or torch).
-        :param label: None for all classes, an int for one class, or one class per input.
-        :param training_mode: Model in training mode while differentiating.
-        :return: ``(N, nb_classes, *input_shape)`` for ``label=None``, else ``(N, 1, *input_shape)``.
-        """
-        import torch
-
-        x_t, is_tensor = self._to_torch(x)
-        n = len(x_t)
-        if label is None:
-            classes = None
-        elif isinstance(label, (int, np.integer)):
-            if not 0 <= int(label) < self.nb_classes:
-                raise ValueError(f"label must lie in 0..{self.nb_classes - 1}, got {label}")
-            classes = torch.full((n,), int(label), device=self._device)
-        else:
-            label_arr = np.asarray(label).reshape(-1)
-            if label_arr.shape != (n,) or label_arr.min() < 0 or label_arr.max() >= self.nb_classes:
-                raise ValueError(f"label must hold one class in 0..{self.nb_classes - 1} per input")
-            classes = torch.as_tensor(label_arr.astype(np.int64), device=self._device)
-        scores = self.sample_size * self.smoothed_log_proba(x_t, training_mode=training_mode).exp()
-        if classes is not None:
-            (grad,) = torch.autograd.grad(scores.gather(1, classes[:, None]).sum(), x_t)
-            grads = grad[:, None]
-        else:
-            grads = torch.stack(
-                [torch.autograd.grad(scores[:, c].sum(), x_t, retain_graph=True)[0] for c in range(self.nb_classes)],
-                dim=1,
-            )
-        return grads if is_tensor else grads.cpu().numpy()
 
     # ----------------------------------------------------------------------------------------------------------
     # Training
@@ -978,17 +668,6 @@ def _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, g
         raise ValueError(f"verbose must be True, False or None (bars on a terminal only), got {verbose!r}")
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def _check_speed_options(precision, channels_last, compile=False) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
-    for name, value in (("channels_last", channels_last), ("compile", compile)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
 def _channels_last():
     import torch
 
@@ -1008,18 +687,6 @@ def _check_model_dtype(model) -> None:
                          "model.float() (mixed precision belongs in autocast, not in the weights)")
 
 
-def check_labels(y, nb_classes: int) -> np.ndarray:
-    """Class indices as int64, or a clear error for labels outside 0..nb_classes-1 or non-integral floats."""
-    y = np.asarray(y)
-    if y.dtype.kind == "b" or y.dtype.kind not in "iuf":
-        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype}")
-    if y.dtype.kind == "f" and (not np.all(np.isfinite(y)) or np.any(np.mod(y, 1) != 0)):
-        raise ValueError("labels must be integer class indices; got non-integral or non-finite floats")
-    if len(y) and (y.min() < 0 or y.max() >= nb_classes):
-        raise ValueError(f"labels must lie in 0..{nb_classes - 1}, got values in {int(y.min())}..{int(y.max())}")
-    return y.astype(np.int64)
-
-
 def _scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     """``values`` for the inputs at ``rows``, placed in an (n, ...) array of zeros."""
     if len(rows) == n:
@@ -1027,10 +694,3 @@ def _scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
     out[rows] = values
     return out
-
-
-def _unmark(classes: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
-    """No class for an input marked invalid (-1, as an abstention; ``predict`` makes its row NaN)."""
-    if invalid is not None and invalid.any():
-        classes = np.where(invalid, ABSTAIN, classes)
-    return classes

@@ -9,8 +9,6 @@ recipes ignore ``eps`` and return their own smallest adversarial point.
 """
 from __future__ import annotations
 
-from art_some.hookspecs import hookimpl
-
 
 def pgd(estimator, eps: float, max_iter: int = 20, eps_step: float | None = None, num_random_init: int = 0,
         batch_size: int = 32):
@@ -76,14 +74,3 @@ def boundary(estimator, eps=None, max_iter: int = 50, num_trial: int = 10, sampl
 
     return BoundaryAttack(estimator, targeted=False, max_iter=max_iter, num_trial=num_trial,
                           sample_size=sample_size, init_size=init_size, batch_size=batch_size, verbose=False)
-
-
-@hookimpl
-def register_attacks(register):
-    register("pgd", pgd, bounded=True, description="ART ProjectedGradientDescent, L2, EOT gradients (SmoothAdv)")
-    register("apgd", apgd, bounded=True, description="ART AutoProjectedGradientDescent, L2, EOT gradients")
-    register("square", square, bounded=True, description="ART SquareAttack, L2, on the smoothed vote counts")
-    register("carlini", carlini, bounded=False, description="ART CarliniL2Method on the smoothed soft scores")
-    register("deepfool", deepfool, bounded=False, description="ART DeepFool on the smoothed soft scores")
-    register("hopskipjump", hopskipjump, bounded=False, description="ART HopSkipJump on the smoothed decision")
-    register("boundary", boundary, bounded=False, description="ART BoundaryAttack on the smoothed decision")

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from art_some.core.noise import seed_for
 from art_some.core.stats import binomial_test_two_sided
 from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LIMIT, attack_run_key, audit_key
+from art_some.estimators.protocol import check_estimator
 from art_some.runs.header import RunMismatchError, input_hash, mismatch_message, run_header
 from art_some.runs.metrics import certified_accuracy
 from art_some.runs.records import NOT_COMPARED, RecordWriter, bar_interval, certificate_fields, resume_note
@@ -136,6 +137,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     """
     from art_some.plugins import entries
 
+    check_estimator(estimator, "the audit")
     registry = entries("attacks")
     unknown = [a for a in attacks if a not in registry]
     if unknown:
@@ -156,11 +158,11 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     if len(indices) and (indices.min() < 0 or indices.max() >= INDEX_LIMIT) or len(eps) >= AUDIT_BUDGETS:
         raise ValueError(f"indices must lie in [0, 2**30) and eps hold fewer than {AUDIT_BUDGETS} budgets (they key "
                          "fresh noise)")
-    if not getattr(estimator, "radii_in_input_space", True):
+    if not estimator.radii_in_input_space:
         raise ValueError("the audit measures distances in input space, but this estimator's radii are in another "
                          "space (e.g. Smooth-Reduce's resized space: use radius_space='input', and no resize with "
                          "unsound_paper_radius)")
-    if "square" in attacks and getattr(estimator, "clip_values", None) is None:
+    if "square" in attacks and estimator.clip_values is None:
         raise ValueError("the square attack needs the estimator's clip_values")
     for name, options in budgets.items():
         if "eps" in options:
@@ -181,8 +183,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
         header = run_header(
             estimator, "audit", attacks=list(attacks), eps=eps, budgets=budgets, n=n, n0=n0, alpha=alpha,
             verify_n=int(verify_n), verify_alpha=float(verify_alpha),
-            certificate={k: str(v) for k, v in estimator.certificate_info().items()}
-            if callable(getattr(estimator, "certificate_info", None)) else {},
+            certificate={k: str(v) for k, v in estimator.certificate_info().items()},
             run_info=run_info, plan={"chunk": int(batch_size), **plan} if plan else None)
         writer = _open_records(out, header, x, indices)
     state = _Audit(estimator, list(attacks), registry, budgets, eps, int(verify_n), float(verify_alpha), out)
@@ -358,7 +359,7 @@ class _Audit:
             rows = np.flatnonzero(~certified)
             beaten = self.verify(x[rows], y[rows], indices[rows])["flipped"]
             clean_correct[rows] = ~beaten
-        info = est.certificate_info() if callable(getattr(est, "certificate_info", None)) else {}
+        info = est.certificate_info()
         records = [{**certificate_fields(cert, j, y[j], indices[j]), "clean_class": int(clean[j]),
                     "clean_correct": bool(clean_correct[j]), "pA_lower": float(cert.p_lower[j]), "attacks": {},
                     "violations": []} for j in range(len(x))]
@@ -464,11 +465,10 @@ def confirm_flip(counts: np.ndarray, classes, n: int, alpha: float) -> dict:
 
 def verify_counts(estimator, x, n: int, indices) -> np.ndarray:
     """
-    Vote counts at ``x`` from the noise streams ``indices`` (the estimator's ``audit_counts`` when it has one: an
-    estimator whose certificate is about another classifier than its plain votes, such as a cascade, says which).
+    Vote counts at ``x`` from the noise streams ``indices``: the estimator's ``audit_counts`` (an estimator whose
+    certificate is about another classifier than its plain votes, such as a cascade, says which).
     """
-    counter = getattr(estimator, "audit_counts", None) or estimator.predict_counts
-    return np.asarray(counter(x, n=n, indices=np.asarray(indices)))
+    return np.asarray(estimator.audit_counts(x, n=n, indices=np.asarray(indices)))
 
 
 def replay_violation(estimator, path: str | os.PathLike) -> dict:
@@ -478,9 +478,10 @@ def replay_violation(estimator, path: str | os.PathLike) -> dict:
     the flip is confirmed again at the saved level.
     """
     data = np.load(path)
-    if int(data["seed"]) != int(getattr(estimator, "seed", 0)):
+    check_estimator(estimator, "replay_violation")
+    if int(data["seed"]) != int(estimator.seed):
         raise ValueError(f"the violation was found with seed {int(data['seed'])}, the estimator has "
-                         f"{getattr(estimator, 'seed', None)}: set_params(seed=...) to replay it")
+                         f"{estimator.seed}: set_params(seed=...) to replay it")
     counts = verify_counts(estimator, data["x_adv"][None].astype(np.float32), int(data["verify_n"]),
                            [int(data["verify_index"])])
     c = int(data["certified_class"])

@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 
 from art_some.core.errors import NonFiniteError
-from art_some.hookspecs import hookimpl
 from art_some.models.cifar_resnet import CifarResNet
-from art_some.models.diffusion import DiffusionDenoiser, IdentityDenoiser, create_denoiser, register_builtin_denoisers
+from art_some.models.diffusion import DiffusionDenoiser, IdentityDenoiser, create_denoiser
 from art_some.models.multihead import (
     MultiHeadNet,
     cifar_resnet_multihead,
@@ -35,7 +34,10 @@ __all__ = [
     "IdentityDenoiser",
     "create_denoiser",
     "MultiHeadNet",
+    "cifar_resnet_multihead",
     "cosine_loss",
+    "digits_cnn_multihead",
+    "resnet50_multihead",
     "create_model",
     "load_checkpoint",
     "load_published",
@@ -44,44 +46,6 @@ __all__ = [
 ]
 
 METADATA_KEY = "art_some"
-
-
-def _cifar_resnet(depth: int):
-    def build(num_classes: int = 10, in_channels: int = 3):
-        return CifarResNet(depth=depth, num_classes=num_classes, in_channels=in_channels)
-
-    build.__doc__ = f"CIFAR ResNet-{depth} (randomly initialised)."
-    return build
-
-
-def _torchvision(name: str):
-    def build(num_classes: int = 1000, **kwargs):
-        import torchvision
-
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-
-    build.__doc__ = f"torchvision's {name} (randomly initialised; no weights are downloaded)."
-    return build
-
-
-@hookimpl
-def register_models(register):
-    register("digits_cnn", DigitsCNN, description="small CNN for 1x8x8 digits")
-    register("tiny_video_cnn", TinyVideoCNN, description="two-layer 3D CNN for (C, T, H, W) clips (tests)")
-    register("cifar_resnet20", _cifar_resnet(20), description="CIFAR ResNet-20")
-    register("cifar_resnet110", _cifar_resnet(110), description="CIFAR ResNet-110 (Cohen et al.)")
-    register("resnet50", _torchvision("resnet50"), description="torchvision ResNet-50 for ImageNet")
-    register("some_digits_cnn", digits_cnn_multihead, description="multi-head DigitsCNN (SOME), num_heads=5")
-    register("some_cifar_resnet20", lambda **kw: cifar_resnet_multihead(depth=20, **kw),
-             description="multi-head CIFAR ResNet-20 (SOME), num_heads=5")
-    register("some_cifar_resnet110", lambda **kw: cifar_resnet_multihead(depth=110, **kw),
-             description="multi-head CIFAR ResNet-110 (SOME), num_heads=5")
-    register("some_resnet50", resnet50_multihead, description="multi-head ResNet-50 (SOME), num_heads=5")
-
-
-@hookimpl
-def register_denoisers(register):
-    register_builtin_denoisers(register)
 
 
 def create_model(name: str, **kwargs):

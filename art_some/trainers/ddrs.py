@@ -1,13 +1,14 @@
 """
 Data-dependent smoothing during training (Alfarra et al., UAI 2022): every training example keeps its own sigma,
-optimised by gradient ascent on the soft radius (:func:`~art_some.core.sigma_search.optimize_sigma`) and warm-started
-across epochs, and the base trainer (Gaussian, SmoothAdv or MACER) trains on noise drawn at each example's sigma.
+optimised by gradient ascent on the soft radius (:func:`~art_some.estimators.sigma_search.optimize_sigma`) and
+warm-started across epochs, and the base trainer (Gaussian, SmoothAdv or MACER) trains on noise drawn at each
+example's sigma.
 
 | Paper link: https://arxiv.org/abs/2012.04351
 """
 from __future__ import annotations
 
-from art_some.core.sigma_search import optimize_sigma
+from art_some.estimators.sigma_search import optimize_sigma
 from art_some.trainers.base import SmoothingTrainer
 from art_some.trainers.common import stacked_logits
 from art_some.trainers.gaussian import GaussianAugmentationTrainer

@@ -5,8 +5,10 @@ An example art-some plugin. It adds, through the same hooks the built-ins use:
   and its horizontal mirror image (a deterministic base classifier, so Cohen's certificate still holds);
 - model ``example_mlp``: a two-layer perceptron;
 - aggregation ``median``: the class-wise median of patch scores, for ``SmoothReduceClassifier`` (deterministic, so
-  the certificates stay sound).
+  the certificates stay sound);
+- command ``art-some example-hello``: says hello and how many estimators are registered (``register_commands``).
 """
+import click
 import torch
 
 from art_some import hookimpl
@@ -45,3 +47,15 @@ def register_models(register):
 @hookimpl
 def register_aggregations(register):
     register("median", lambda scores: scores.median(dim=1).values, description="class-wise median over patches; sound")
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command(name="example-hello")
+    @click.option("--name", default="world", show_default=True, help="Whom to greet.")
+    def example_hello(name):
+        """Say hello from the example plugin (a command added through register_commands)."""
+        from art_some.plugins import registered
+
+        click.echo(f"Hello, {name}, from art-some-example-plugin; {len(registered('estimators'))} estimators "
+                   "are registered")
