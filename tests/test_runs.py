@@ -68,8 +68,9 @@ def test_checkpoint_metadata_written_by_train_is_read_by_certify(tmp_path):
     from art_some.runs.checkpoints import check_dataset, recorded_options, training_meta
 
     info = {"num_classes": 10, "input_shape": (1, 8, 8)}
-    meta = training_meta(sigma=0.5, dataset="digits", info=info, estimator="denoised_multiscale", method="x")
-    meta["estimator_options"] = {"denoiser": {"name": "diffusion", "path": "denoiser"}, "sigmas": [0.5]}
+    meta = training_meta(sigma=0.5, dataset="digits", info=info, estimator="denoised_multiscale", method="x",
+                         epoch=1, trainer_kwargs={},
+                         estimator_options={"denoiser": {"name": "diffusion", "path": "denoiser"}, "sigmas": [0.5]})
     check_dataset(json.loads(json.dumps(meta)), info, "digits")
     with pytest.raises(ValueError, match="num_classes 10 but dataset 'cifar10' has 100"):
         check_dataset(meta, {"num_classes": 100, "input_shape": (1, 8, 8)}, "cifar10")

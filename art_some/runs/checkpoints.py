@@ -24,14 +24,20 @@ def is_checkpoint(ref: str | os.PathLike) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Written by train
 # ----------------------------------------------------------------------------------------------------------------
-def training_meta(*, sigma: float, dataset: str, info: dict, estimator: str, method: str) -> dict:
+def training_meta(*, sigma: float, dataset: str, info: dict, estimator: str, method: str, epoch: int,
+                  trainer_kwargs: dict, estimator_options: dict | None = None) -> dict:
     """
     What a trained checkpoint records besides its architecture (:func:`art_some.models.save_checkpoint` adds the
-    model's name and constructor arguments; the run adds ``epoch``, ``trainer_kwargs`` and
-    :func:`estimator_options_to_save`'s ``estimator_options``).
+    model's name and constructor arguments): its noise level, data conventions, estimator, method and epoch, and
+    the estimator's options when certify needs them to rebuild it (a cascade's denoiser, with
+    :func:`absolute_denoiser`'s paths or a folder beside the checkpoint, and its levels).
     """
-    return {"sigma": sigma, "dataset": dataset, "num_classes": info["num_classes"],
-            "input_shape": list(info["input_shape"]), "estimator": estimator, "method": method}
+    meta = {"sigma": sigma, "dataset": dataset, "num_classes": info["num_classes"],
+            "input_shape": list(info["input_shape"]), "estimator": estimator, "method": method, "epoch": epoch,
+            "trainer_kwargs": trainer_kwargs}
+    if estimator_options:
+        meta["estimator_options"] = estimator_options
+    return meta
 
 
 def absolute_denoiser(spec: dict) -> dict:

@@ -385,9 +385,6 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         echo(f"Learning rate {config.lr:g} for all {config.epochs} epochs (runs under {MIN_DECAY_EPOCHS} epochs keep "
              "it constant; --lr-step sets the epochs between drops)")
 
-    meta = training_meta(sigma=config.sigma, dataset=config.dataset, info=info, estimator=estimator,
-                         method=config.method)
-
     def export() -> None:
         """The denoiser folder, model.safetensors (what certify reads) and history.jsonl, in that order."""
         options = dict(estimator_options)
@@ -395,9 +392,9 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
             options["denoiser"] = save_denoiser(clf.denoiser, options["denoiser"], denoiser_dir)
         elif options:
             options["denoiser"] = absolute_denoiser(options["denoiser"])
-        save = dict(meta, epoch=trainer.epoch, trainer_kwargs=kwargs)
-        if options:  # what certify needs to rebuild the estimator (the cascade's denoiser and levels)
-            save["estimator_options"] = options
+        save = training_meta(sigma=config.sigma, dataset=config.dataset, info=info, estimator=estimator,
+                             method=config.method, epoch=trainer.epoch, trainer_kwargs=kwargs,
+                             estimator_options=options)
         write_atomically(model_path, lambda p: save_checkpoint(
             p, unwrap(net), model_name, {**model_kwargs, "num_classes": info["num_classes"]}, **save))
         write_atomically(history_path, _history_lines(history))
