@@ -276,8 +276,8 @@ def run_processes(specs: list[dict]) -> tuple[float, list[dict]]:
 
 
 def bench_scaling(args) -> dict:
-    from art_some.core.results import read_jsonl
-    from art_some.evaluation.runner import merge_records, shard_path
+    from art_some.runs.records import read_jsonl
+    from art_some.runs.shards import merge_records, shard_path
 
     k = args.scaling_k
     tmp = Path(tempfile.mkdtemp(prefix="certify_scale_"))
@@ -328,9 +328,10 @@ def bench_scaling(args) -> dict:
 # 3. Small n: the batched runner against one call per input
 # ------------------------------------------------------------------------------------------------------------------
 def bench_small_n(args) -> dict:
-    from art_some.core.results import input_hash, records_from_result
     from art_some.data import digits, digits_arrays
     from art_some.evaluation.runner import certify_dataset, inputs_per_call
+    from art_some.runs.header import input_hash
+    from art_some.runs.records import records_from_result
 
     n, batch = args.small_n, args.small_batch
     est = make_estimator(trained_digits_cnn(), DIGITS, "cpu", args.n0, batch)

@@ -80,7 +80,7 @@ def build(model, denoiser, sigmas, optimizer=None, **kw):
 
 
 def evaluate(label, est, x_test, y_test, n, predict_n):
-    from art_some.core.results import abstention_rate, average_certified_radius, certified_accuracy
+    from art_some.runs.metrics import abstention_rate, average_certified_radius, certified_accuracy
 
     start = time.perf_counter()
     result = est.certify_detailed(x_test, n=n, n0=100, alpha=0.001)

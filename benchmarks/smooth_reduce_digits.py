@@ -60,9 +60,9 @@ def build(name, model, sigma, options, lr=None):
 
 
 def main():
-    from art_some.core.results import abstention_rate, average_certified_radius, certified_accuracy
     from art_some.data import digits_arrays
     from art_some.models import DigitsCNN
+    from art_some.runs.metrics import abstention_rate, average_certified_radius, certified_accuracy
     from art_some.trainers import GaussianAugmentationTrainer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

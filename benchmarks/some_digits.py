@@ -73,7 +73,7 @@ def train_some(args, x, y, heads):
 
 
 def certify_all(net, args, x_test, y_test):
-    from art_some.core.results import abstention_rate, average_certified_radius, certified_accuracy
+    from art_some.runs.metrics import abstention_rate, average_certified_radius, certified_accuracy
 
     clf = estimator(net.eval(), args.sigma)
     start = time.perf_counter()

@@ -66,7 +66,7 @@ def train(method, args, x, y, teacher=None):
 
 
 def summarise(result, y_test, radii, seconds):
-    from art_some.core.results import abstention_rate, average_certified_radius, certified_accuracy
+    from art_some.runs.metrics import abstention_rate, average_certified_radius, certified_accuracy
 
     records = [{"label": int(label), "predict": int(p), "radius": float(r), "correct": int(p == label)}
                for label, p, r in zip(y_test, result.predict, result.radius)]
@@ -132,8 +132,8 @@ def main():
         args.epochs, args.n, args.sigma_steps = 2, 200, 5
 
     from art_some import DataDependentSmoothedClassifier
-    from art_some.estimators.memory import MemoryCertifier
     from art_some.data import digits_arrays
+    from art_some.estimators.memory import MemoryCertifier
     from art_some.models import DigitsCNN
 
     x, y = digits_arrays("train")

@@ -520,7 +520,7 @@ def test_bad_arguments_are_clear_errors():
 
 
 def test_records_say_which_level_answered_and_denoiser_by_name():
-    from art_some.core.results import records_from_result
+    from art_some.runs.records import records_from_result
 
     est = dms(Constant(1, 10), {"name": "tiny_diffusion", "widths": [8, 16]}, sample_size=20)
     assert isinstance(est.denoiser, DiffusionDenoiser)

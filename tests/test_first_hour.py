@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from art_some.cli import cli
-from art_some.core.results import read_header, read_jsonl
+from art_some.runs.records import read_header, read_jsonl
 
 CPU = ["--device", "cpu"]
 TINY_UNET = json.dumps({"name": "tiny_diffusion", "widths": [8, 16]})
@@ -86,9 +86,9 @@ def test_denoised_classifier_trains_and_certify_finds_its_random_denoiser(tmp_pa
     assert record["denoiser"] == "DiffusionDenoiser"
     # certify loaded the denoiser the classifier was trained with: the saved folder (a random UNet cannot be rebuilt
     # from its name), the same weights as a second random one built like it at the run's seed.
-    from art_some.core.results import weights_hash
     from art_some.models import DigitsCNN
     from art_some.models.diffusion import DiffusionDenoiser, create_denoiser
+    from art_some.runs.header import weights_hash
 
     saved = DiffusionDenoiser.from_pretrained(out / "denoiser")
     assert read_header(records)["estimator_params"]["denoiser"]["sha256"] == weights_hash(saved)
@@ -178,7 +178,7 @@ def test_data_dependent_certifies_with_the_training_split_as_knn_reference(tmp_p
 # Short training runs
 # ----------------------------------------------------------------------------------------------------------------
 def test_the_default_schedule_keeps_short_runs_constant_and_long_ones_in_thirds():
-    from art_some.training import TrainConfig, lr_step
+    from art_some.runs.train import TrainConfig, lr_step
 
     def step(epochs, given=None):
         return lr_step(TrainConfig(method="gaussian", model="digits_cnn", epochs=epochs, lr_step=given))

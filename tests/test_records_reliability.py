@@ -16,22 +16,13 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from art_some.cli import build_estimator, cli
-from art_some.core.results import (
-    HEADER_KEY,
-    SCHEMA_VERSION,
-    FileInUseError,
-    RecordWriter,
-    RunMismatchError,
-    check_same_run,
-    read_header,
-    read_jsonl,
-    read_records,
-    weights_hash,
-)
+from art_some.cli import cli
 from art_some.data import digits
 from art_some.evaluation import audit, certify_dataset
 from art_some.models import DigitsCNN
+from art_some.runs.header import SCHEMA_VERSION, RunMismatchError, check_same_run, weights_hash
+from art_some.runs.records import HEADER_KEY, FileInUseError, RecordWriter, read_header, read_jsonl, read_records
+from art_some.runs.smoothing import build_estimator
 
 CERTIFY = ["certify", "--model", "digits_cnn", "--sigma", "0.25", "--n0", "10", "--n", "100", "--max-inputs", "3",
            "--device", "cpu"]
@@ -95,8 +86,8 @@ def test_header_comes_first_and_readers_return_records_only(tmp_path, test_data)
 def test_every_estimator_has_a_stable_json_header(name, trained_digits_classifier, digits):
     from test_audit import _tiny
 
-    from art_some.core.results import provenance
     from art_some.plugins import registered
+    from art_some.runs.header import provenance
 
     (x_train, _), _ = digits
     est = _tiny(name, registered("estimators")[name], trained_digits_classifier, x_train[:300])

@@ -4,17 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from art_some.core.results import (
-    RecordWriter,
-    abstention_rate,
-    average_certified_radius,
-    certified_accuracy,
-    read_jsonl,
-    read_records,
-    read_tsv,
-    summary_table,
-    write_tsv,
-)
+from art_some.runs.metrics import abstention_rate, average_certified_radius, certified_accuracy, summary_table
+from art_some.runs.records import RecordWriter, read_jsonl, read_records, read_tsv, write_tsv
 from conftest import PUBLISHED_LOGS as LOGS
 
 # (file, ACR) from the published_logs README / the SOME spec's table.

@@ -2,11 +2,11 @@
 import numpy as np
 import torch
 
-from art_some.core.results import read_jsonl, records_from_result
 from art_some.data import digits
 from art_some.evaluation import certify_dataset
 from art_some.evaluation.runner import inputs_per_call
 from art_some.models import DigitsCNN
+from art_some.runs.records import read_jsonl, records_from_result
 from conftest import make_classifier
 
 
@@ -54,8 +54,8 @@ def _sharded(tmp_path, clf, data, indices, k, n=40):
 def test_a_merged_sharded_run_equals_the_single_process_run_and_merge_checks_everything(tmp_path):
     import pytest
 
-    from art_some.core.results import read_header
-    from art_some.evaluation.runner import merge_records
+    from art_some.runs.records import read_header
+    from art_some.runs.shards import merge_records
 
     torch.manual_seed(0)
     clf = make_classifier(DigitsCNN(), (1, 8, 8), 10, sample_size=20, noise_batch_size=200, scale=0.25)
@@ -215,7 +215,7 @@ def test_compile_runs_the_votes_compiled_and_leaves_gradients_eager():
 
 
 def test_the_command_line_speed_options_reach_the_estimator_and_the_header(tmp_path):
-    from art_some.core.results import read_header
+    from art_some.runs.records import read_header
 
     model = _checkpoint(tmp_path)
     result = _cli("certify", "--model", model, *CERTIFY, "--precision", "bf16", "--channels-last", "--compile",

@@ -198,7 +198,7 @@ def make_linear(model):
 def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_draws_it_spent(tmp_path):
     from test_runner import _checkpoint, _cli
 
-    from art_some.core.results import read_header, read_jsonl
+    from art_some.runs.records import read_header, read_jsonl
 
     model = _checkpoint(tmp_path)
     common = ["--model", model, "--n0", 20, "--n", 2000, "--skip", 30, "--device", "cpu"]

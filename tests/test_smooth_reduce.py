@@ -451,9 +451,9 @@ for _ in range(3):
 
 
 def test_records_carry_the_patch_settings(tmp_path, digits):
-    from art_some.core.results import read_jsonl
     from art_some.data import load_dataset
     from art_some.evaluation import certify_dataset
+    from art_some.runs.records import read_jsonl
 
     data, _ = load_dataset("digits", split="test")
     torch.manual_seed(0)

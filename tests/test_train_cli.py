@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from art_some.cli import cli
-from art_some.core.results import read_jsonl
+from art_some.runs.records import read_jsonl
 from conftest import PUBLISHED_LOGS
 
 TRAIN = ["train", "--method", "some", "--model", "some_digits_cnn", "--num-heads", "3", "--optimizer", "adam",

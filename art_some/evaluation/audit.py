@@ -29,19 +29,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from art_some.core.noise import seed_for
-from art_some.core.results import (
-    RecordWriter,
-    certified_accuracy,
-    check_same_run,
-    input_hash,
-    mismatch_message,
-    provenance,
-    write_atomically,
-)
 from art_some.core.stats import binomial_test_two_sided
 from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LIMIT, attack_run_key, audit_key
 from art_some.estimators.protocol import check_estimator
-from art_some.evaluation.runner import bar_interval, resume_note, shard_plan
+from art_some.runs.header import RunMismatchError, input_hash, mismatch_message, run_header
+from art_some.runs.metrics import certified_accuracy
+from art_some.runs.records import NOT_COMPARED, RecordWriter, bar_interval, certificate_fields, resume_note
+from art_some.runs.shards import Layout, merge_shards, merged_before, shard_plan
 
 # Verification noise is keyed far above any data-set index (art_some.core.streams.audit_key), so it is fresh:
 # independent of the certification and prediction draws of every input, and different for every verification call.
@@ -137,7 +131,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
                   shard and the whole index list, and :func:`merge_audits` combines the shards' folders.
 
     With ``output_dir``, ``audit_config.json`` beside ``audit.jsonl`` is the records' header
-    (:func:`~art_some.core.results.provenance`: these settings, the estimator's parameters and weights hash,
+    (:func:`~art_some.runs.header.run_header`: these settings, the estimator's parameters and weights hash,
     versions, ``run_info``); resuming with anything else, or with other inputs at recorded indices (each record
     keeps its input's hash), is refused, and so is a second audit writing the same folder at the same time.
     """
@@ -186,12 +180,12 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     mine = [j for chunk in mine for j in chunk]
     writer = None
     if out is not None:
-        config = json.loads(json.dumps(
-            {"kind": "audit", "attacks": list(attacks), "eps": eps, "budgets": budgets, "n": n, "n0": n0,
-             "alpha": alpha, "verify_n": int(verify_n), "verify_alpha": float(verify_alpha),
-             "certificate": {k: str(v) for k, v in estimator.certificate_info().items()}, **(run_info or {}),
-             **({"chunk": int(batch_size), **plan} if plan else {})}, default=str))
-        writer = _open_records(out, provenance(estimator, **config), x, indices)
+        header = run_header(
+            estimator, "audit", attacks=list(attacks), eps=eps, budgets=budgets, n=n, n0=n0, alpha=alpha,
+            verify_n=int(verify_n), verify_alpha=float(verify_alpha),
+            certificate={k: str(v) for k, v in estimator.certificate_info().items()},
+            run_info=run_info, plan={"chunk": int(batch_size), **plan} if plan else None)
+        writer = _open_records(out, header, x, indices)
     state = _Audit(estimator, list(attacks), registry, budgets, eps, int(verify_n), float(verify_alpha), out)
     wanted = {int(indices[j]) for j in mine}
     records = [r for r in writer.records if r["idx"] in wanted] if writer else []
@@ -231,59 +225,41 @@ def _result(records, attacks, eps, radii=None) -> AuditResult:
     return AuditResult(records, list(attacks), np.asarray(radii, dtype=np.float64), violations)
 
 
+# Where an audit keeps its records: audit.jsonl, its header in audit_config.json beside it.
+AUDIT_FOLDER = Layout(
+    records="audit.jsonl", header="audit_config.json", noun="folders",
+    missing="{} is not an audit folder (it needs audit.jsonl and audit_config.json)",
+    exists="{} holds an audit: merge writes a new folder (give another output or remove it)",
+    not_merged="{} holds an audit that is not this run's merged audit; give another --output-dir or remove it")
+
+
 def merge_audits(folders: Sequence[str | os.PathLike], output_dir: str | os.PathLike) -> AuditResult:
     """
     Merge the folders of a sharded audit (``audit(..., shard=(i, k))``, ``art-some evaluate --shard``, or the ranks
     of a ``torchrun`` run) into ``output_dir``: ``audit.jsonl``, its ``audit_config.json``, the reports and the
-    saved violations, after the checks of :func:`~art_some.evaluation.runner.merge_records` (one run, every shard
-    once and finished, no input twice, the run's index list).
+    saved violations, after the checks of :func:`~art_some.runs.shards.merge_shards` (one run, every shard once
+    and finished, no input twice, the run's index list).
     """
     import shutil
 
-    from art_some.core.results import read_jsonl
-    from art_some.evaluation.runner import check_shards, without_shard
+    out, results = Path(output_dir), []
 
-    if not folders:
-        raise ValueError("merge needs the folders of every shard")
-    headers, parts = [], []
-    for folder in map(Path, folders):
-        config, records = folder / "audit_config.json", folder / "audit.jsonl"
-        if not config.is_file() or not records.is_file():
-            raise FileNotFoundError(f"{folder} is not an audit folder (it needs audit.jsonl and audit_config.json)")
-        headers.append(json.loads(config.read_text()))
-        parts.append(read_jsonl(records))
-    base, merged = check_shards([Path(f) / "audit.jsonl" for f in folders], headers, parts)
-    out = Path(output_dir)
-    if (out / "audit.jsonl").exists():
-        raise ValueError(f"{out} holds an audit: merge writes a new folder (give another output or remove it)")
-    with RecordWriter(out / "audit.jsonl") as writer:
-        write_atomically(out / "audit_config.json",
-                         json.dumps({**without_shard(base, "plan"), "merged_from": len(folders)}, indent=1,
-                                    sort_keys=True))
+    def finish(header, records):
         for folder in map(Path, folders):
             for saved in sorted((folder / "violations").glob("*.npz")):
                 (out / "violations").mkdir(exist_ok=True)
                 shutil.copy2(saved, out / "violations" / saved.name)
-        for record in merged:
-            writer.append(record)
-        result = _result(merged, base["attacks"], base["eps"])
-        write_reports(result, out)
-    return result
+        results.append(_result(records, header["attacks"], header["eps"]))
+        write_reports(results[0], out)
+
+    merge_shards(folders, out, AUDIT_FOLDER, finish=finish)
+    return results[0]
 
 
 def merged_audit_before(output_dir, first_shard) -> AuditResult:
     """The result of an ``output_dir`` merged by an earlier run, if that run is this one (else a clear error)."""
-    from art_some.core.results import read_jsonl
-    from art_some.evaluation.runner import without_shard
-
-    out = Path(output_dir)
-    merged = json.loads((out / "audit_config.json").read_text()) if (out / "audit_config.json").is_file() else {}
+    records = merged_before(output_dir, first_shard, AUDIT_FOLDER)
     shard = json.loads((Path(first_shard) / "audit_config.json").read_text())
-    records = read_jsonl(out / "audit.jsonl")
-    if (check_same_run(without_shard(merged, "plan"), without_shard(shard, "plan"))
-            or len(records) != shard.get("plan", {}).get("count")):
-        raise ValueError(f"{out} holds an audit that is not this run's merged audit; give another --output-dir or "
-                         "remove it")
     return _result(records, shard["attacks"], shard["eps"])
 
 
@@ -333,33 +309,26 @@ def attack_view(estimator):
 
 def _open_records(out: Path, header: dict, x, indices) -> RecordWriter:
     """
-    Open (or resume) ``audit.jsonl`` and write ``audit_config.json`` beside it (the header of the audit's records),
-    refusing an audit with other settings or other inputs at the recorded indices. The records' lock is taken
-    first, so that two audits of one folder cannot both pass the check.
+    Open (or resume) ``audit.jsonl`` with its header in ``audit_config.json`` beside it, refusing an audit with
+    other settings or other inputs at the recorded indices. The records' lock is taken first, so that two audits
+    of one folder cannot both pass the check.
     """
     hint = "use another --output-dir or remove that folder"
-    records, config = out / "audit.jsonl", out / "audit_config.json"
-    existed = records.exists()
-    writer = RecordWriter(records)
+    position = {int(idx): j for j, idx in enumerate(indices)}
+
+    def same_inputs(writer):
+        changed = writer.changed_input(lambda idx: input_hash(x[position[idx]]) if idx in position else NOT_COMPARED)
+        if changed is not None:
+            idx, recorded, now = changed
+            raise ValueError(f"{out} holds an audit with other settings: its input {idx} has sha256 {recorded}, "
+                             f"this run's {now}; {hint}")
+
+    records, config = AUDIT_FOLDER.records_path(out), AUDIT_FOLDER.header_path(out)
     try:
-        if writer.records:
-            saved = json.loads(config.read_text()) if config.exists() else {}
-            differences = check_same_run(saved, header)
-            if differences:
-                raise ValueError(f"{out} holds an audit with other settings: "
-                                 + mismatch_message(config, differences, hint))
-        recorded = {r["idx"]: r.get("input_sha256") for r in writer.records}
-        for j, idx in enumerate(int(i) for i in indices):
-            if idx in recorded and recorded[idx] != input_hash(x[j]):
-                raise ValueError(f"{out} holds an audit with other settings: its input {idx} has sha256 "
-                                 f"{recorded[idx]}, this run's {input_hash(x[j])}; {hint}")
-        write_atomically(config, json.dumps(header, indent=1, sort_keys=True))
-    except BaseException:
-        writer.close()
-        if not existed:
-            records.unlink(missing_ok=True)
-        raise
-    return writer
+        return RecordWriter(records, header, hint, header_file=config, check=same_inputs)
+    except RunMismatchError as err:
+        raise ValueError(f"{out} holds an audit with other settings: "
+                         + mismatch_message(config, err.differences, hint)) from None
 
 
 class _Audit:
@@ -391,11 +360,9 @@ class _Audit:
             beaten = self.verify(x[rows], y[rows], indices[rows])["flipped"]
             clean_correct[rows] = ~beaten
         info = est.certificate_info()
-        records = [{"idx": int(i), "label": int(label), "predict": int(p), "radius": float(r),
-                    "correct": int(p == label), "clean_class": int(c), "clean_correct": bool(ok),
-                    "pA_lower": float(pl), "attacks": {}, "violations": []}
-                   for i, label, p, r, c, ok, pl in zip(indices, y, cert.predict, cert.radius, clean, clean_correct,
-                                                       cert.p_lower)]
+        records = [{**certificate_fields(cert, j, y[j], indices[j]), "clean_class": int(clean[j]),
+                    "clean_correct": bool(clean_correct[j]), "pA_lower": float(cert.p_lower[j]), "attacks": {},
+                    "violations": []} for j in range(len(x))]
         onehot = np.eye(est.nb_classes, dtype=np.float32)[clean]
         for a, name in enumerate(self.attacks):
             entry = self.registry[name]

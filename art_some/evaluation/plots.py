@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from art_some.core.results import average_certified_radius, certified_accuracy
+from art_some.runs.metrics import average_certified_radius, certified_accuracy
 
 
 def plot_certified_accuracy(runs: Mapping[str, Sequence[dict]], path: str | os.PathLike, title: str = "") -> None:

@@ -3,31 +3,32 @@ Certify a data set with any smoothed estimator, many inputs per engine call when
 to a JSONL file so an interrupted run resumes where it stopped (records are keyed by dataset index, and noise by
 index too, so a resumed run writes exactly the records an uninterrupted one would).
 
-The file's header (:func:`~art_some.core.results.provenance`) holds what determines the records; a run with other
-settings, another model or other data is refused instead of being mixed into the file.
+The file's header (:func:`~art_some.runs.header.run_header`) holds what determines the records; a run with other
+settings, another model or other data is refused instead of being mixed into the file. Record files, shards,
+merges and torchrun are :mod:`art_some.runs`'; the command's policy (which model, which estimator) is
+:func:`art_some.runs.certify.run_certify`.
 """
 from __future__ import annotations
 
 import functools
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from art_some.core.results import (
-    DEFAULT_HINT,
+from art_some.core.validate import positive_int, probability
+from art_some.runs.header import DEFAULT_HINT, RunMismatchError, input_hash, run_header
+from art_some.runs.records import (
     RecordWriter,
-    RunMismatchError,
-    input_hash,
-    provenance,
+    bar_interval,
     records_from_result,
+    resume_note,
     write_atomically,
     write_tsv,
 )
-from art_some.core.validate import positive_int, probability
+from art_some.runs.shards import shard_plan
 
 CHECKED_INPUTS = 8  # recorded inputs compared with the data set on resume (a cheap check that it is the same data)
 
@@ -56,9 +57,9 @@ def certify_dataset(
 
     The file's header records this run (estimator, its parameters and weights hash, n, n0, alpha, method and
     ``run_info``); resuming a file with another header raises
-    :class:`~art_some.core.results.RunMismatchError` naming the fields, and so does a recorded input that differs
+    :class:`~art_some.runs.header.RunMismatchError` naming the fields, and so does a recorded input that differs
     from the data set's (the first few are compared). Each record stores its input's hash (``input_sha256``).
-    A second writer of the same file is refused (:class:`~art_some.core.results.FileInUseError`).
+    A second writer of the same file is refused (:class:`~art_some.runs.records.FileInUseError`).
 
     :param estimator: A smoothed estimator with ``certify_detailed``.
     :param dataset: A torch Dataset of ``(x, label)``.
@@ -78,7 +79,8 @@ def certify_dataset(
                        ``certified_at``); the header records the options.
     :param shard: ``(i, k)``: certify only shard i of k (every k-th of ``indices``, from the i-th), for a run spread
                   over processes or machines; the header records the shard and the whole index list, so that
-                  :func:`merge_records` can check the shards against each other and for completeness.
+                  :func:`~art_some.runs.shards.merge_shards` can check the shards against each other and for
+                  completeness.
     :return: All records in the file, sorted by index.
     """
     indices = [int(i) for i in indices]
@@ -98,19 +100,19 @@ def certify_dataset(
         plan = shard_plan(indices, shard)
         i, k = plan["shard"]
         indices = indices[i::k]
-    header = provenance(
+    header = run_header(
         estimator,
-        kind="certify",
+        "certify",
         method=method,
         n=int(n),
         n0=int(getattr(estimator, "sample_size", 0) if n0 is None else n0),
         alpha=float(getattr(estimator, "alpha", 0.0) if alpha is None else alpha),
-        **(run_info or {}),
-        **plan,
-        **({} if checked is None else {"sequential": checked}),
+        run_info=run_info,
+        plan=plan,
+        extra=None if checked is None else {"sequential": checked},
     )
-    with RecordWriter(output, header=header, hint=hint) as writer:
-        _check_recorded_inputs(writer, dataset, hint)
+    with RecordWriter(output, header=header, hint=hint,
+                      check=lambda writer: _check_recorded_inputs(writer, dataset, hint)) as writer:
         todo = [int(i) for i in indices if int(i) not in writer.done]
         if writer.records:
             resume_note(echo, progress, output, len(indices) - len(todo), len(indices), "certified")
@@ -175,200 +177,14 @@ def _sequential_options(options: dict) -> dict:
             "start": start, "growth": float(growth)}
 
 
-def bar_interval() -> float:
-    """Seconds between progress updates: often on a terminal, every half minute in a log file (a SLURM job's)."""
-    return 0.5 if sys.stderr.isatty() else 30.0
-
-
-def resume_note(echo, progress: bool, path, done: int, total: int, verb: str) -> None:
-    """Say that a run resumes and from where (to ``echo``, else to standard error with the progress bar)."""
-    message = f"Resuming {Path(path).name}: {done} of {total} inputs already {verb}"
-    if echo is not None:
-        echo(message)
-    elif progress:
-        print(message, file=sys.stderr)
-
-
 def _check_recorded_inputs(writer: RecordWriter, dataset, hint: str) -> None:
     """Compare the first recorded inputs with the data set's, so records of other data are not extended."""
-    for record in [r for r in writer.records if "input_sha256" in r][:CHECKED_INPUTS]:
-        idx = int(record["idx"])
-        now = input_hash(np.asarray(dataset[idx][0], dtype=np.float32)) if 0 <= idx < len(dataset) else None
-        if now != record["input_sha256"]:
-            raise RunMismatchError(writer.path, {f"input {idx} (sha256)": (record["input_sha256"], now)}, hint)
+    def hash_now(idx):
+        if not 0 <= idx < len(dataset):
+            return None  # an index this data set does not have: other data
+        return input_hash(np.asarray(dataset[idx][0], dtype=np.float32))
 
-
-
-def check_shard(shard) -> tuple[int, int]:
-    """``(i, k)`` with 0 <= i < k, or a clear error (``"1/4"`` as text is accepted too)."""
-    if isinstance(shard, str):
-        left, sep, right = shard.partition("/")
-        if not sep or not left.strip().isdigit() or not right.strip().isdigit():
-            raise ValueError(f"--shard must look like I/K with 0 <= I < K, e.g. 0/4, got {shard!r}")
-        shard = (int(left), int(right))
-    i, k = (int(v) for v in shard)
-    if not 0 <= i < k:
-        raise ValueError(f"--shard must look like I/K with 0 <= I < K, e.g. 0/4, got {i}/{k}")
-    return i, k
-
-
-def _indices_hash(indices) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
-
-
-def merge_records(paths: Sequence[str | os.PathLike], output: str | os.PathLike) -> list[dict]:
-    """
-    Merge the record files of a sharded run (``certify_dataset(..., shard=(i, k))``, ``art-some certify --shard``,
-    or the ranks of a ``torchrun`` run) into one JSONL file and its TSV, after checking that they are one run:
-    the same header but for the shard (settings, model, data, estimator, versions), shards 0..k-1 each once, no
-    index twice, and together exactly the run's index list. Every refusal names the file and the field or index.
-
-    :return: The merged records, sorted by index.
-    """
-    from art_some.core.results import read_header, read_jsonl
-
-    if not paths:
-        raise ValueError("merge needs the record files of every shard")
-    headers, parts = [], []
-    for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no such file: {path}")
-        headers.append(read_header(path))
-        parts.append(read_jsonl(path))
-    base, merged = check_shards(paths, headers, parts)
-    if Path(output).exists():
-        raise ValueError(f"{output} exists: merge writes a new file (give another --output or remove it)")
-    header = {**without_shard(base, "plan"), "merged_from": len(paths)}
-    with RecordWriter(output, header=header) as writer:
-        for record in merged:
-            writer.append(record)
-        write_atomically(Path(output).with_suffix(".tsv"), lambda tmp: write_tsv(merged, tmp))
-    return merged
-
-
-SHARD_KEYS = ("shard", "shard_inputs", "merged_from")  # what differs between the shards of one run and its merge
-
-
-def without_shard(header: dict, *also: str) -> dict:
-    """A run's header without what says which shard (or merge) a file holds (and without the keys ``also``)."""
-    return {k: v for k, v in header.items() if k not in SHARD_KEYS + also}
-
-
-def check_shards(paths, headers, parts) -> tuple[dict, list[dict]]:
-    """
-    Check that the record lists ``parts`` (read from ``paths``, with their ``headers``) are the finished shards of
-    one run; return its header (the first shard's) and the records merged and sorted by index. A shard holds
-    ``header["shard_inputs"]`` inputs where its header says so, else every k-th of the run's list.
-    """
-    from art_some.core.results import _show, check_same_run
-
-    for path, header in zip(paths, headers):
-        if not header or "shard" not in header:
-            raise ValueError(f"{path} is not the record file of a shard (its header has no shard)")
-    base = without_shard(headers[0])
-    for path, header in zip(paths[1:], headers[1:]):
-        differences = check_same_run(base, without_shard(header))
-        if differences:
-            shown = "; ".join(f"{key} {_show(new)} there, {_show(old)} in {paths[0]}"
-                              for key, (old, new) in list(differences.items())[:5])
-            raise ValueError(f"{path} is not a shard of the same run as {paths[0]}: {shown}")
-    k = headers[0]["shard"][1]
-    seen: dict[int, str] = {}
-    for path, header in zip(paths, headers):
-        i = header["shard"][0]
-        if header["shard"][1] != k:
-            raise ValueError(f"{path} is shard {i}/{header['shard'][1]}, but {paths[0]} is one of {k} shards")
-        if i in seen:
-            raise ValueError(f"shard {i}/{k} is given twice: {seen[i]} and {path}")
-        seen[i] = str(path)
-    missing = sorted(set(range(k)) - set(seen))
-    if missing:
-        raise ValueError(f"shard(s) {', '.join(f'{i}/{k}' for i in missing)} missing: give all {k} record files")
-    owner: dict[int, str] = {}
-    for path, records in zip(paths, parts):
-        for record in records:
-            if record["idx"] in owner:
-                raise ValueError(f"index {record['idx']} is in {owner[record['idx']]} and in {path}")
-            owner[record["idx"]] = str(path)
-    plan = headers[0].get("plan", {})
-    total = int(plan.get("count", -1))
-    for path, header, records in zip(paths, headers, parts):
-        expected = int(header.get("shard_inputs", len(range(header["shard"][0], total, k))))
-        if len(records) != expected:
-            raise ValueError(f"{path} holds {len(records)} of its shard's {expected} inputs: resume that shard with "
-                             "the same command before merging")
-    merged = sorted((r for records in parts for r in records), key=lambda r: r["idx"])
-    if _indices_hash([r["idx"] for r in merged]) != plan.get("sha256"):
-        raise ValueError(f"the indices of {', '.join(map(str, paths))} are not the run's index list (plan.sha256)")
-    return headers[0], merged
-
-
-def shard_plan(indices: Sequence[int], shard) -> dict:
-    """
-    The header entries of shard ``(i, k)`` of a run over ``indices``: the shard, and the run's whole index list
-    (its length and the hash of the sorted list, which the merged records must match).
-    """
-    i, k = check_shard(shard)
-    return {"shard": [i, k], "plan": {"count": len(indices), "sha256": _indices_hash(sorted(int(j) for j in indices))}}
-
-
-def torchrun_shard() -> tuple[int, int] | None:
-    """
-    ``(rank, world size)`` when launched by ``torchrun`` with more than one process (the process group is
-    initialised once, with gloo: certification only needs a barrier, and gloo runs beside CUDA too), else None.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return None
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def shard_path(output: str | os.PathLike, shard: tuple[int, int]) -> Path:
-    """The record file of shard ``(i, k)`` of a run whose merged records go to ``output``."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}.shard{shard[0]}of{shard[1]}{output.suffix or '.jsonl'}")
-
-
-def merge_torchrun_shards(output: str | os.PathLike, shard: tuple[int, int]) -> list[dict] | None:
-    """
-    After every rank has certified its shard: rank 0 merges the shard files into ``output`` (checked as
-    :func:`merge_records` checks them) while the others wait; every rank then returns the merged records (rank
-    0) or None. A finished ``output`` from an earlier identical run is read back instead of merged again.
-    """
-    def merge():
-        paths = [shard_path(output, (i, shard[1])) for i in range(shard[1])]
-        return _merged_before(output, paths[0]) if Path(output).exists() else merge_records(paths, output)
-
-    return on_rank_zero_after_all(shard, merge)
-
-
-def on_rank_zero_after_all(shard: tuple[int, int], work):
-    """
-    Once every rank has reached this point, rank 0 runs ``work`` while the others wait; rank 0 returns its
-    result, the other ranks None (the merge step of a torchrun run: certify's records, evaluate's audit).
-    """
-    import torch.distributed as dist
-
-    dist.barrier()
-    result = work() if shard[0] == 0 else None
-    dist.barrier()
-    return result
-
-
-def _merged_before(output, first_shard) -> list[dict]:
-    """The records of an ``output`` merged by an earlier run, if that run is this one (else a clear error)."""
-    from art_some.core.results import check_same_run, read_header, read_jsonl
-
-    merged, shard = read_header(output) or {}, read_header(first_shard) or {}
-    differences = check_same_run(without_shard(merged, "plan"), without_shard(shard, "plan"))
-    records = read_jsonl(output)
-    if differences or len(records) != shard.get("plan", {}).get("count"):
-        raise ValueError(f"{output} exists and does not hold the merged records of this run; give another --output "
-                         "or remove it")
-    return records
+    changed = writer.changed_input(hash_now, limit=CHECKED_INPUTS)
+    if changed is not None:
+        idx, recorded, now = changed
+        raise RunMismatchError(writer.path, {f"input {idx} (sha256)": (recorded, now)}, hint)

@@ -1,7 +1,9 @@
 """
-Training runs behind ``art-some train``: a registered trainer on a registered dataset and model, a checkpoint
-after every epoch (safetensors weights + a resume state), resumption after an interruption, and
-DistributedDataParallel when launched with ``torchrun`` (one process per device; rank 0 writes the files).
+Training runs behind ``art-some train``, a library function over a config dataclass (``train(TrainConfig(...),
+output_dir)``): a registered trainer on a registered dataset and model, a checkpoint after every epoch
+(safetensors weights + a resume state), resumption after an interruption, and DistributedDataParallel when
+launched with ``torchrun`` (one process per device; rank 0 writes the files). The process group is
+:mod:`art_some.runs.distributed`'s and the checkpoint's metadata :mod:`art_some.runs.checkpoints`', as certify's.
 """
 from __future__ import annotations
 
@@ -13,17 +15,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from art_some.core.noise import seed_for
-from art_some.core.results import write_atomically
 from art_some.core.streams import TRAINING, epoch_shuffle_key
+from art_some.runs import distributed
+from art_some.runs.checkpoints import (
+    DENOISER_DIR,
+    DENOISER_FILES,
+    MODEL_FILE,
+    absolute_denoiser,
+    check_dataset,
+    is_checkpoint,
+    training_meta,
+)
+from art_some.runs.records import write_atomically
 
 STATE_FILE = "train_state.pt"
-MODEL_FILE = "model.safetensors"
 HISTORY_FILE = "history.jsonl"
-DENOISER_DIR = "denoiser"  # the denoised methods' denoiser, when its weights are not the user's own folder
+CONFIG_FILE = "train.config.yaml"  # the resolved configuration of a run started from a config file
 # Below this many epochs the default schedule keeps the learning rate constant: a third of a short run is an
 # epoch or two, and dropping the rate that early left a 2-epoch digits run at chance level (loss 2.30).
 MIN_DECAY_EPOCHS = 9
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
+# Loader batches per data set: 256 is the papers' CIFAR-10/ImageNet batch, but it cuts the 1437 training digits
+# into 6 steps an epoch, too few to learn anything in a short run.
+TRAIN_BATCH_SIZES = {"digits": 64}
 
 
 @dataclass
@@ -68,38 +81,6 @@ class TrainConfig:
         """Names of the settings (other than epochs) that differ from ``other``."""
         mine, theirs = asdict(self), asdict(other)
         return [key for key in mine if key != "epochs" and mine[key] != theirs[key]]
-
-
-def _distributed():
-    """(rank, world size, local rank) from torchrun's environment, initialising the process group once."""
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world, local
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _gather(obj, world: int) -> list:
-    """Every rank's ``obj``, in rank order (each rank keeps its own noise stream, so each is saved)."""
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    gathered = [None] * world
-    dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def _load_state(path: Path, config: TrainConfig, world: int, device_type: str, out: Path):
@@ -165,9 +146,20 @@ def lr_step(config: TrainConfig) -> int:
     return config.epochs // 3 if config.epochs >= MIN_DECAY_EPOCHS else config.epochs + 1
 
 
-def is_checkpoint(model: str) -> bool:
-    """Whether ``--model`` names a checkpoint file rather than a registered model."""
-    return Path(model).suffix in CHECKPOINT_SUFFIXES or Path(model).is_file()
+def check_names(method: str, model: str) -> None:
+    """Refuse a trainer that is not registered, or a ``--model`` that is neither a checkpoint nor registered."""
+    from art_some.plugins import registered
+    from art_some.runs.loader import check_registered
+
+    if method not in registered("trainers"):
+        raise ValueError(f"--method {method!r} is not registered ({', '.join(sorted(registered('trainers')))})")
+    if not is_checkpoint(model):
+        check_registered(model)
+
+
+def config_path(output_dir) -> Path:
+    """Where a training run's resolved configuration goes: its output folder's ``train.config.yaml``."""
+    return Path(output_dir) / CONFIG_FILE
 
 
 def denoised_role(trainer_cls) -> str | None:
@@ -213,7 +205,7 @@ def _saves_denoiser(spec: dict | None, role: str | None) -> bool:
 
 def _denoiser_settings(spec: dict) -> dict:
     """The DiffusionDenoiser settings of a denoiser spec (what loading the saved folder must pass on)."""
-    building = ("name", "path", "checkpoint", "unet_config", "scheduler", "channels", "sample_size", "widths")
+    building = ("name", *DENOISER_FILES, "scheduler", "channels", "sample_size", "widths")
     return {k: v for k, v in spec.items() if k not in building}
 
 
@@ -253,29 +245,19 @@ def save_denoiser(denoiser, spec: dict, folder: Path) -> dict:
     return {"name": "diffusion", "path": folder.name, **_denoiser_settings(spec)}
 
 
-def _absolute_paths(spec: dict) -> dict:
-    """A denoiser spec with its files as absolute paths, so that certify finds them from any folder."""
-    return {k: str(Path(v).resolve()) if k in ("path", "checkpoint", "unet_config") and isinstance(v, str) else v
-            for k, v in spec.items()}
-
-
 def _build_model(config: TrainConfig, info: dict, device: str):
     """The model to train, its registered name and constructor arguments (a checkpoint's, for a checkpoint)."""
-    from art_some.models import create_model, load_checkpoint
+    from art_some.runs.loader import load_model
 
     if is_checkpoint(config.model):
         if config.model_kwargs:
             raise ValueError("--num-heads is for a registered model name; a checkpoint's model keeps its own")
-        model, meta = load_checkpoint(config.model, device=device)
-        if int(meta.get("num_classes", info["num_classes"])) != info["num_classes"] or list(
-                meta.get("input_shape", info["input_shape"])) != list(info["input_shape"]):
-            raise ValueError(f"--model checkpoint has {meta.get('num_classes')} classes of shape "
-                             f"{meta.get('input_shape')}, but --dataset {config.dataset!r} has "
-                             f"{info['num_classes']} of shape {list(info['input_shape'])}")
+        model, meta = load_model(config.model, device=device, published=False)
+        check_dataset(meta, info, config.dataset)
         kwargs = {k: v for k, v in meta.get("model_kwargs", {}).items() if k != "num_classes"}
         return model, meta["model"], kwargs
     try:
-        model = create_model(config.model, num_classes=info["num_classes"], **config.model_kwargs).to(device)
+        model = load_model(config.model, num_classes=info["num_classes"], **config.model_kwargs)[0].to(device)
     except TypeError as err:
         raise ValueError(f"model {config.model!r} rejected its options {sorted(config.model_kwargs)} ({err}); "
                          "--num-heads is for multi-head (some_*) models") from None
@@ -327,17 +309,17 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     from art_some.models import save_checkpoint
     from art_some.models.multihead import unwrap
     from art_some.plugins import get
+    from art_some.runs.loader import default_estimator
 
     config.check()
     trainer_cls = get("trainers", config.method)
     role = denoised_role(trainer_cls)
-    rank, world, local = _distributed()
+    rank, world, local = distributed.init(device) or (0, 1, 0)
     if role == "denoiser" and world > 1:
         raise ValueError(f"--method {config.method} does not run under torchrun (its denoiser is not wrapped in "
                          "DistributedDataParallel); run it in one process")
     if world > 1 and device == "cuda":
-        torch.cuda.set_device(local)  # ART builds on the current device: make it this rank's
-        device = f"cuda:{local}"
+        device = f"cuda:{local}"  # distributed.init made it the current device too: ART builds there
     out = Path(output_dir)
     state_path, model_path, history_path = out / STATE_FILE, out / MODEL_FILE, out / HISTORY_FILE
     denoiser_dir = out / DENOISER_DIR
@@ -346,14 +328,13 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
 
     torch.manual_seed(config.seed)
     model, model_name, model_kwargs = _build_model(config, info, device)
-    multihead = callable(getattr(model, "head_logits", None))
     state = None if restart else _load_state(state_path, config, world, str(torch.device(device).type), out)
     if state is not None:
         model.load_state_dict(state["model"])
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if "cuda" in str(device) else None)
-    estimator = "denoised_multiscale" if role else "some" if multihead else "smoothed"
+    estimator = "denoised_multiscale" if role else default_estimator(model)
     # The optimizer steps what the method tunes: the classifier, or (diffusion calibration) the denoiser.
     optimizer = None if role == "denoiser" else _make_optimizer(config, net.parameters())
     clf = create_estimator(estimator, net, info, sigma=config.sigma, n0=100, alpha=0.001, batch_size=1000,
@@ -386,7 +367,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
                 path.unlink(missing_ok=True)
             shutil.rmtree(denoiser_dir, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
-    _barrier(world)  # no rank looks for the folder before rank 0 has made it
+    distributed.barrier(world)  # no rank looks for the folder before rank 0 has made it
     history = []
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -404,19 +385,16 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         echo(f"Learning rate {config.lr:g} for all {config.epochs} epochs (runs under {MIN_DECAY_EPOCHS} epochs keep "
              "it constant; --lr-step sets the epochs between drops)")
 
-    meta = {"sigma": config.sigma, "dataset": config.dataset, "num_classes": info["num_classes"],
-            "input_shape": list(info["input_shape"]), "estimator": estimator, "method": config.method}
-
     def export() -> None:
         """The denoiser folder, model.safetensors (what certify reads) and history.jsonl, in that order."""
         options = dict(estimator_options)
         if saves_denoiser:
             options["denoiser"] = save_denoiser(clf.denoiser, options["denoiser"], denoiser_dir)
         elif options:
-            options["denoiser"] = _absolute_paths(options["denoiser"])
-        save = dict(meta, epoch=trainer.epoch, trainer_kwargs=kwargs)
-        if options:  # what certify needs to rebuild the estimator (the cascade's denoiser and levels)
-            save["estimator_options"] = options
+            options["denoiser"] = absolute_denoiser(options["denoiser"])
+        save = training_meta(sigma=config.sigma, dataset=config.dataset, info=info, estimator=estimator,
+                             method=config.method, epoch=trainer.epoch, trainer_kwargs=kwargs,
+                             estimator_options=options)
         write_atomically(model_path, lambda p: save_checkpoint(
             p, unwrap(net), model_name, {**model_kwargs, "num_classes": info["num_classes"]}, **save))
         write_atomically(history_path, _history_lines(history))
@@ -437,7 +415,8 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         loss = trainer.fit(loader, nb_epochs=1, scheduler=None if owns_schedule else scheduler, verbose=False)[0]
         if owns_schedule:  # it sets the rate before each step: report the rate of the epoch's last step
             lr = optimizer.param_groups[0]["lr"]
-        ranks = _gather({"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "loss": loss}, world)
+        ranks = distributed.gather({"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "loss": loss},
+                                   world)
         history.append(sum(r["loss"] for r in ranks) / world)
         if rank == 0:
             echo(f"epoch {trainer.epoch}/{config.epochs}  loss {history[-1]:.4f}  lr {lr:.4g}")
@@ -450,11 +429,8 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
                 blob["denoiser"] = clf.denoiser.state_dict()
             write_atomically(state_path, lambda p: torch.save(blob, p))
             export()
-    _barrier(world)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    distributed.barrier(world)
+    distributed.close(world)
     chance = math.log(info["num_classes"])
     if rank == 0 and history and _learns_cross_entropy(trainer_cls) and history[-1] > 0.97 * chance:
         steps = config.epochs * math.ceil(len(data) / config.batch_size)

@@ -1,0 +1,70 @@
+"""
+The certify run behind ``art-some certify``, as a library function over a config dataclass:
+``run_certify(CertifyConfig(model="runs/model.safetensors", output="r.jsonl", n=10_000))`` builds the smoothed
+estimator (:func:`~art_some.runs.smoothing.smoothed_estimator`), certifies the data set into resumable JSONL and
+TSV records (:func:`art_some.evaluation.certify_dataset`), one shard of it with ``shard``, and under ``torchrun``
+each rank its own shard, rank 0 merging them into ``output``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from art_some.runs.smoothing import SmoothingConfig, note, run_info, shard_of_run, smoothed_estimator, warn_small_n
+
+
+@dataclass(kw_only=True)
+class CertifyConfig(SmoothingConfig):
+    """What a certify run is: the smoothing options, and how and where to certify."""
+
+    output: str  # the JSONL records (resumed if present); the TSV goes beside them
+    n: int = 100_000
+    max_inputs: int | None = None
+    radii: list | None = None  # fixed-radius mode of sequential CERTIFY at these radii
+    sequential: bool = False  # radius mode of sequential CERTIFY
+    tolerance: float | None = None  # the radius mode's stopping tolerance
+    shard: tuple | str | None = None  # (i, k) or "i/k": certify only shard i of k
+
+    def sequential_plan(self) -> dict | None:
+        """Sequential CERTIFY's options (None for fixed-n CERTIFY), checked against each other."""
+        if self.radii is not None and self.sequential:
+            raise ValueError("give --radii (fixed-radius mode) or --sequential (radius mode), not both")
+        plan = {"radii": list(self.radii)} if self.radii is not None else {} if self.sequential else None
+        if self.tolerance is not None:
+            if plan is None or "radii" in plan:
+                raise ValueError("--tolerance is the radius mode's stopping rule: give it with --sequential (and "
+                                 "without --radii)")
+            plan["tolerance"] = self.tolerance
+        return plan
+
+
+def run_certify(config: CertifyConfig, echo=note, progress: bool = True) -> list[dict] | None:
+    """
+    Certify ``config.dataset`` (every ``skip``-th input, at most ``max_inputs``) into ``config.output``.
+
+    :param config: The run.
+    :param echo: Where notes and warnings go (a callable taking a line; default standard error).
+    :param progress: Show a progress bar.
+    :return: The records, sorted by index: of the whole run, or of the shard with ``config.shard``; under torchrun
+             rank 0 returns the merged records and the other ranks None.
+    """
+    from art_some.evaluation.runner import certify_dataset
+    from art_some.runs.shards import merge_ranks, shard_path
+
+    plan = config.sequential_plan()
+    shard, ranked = shard_of_run(config.shard, config.device)
+    clf, data, estimator = smoothed_estimator(config, echo)
+    warn_small_n(config.n, config.n0, clf.scale, config.alpha, echo)
+    indices = list(range(0, len(data), config.skip))[:config.max_inputs]
+    header_info = run_info(config.dataset, config.split, config.model, config.data_root)
+    output = config.output if ranked is None else shard_path(config.output, ranked)
+    records = certify_dataset(clf, data, indices, output, n=config.n, method=estimator, run_info=header_info,
+                              echo=echo, progress=progress, shard=shard or ranked, sequential=plan)
+    if ranked is not None:
+        return merge_ranks(config.output, ranked)
+    return records
+
+
+def config_path(output) -> Path:
+    """Where a certify run's resolved configuration goes: beside its records, ``r.jsonl`` -> ``r.config.yaml``."""
+    return Path(output).with_suffix(".config.yaml")

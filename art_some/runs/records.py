@@ -1,0 +1,433 @@
+"""
+Record files: one dict per input (:func:`records_from_result`, whose certificate fields the audit's records share),
+JSONL append-and-flush with resume and a lock, the community TSV format.
+
+A record holds ``idx, label, predict, radius, correct, pA_lower, counts, n0, n, alpha, sigma, method,
+seconds``, plus what the estimator adds (e.g. the noise mode and radius space of patch smoothing); ``counts`` maps
+the top classes of the estimation counts to their votes. The community TSV keeps
+``idx label predict radius correct time`` (time as ``H:MM:SS.ffffff``), as published by Cohen et al. and
+the papers that followed.
+
+A JSONL record file starts with a **header** line ``{"art_some_header": {...}}`` (see
+:func:`~art_some.runs.header.run_header`), or keeps it in a JSON file beside it (the audit's
+``audit_config.json``). A writer resumes a file only when the header of this run equals the file's
+(:func:`~art_some.runs.header.check_same_run`), and only one writer holds a file at a time. Readers
+(:func:`read_jsonl`, :func:`read_records`) return the records alone, so header-less files of earlier versions
+still read; :func:`read_header` returns the header.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from art_some.runs.header import DEFAULT_HINT, RunMismatchError, check_same_run
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: writers are then not locked
+    fcntl = None
+
+TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+TOP_COUNTS = 2
+HEADER_KEY = "art_some_header"
+NOT_COMPARED = object()  # what RecordWriter.changed_input's hash_now says of an index the run does not hold
+
+
+def records_from_result(result, labels: Sequence[int], indices: Sequence[int], method: str) -> list[dict]:
+    """
+    Per-input records from a :class:`~art_some.core.certify.CertifyResult`.
+
+    :param result: The certification outcome for N inputs.
+    :param labels: True labels (N,).
+    :param indices: Dataset indices (N,).
+    :param method: Name of the method or estimator, stored with each record.
+    :return: list of N record dicts, JSON-serialisable.
+    """
+    records = []
+    sigma = np.broadcast_to(np.asarray(result.sigma, dtype=np.float64), (len(result),))
+    for j in range(len(result)):
+        counts = result.counts_estimation[j]
+        top = np.argsort(-counts, kind="stable")[:TOP_COUNTS]
+        records.append(
+            {
+                **certificate_fields(result, j, labels[j], indices[j]),
+                "pA_lower": float(result.p_lower[j]),
+                "counts": {str(int(c)): int(counts[c]) for c in top},
+                "n0": result.n0,
+                "n": result.n,
+                "alpha": result.alpha,
+                "sigma": float(sigma[j]),
+                "method": method,
+                "seconds": float(result.seconds[j]) if len(result.seconds) else 0.0,
+                **{key: _json_value(value, j, len(result)) for key, value in result.extra.items()},
+                **_sequential_fields(result, j),
+            }
+        )
+    return records
+
+
+def certificate_fields(result, j: int, label, idx) -> dict:
+    """
+    The fields that open every record, certify's and the audit's: ``idx, label, predict, radius, correct`` of
+    input ``j`` of a certification result.
+
+    :param result: A :class:`~art_some.core.certify.CertifyResult` (or anything with ``predict`` and ``radius``).
+    :param j: The input's row in ``result``.
+    :param label: Its true label.
+    :param idx: Its data-set index.
+    """
+    predict = result.predict[j]
+    return {"idx": int(idx), "label": int(label), "predict": int(predict), "radius": float(result.radius[j]),
+            "correct": int(predict == label)}
+
+
+def _sequential_fields(result, j: int) -> dict:
+    """What sequential CERTIFY adds to input ``j``'s record: its draws, why it stopped, its fixed-radius answers."""
+    fields = {}
+    if getattr(result, "draws", None) is not None:
+        fields.update(draws=int(result.draws[j]), stopped_by=str(result.stopped_by[j]))
+    if getattr(result, "certified_at", None) is not None:
+        fields["certified_at"] = {str(float(r)): bool(c) for r, c in zip(result.radii, result.certified_at[j])}
+    return fields
+
+
+def _json_value(value, j: int, n: int):
+    """Input ``j``'s entry of a per-input array (length ``n``), or a value shared by all inputs, as plain JSON."""
+    if isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == n:
+        value = value[j]
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+
+class FileInUseError(ValueError):
+    """Another process (or another open writer) is writing the same record file."""
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing and reading JSONL
+# ----------------------------------------------------------------------------------------------------------------
+class RecordWriter:
+    """
+    Appends records to a JSONL file, each line written with one unbuffered write and synced, so that a killed run
+    loses at most the line it was writing. Opening an existing file resumes it: complete records are kept (see
+    :attr:`done`), a torn last line is cut off, and records whose ``idx`` is already present are refused.
+
+    The file is locked (``flock``) while the writer is open, so a second writer, in this process or another,
+    is refused with :class:`FileInUseError`; the lock goes with the process if it is killed.
+
+    :param path: The JSONL file (created with its parent folders if missing).
+    :param header: This run's :func:`~art_some.runs.header.run_header`. Written as the first line of a new file;
+                   an existing file must hold an equal header (else :class:`RunMismatchError`, naming the fields).
+                   None: no check.
+    :param hint: The end of the mismatch message (what the user can do).
+    :param header_file: Keep the header in this JSON file beside the records instead of in their first line (the
+                        audit's ``audit_config.json``): compared when the records file holds records, and written
+                        (atomically) once it matches.
+    :param check: ``check(writer)``, the caller's resume check (e.g. :meth:`changed_input`), run once the header
+                  is compared and before anything is written; what it raises is raised.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: dict | None = None, hint: str = DEFAULT_HINT,
+                 header_file: str | os.PathLike | None = None, check=None):
+        self.path = Path(path)
+        self.header_file = None if header_file is None else Path(header_file)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists()
+        self._fd = _os_call(os.open, self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        locked = False
+        try:
+            _lock(self._fd, self.path)
+            locked = True
+            self.header, self.records = self._resume()
+            self.done = {r["idx"] for r in self.records}
+            if header is not None:
+                self._compare(header, hint)
+            if check is not None:
+                check(self)
+            if header is not None:
+                self._adopt(header)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = None
+            if locked and not existed and self.path.stat().st_size == 0:
+                self.path.unlink(missing_ok=True)  # leave nothing behind when the header could not be written
+            raise
+
+    def _resume(self) -> tuple[dict | None, list[dict]]:
+        """Read the header and complete records; cut a torn final line (an interrupted write) so appends stay valid."""
+        with open(self.path, "rb") as f:
+            data = f.read()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            os.ftruncate(self._fd, keep)
+        self._size = keep
+        return _parse_jsonl(data[:keep].decode("utf-8").splitlines(), self.path)
+
+    def _compare(self, header: dict, hint: str) -> None:
+        """Refuse to extend records that another run wrote (a file without records takes any header)."""
+        if self.header_file is not None:
+            if self.records:  # records without their header file were written by another run
+                saved = json.loads(self.header_file.read_text()) if self.header_file.exists() else {}
+                differences = check_same_run(saved, header)
+                if differences:
+                    raise RunMismatchError(self.header_file, differences, hint)
+        elif self.header is not None or self.records:
+            differences = check_same_run(self.header or {}, header)
+            if differences:
+                raise RunMismatchError(self.path, differences, hint)
+
+    def _adopt(self, header: dict) -> None:
+        """Write ``header`` (it matches): into a new file's first line, or into the header file."""
+        if self.header_file is not None:
+            # Rewritten on resume too: it then differs only in what is not compared (where the model was read from).
+            write_atomically(self.header_file, json.dumps(header, indent=1, sort_keys=True))
+            self.header = header
+        elif self.header is None and not self.records:
+            self._write(json.dumps({HEADER_KEY: header}) + "\n")
+            self.header = header
+
+    def _write(self, text: str) -> None:
+        """Append ``text`` with unbuffered writes and sync; on failure cut the file back to its last full line."""
+        data = text.encode("utf-8")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as err:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
+        self._size += len(data)
+
+    def changed_input(self, hash_now, limit: int | None = None) -> tuple[int, str, str | None] | None:
+        """
+        The first recorded input that this run holds differently (the resume check that records of other data are
+        not extended): ``(idx, recorded hash, hash now)``, or None when all agree.
+
+        :param hash_now: ``hash_now(idx)``: the :func:`~art_some.runs.header.input_hash` of this run's input at
+                         ``idx``; :data:`NOT_COMPARED` where this run does not hold that index.
+        :param limit: Compare only the first ``limit`` recorded inputs (a cheap check).
+        """
+        for record in [r for r in self.records if "input_sha256" in r][:limit]:
+            now = hash_now(int(record["idx"]))
+            if now is not NOT_COMPARED and now != record["input_sha256"]:
+                return int(record["idx"]), record["input_sha256"], now
+        return None
+
+    def append(self, record: dict) -> None:
+        """Write one record and flush it to disk."""
+        if record["idx"] in self.done:
+            raise ValueError(f"record for idx {record['idx']} is already in {self.path}")
+        self._write(json.dumps(record, sort_keys=False) + "\n")
+        self.records.append(record)
+        self.done.add(record["idx"])
+
+    def close(self) -> None:
+        """Close the file and release its lock (closing twice is harmless)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A writer dropped without close() must not keep its lock for the rest of the process.
+        if getattr(self, "_fd", None) is not None:
+            self.close()
+
+
+def write_atomically(path: str | os.PathLike, content) -> None:
+    """
+    Write a whole file through a temporary sibling and a rename, so that readers never see half of it; on failure
+    (a full disk) the temporary file is removed and the OSError names ``path``.
+
+    :param path: The file to write.
+    :param content: Its text or bytes, or a function ``write(tmp_path)`` that writes it (``torch.save``, ...).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _os_call(function, path, *args):
+    """``function(path, *args)`` with the path named in an OSError."""
+    try:
+        return function(path, *args)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
+def _lock(fd: int, path: Path) -> None:
+    """Take the writer's lock on ``fd`` or refuse: two writers would interleave and duplicate records."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        raise FileInUseError(f"{path} is being written by another art-some run; wait for it to finish or use "
+                             "another output") from None
+
+
+def _parse_jsonl(lines: Iterable[str], path) -> tuple[dict | None, list[dict]]:
+    """(header or None, records) from the lines of a JSONL file, with a clear error naming the first bad line."""
+    header, records, seen = None, [], set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+        if isinstance(record, dict) and set(record) == {HEADER_KEY}:
+            if header is not None or records or not isinstance(record[HEADER_KEY], dict):
+                raise ValueError(f"{path}: line {number} is a header that is not the first line; the file is corrupt")
+            header = record[HEADER_KEY]
+            continue
+        if not isinstance(record, dict) or not {"idx", "radius", "correct"} <= record.keys():
+            raise ValueError(f"{path}: line {number} is not a certificate record")
+        if record["idx"] in seen:
+            raise ValueError(f"{path}: line {number} repeats idx {record['idx']}; the file is corrupt")
+        seen.add(record["idx"])
+        records.append(record)
+    return header, records
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read the records of a JSONL file (without its header), with a clear error naming the first bad line."""
+    with open(path, encoding="utf-8") as f:
+        return _parse_jsonl(f, path)[1]
+
+
+def read_header(path: str | os.PathLike) -> dict | None:
+    """
+    The :func:`provenance` header of a JSONL record file: its first line, or for records that keep it in a
+    sidecar ``<stem>_config.json`` (the audit's ``audit_config.json``) that file; None if there is none (a TSV
+    log, a file from before headers).
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        line = json.loads(first)
+    except json.JSONDecodeError:
+        line = None
+    if isinstance(line, dict) and set(line) == {HEADER_KEY}:
+        return line[HEADER_KEY]
+    sidecar = path.with_name(f"{path.stem}_config.json")
+    try:
+        saved = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and "schema" in saved else None
+
+
+
+def _format_time(seconds: float) -> str:
+    """H:MM:SS.ffffff as ``str(timedelta)`` writes it below a day, with hours beyond 24 instead of days."""
+    micro = int(round(float(seconds) * 1e6))
+    hours, rest = divmod(micro, 3_600_000_000)
+    minutes, rest = divmod(rest, 60_000_000)
+    secs, micro = divmod(rest, 1_000_000)
+    return f"{hours}:{minutes:02d}:{secs:02d}" + (f".{micro:06d}" if micro else "")
+
+
+def _parse_time(text: str) -> float:
+    hours, minutes, secs = text.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(secs)
+
+
+def _radius_text(radius: float) -> str:
+    """Three decimals rounded *down*, so a log read back never claims a larger radius than was certified."""
+    return f"{math.floor(float(radius) * 1000 + 1e-9) / 1000:.3f}"
+
+
+def write_tsv(records: Iterable[dict], path: str | os.PathLike) -> None:
+    """Write records in the community TSV format (``idx label predict radius correct time``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(TSV_COLUMNS) + "\n")
+        for r in sorted(records, key=lambda r: r["idx"]):
+            radius, time = _radius_text(r["radius"]), _format_time(r["seconds"])
+            row = (r["idx"], r["label"], r["predict"], radius, r["correct"], time)
+            f.write("\t".join(str(v) for v in row) + "\n")
+
+
+def read_tsv(path: str | os.PathLike) -> list[dict]:
+    """Read a community TSV log into records (``idx, label, predict, radius, correct, seconds``)."""
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if tuple(header[:5]) != TSV_COLUMNS[:5]:
+            raise ValueError(f"{path}: not a certification log; header must start with {' '.join(TSV_COLUMNS[:5])}")
+        records = []
+        for number, line in enumerate(f, 2):
+            fields = line.rstrip("\n").split("\t")
+            if not line.strip():
+                continue
+            try:
+                records.append(
+                    {
+                        "idx": int(fields[0]),
+                        "label": int(fields[1]),
+                        "predict": int(fields[2]),
+                        "radius": float(fields[3]),
+                        "correct": int(fields[4]),
+                        "seconds": _parse_time(fields[5]) if len(fields) > 5 else 0.0,
+                    }
+                )
+            except (ValueError, IndexError):
+                raise ValueError(f"{path}: line {number} is malformed: {line.strip()!r}") from None
+    return records
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Read records from a ``.jsonl`` file or a community ``.tsv`` log (chosen by content, not name)."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().lstrip()
+    return read_jsonl(path) if first.startswith("{") else read_tsv(path)
+
+
+def bar_interval() -> float:
+    """Seconds between progress updates: often on a terminal, every half minute in a log file (a SLURM job's)."""
+    return 0.5 if sys.stderr.isatty() else 30.0
+
+
+def resume_note(echo, progress: bool, path, done: int, total: int, verb: str) -> None:
+    """Say that a run resumes and from where (to ``echo``, else to standard error with the progress bar)."""
+    message = f"Resuming {Path(path).name}: {done} of {total} inputs already {verb}"
+    if echo is not None:
+        echo(message)
+    elif progress:
+        print(message, file=sys.stderr)
