@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from art_some import __version__
+from art_some._version import __version__
 from art_some.runs.config import (
     config_option,
     parse_budgets,
@@ -64,19 +64,18 @@ def _os_error_message(err: OSError) -> str:
 def smoothing_options(n_default: int, max_inputs_default, verb: str):
     """The options of every command that builds a smoothed estimator over a data set (certify, evaluate)."""
     options = [
-        click.option("--model", required=True, help="A registered model name or a checkpoint file."),
+        click.option("--model", required=True,
+                     help="A registered model (art-some plugins lists them) or a checkpoint file."),
         click.option("--arch", default=None,
-                     help="A published checkpoint's architecture: cifar_resnet20, cifar_resnet110, resnet50 "
-                          "(Cohen et al., Consistency, SmoothMix), smoothadv_cifar_resnet110, smoothadv_resnet50 "
-                          "(SmoothAdv's repository), some_cifar_resnet20, some_cifar_resnet110, some_resnet50 (SOME), "
-                          "macer_resnet110 (MACER); default: the file's 'arch' field, else its keys. See "
-                          "docs/published.rst."),
-        click.option("--dataset", default="digits", show_default=True, help="A registered dataset name."),
+                     help="A published checkpoint's architecture (docs/published.rst lists them); default: the file's "
+                          "'arch' field, else its keys."),
+        click.option("--dataset", default="digits", show_default=True,
+                     help="A registered dataset (art-some plugins lists them)."),
         click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits)."),
         click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True),
         click.option("--estimator", default=None,
-                     help="A registered estimator name (default: the checkpoint's, else some for multi-head models, "
-                          "else smoothed)."),
+                     help="A registered estimator (art-some plugins lists them); default: the checkpoint's, else "
+                          "the one the model's registration declares, else some for multi-head models, else smoothed."),
         click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Noise level (default: the checkpoint's sigma)."),
         click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection draws."),
@@ -194,10 +193,9 @@ def merge(files, output, radii):
 @cli.command()
 @smoothing_options(n_default=2000, max_inputs_default=50, verb="Audit")
 @click.option("--attack", "attacks", multiple=True, default=("pgd", "deepfool"), show_default=True,
-              help="A registered attack recipe, repeatable (pgd, apgd, square, carlini, deepfool, hopskipjump, "
-                   "boundary, and plugins').")
+              help="A registered attack recipe, repeatable (art-some plugins lists them).")
 @click.option("--eps", default="0.125,0.25,0.5,1,2", show_default=True,
-              help="L2 budgets of the bounded attacks (pgd, apgd, square), comma-separated.")
+              help="L2 budgets of the bounded attacks (art-some plugins marks them), comma-separated.")
 @click.option("--budget", "budgets", multiple=True,
               help="Attack option attack.name=value (JSON values), repeatable, e.g. pgd.max_iter=50.")
 @click.option("--verify-n", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -241,20 +239,19 @@ def _note(message: str) -> None:
 
 @cli.command()
 @click.option("--method", required=True,
-              help="A registered trainer: gaussian, consistency, smoothmix, smoothadv, macer, crt (--option "
-                   "teacher=PATH), ddrs (--option base=gaussian|smoothadv|macer), some, denoised_classifier and "
-                   "diffusion_calibration (both with --denoiser), ...")
+              help="A registered trainer (art-some plugins lists them; docs/trainers.rst gives their --option's).")
 @click.option("--model", required=True,
-              help="A registered model name (some_* for SOME), or a checkpoint file whose weights the run starts "
-                   "from (fine-tuning; diffusion_calibration's frozen classifier).")
-@click.option("--dataset", default="digits", show_default=True, help="A registered dataset name.")
+              help="A registered model (art-some plugins lists them), or a checkpoint file whose weights the run "
+                   "starts from (fine-tuning; a denoiser-tuning method's frozen classifier).")
+@click.option("--dataset", default="digits", show_default=True,
+              help="A registered dataset (art-some plugins lists them).")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True)
 @click.option("--sigmas", default=None,
               help="Noise levels of the denoised methods, comma-separated, e.g. 0.25,0.5,1.0 (default: --sigma).")
 @click.option("--denoiser", default=None,
-              help="Denoiser of denoised_classifier and diffusion_calibration: a registered name (tiny_diffusion, "
-                   "identity) or a JSON dict, e.g. '{\"name\": \"diffusion\", \"path\": \"unet_dir\"}'. A tuned or "
+              help="Denoiser of the denoised methods: a registered denoiser (art-some plugins lists them) or a "
+                   "JSON dict, e.g. '{\"name\": \"diffusion\", \"path\": \"unet_dir\"}'. A tuned or "
                    "random one is saved in --output-dir/denoiser, and certify finds it.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -368,7 +365,10 @@ def plugins():
 
 
 def main(argv=None):
-    """Entry point of the ``art-some`` console script."""
+    """Entry point of the ``art-some`` console script: the built-in commands and every plugin's."""
+    from art_some.plugins import add_commands
+
+    add_commands(cli)
     cli.main(args=argv, prog_name="art-some")
 
 

@@ -62,3 +62,24 @@ def test_no_import_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_no_estimator_is_probed_outside_the_protocol():
+    # What evaluation and runs use of an estimator is written in estimators/protocol.py and checked there once.
+    probes = [f"{path.relative_to(PACKAGE.parent)}:{number}"
+              for path in PACKAGE.rglob("*.py") if path.name != "protocol.py"
+              for number, line in enumerate(path.read_text().splitlines(), 1)
+              if any(probe in line for probe in ("getattr(estimator,", "getattr(est,", "hasattr(estimator,"))]
+    assert not probes, f"estimator probes outside the protocol: {probes}"
+
+
+def test_the_command_line_only_parses_calls_and_prints():
+    lines = len((PACKAGE / "cli.py").read_text().splitlines())
+    assert lines <= 400, f"cli.py has {lines} lines; its policies belong in art_some/runs"
+
+
+def test_no_module_below_the_package_face_imports_the_version_from_it():
+    offenders = [str(path.relative_to(PACKAGE.parent)) for path in PACKAGE.rglob("*.py")
+                 if path.name != "__init__.py" or path.parent != PACKAGE
+                 if "from art_some import __version__" in path.read_text()]
+    assert not offenders, offenders

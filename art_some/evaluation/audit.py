@@ -298,12 +298,9 @@ def attack_view(estimator):
     """
     import copy
 
-    if not hasattr(estimator, "predict_abstains"):
-        return estimator
-    view = copy.copy(estimator)
+    view = copy.copy(check_estimator(estimator, "the audit"))
     view.predict_abstains = False
-    if callable(getattr(view, "reseed_gradients", None)):
-        view.reseed_gradients(0)
+    view.reseed_gradients(0)
     return view
 
 

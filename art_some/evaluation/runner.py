@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from art_some.core.validate import positive_int, probability
+from art_some.estimators.protocol import check_estimator
 from art_some.runs.header import DEFAULT_HINT, RunMismatchError, input_hash, run_header
 from art_some.runs.records import (
     RecordWriter,
@@ -84,9 +85,7 @@ def certify_dataset(
     :return: All records in the file, sorted by index.
     """
     indices = [int(i) for i in indices]
-    if sequential is not None and not callable(getattr(estimator, "certify_sequential", None)):
-        raise ValueError(f"{type(estimator).__name__} has no certify_sequential: sequential certification (--radii, "
-                         "--sequential) needs an estimator built on art_some.SmoothedClassifier")
+    check_estimator(estimator, "certify_dataset")
     # Everything checked before the file is opened: a typo must not leave a header that the corrected run then
     # does not match.
     positive_int("n", n)
@@ -105,8 +104,8 @@ def certify_dataset(
         "certify",
         method=method,
         n=int(n),
-        n0=int(getattr(estimator, "sample_size", 0) if n0 is None else n0),
-        alpha=float(getattr(estimator, "alpha", 0.0) if alpha is None else alpha),
+        n0=int(estimator.sample_size if n0 is None else n0),
+        alpha=float(estimator.alpha if alpha is None else alpha),
         run_info=run_info,
         plan=plan,
         extra=None if checked is None else {"sequential": checked},
@@ -147,9 +146,9 @@ def inputs_per_call(estimator, n: int, n0: int | None, batch_size: int | None, s
     """
     from art_some.core.sequential import DEFAULT_START
 
-    batch = int(batch_size or getattr(estimator, "noise_batch_size", 1))
+    batch = int(batch_size or estimator.noise_batch_size)
     first = int(n) if sequential is None else min(int(n), int(sequential.get("start", DEFAULT_START)))
-    draws = max(first, int(getattr(estimator, "sample_size", 1) if n0 is None else n0))
+    draws = max(first, int(estimator.sample_size if n0 is None else n0))
     return max(1, batch // draws)
 
 

@@ -118,7 +118,7 @@ def write_resolved(ctx: click.Context, path) -> Path | None:
     """
     import yaml
 
-    from art_some import __version__
+    from art_some._version import __version__
     from art_some.runs.records import write_atomically
 
     source = ctx.meta.get(CONFIG_KEY)

@@ -105,11 +105,11 @@ def provenance(estimator, **settings) -> dict:
     """
     import torch
 
-    from art_some import __version__
+    from art_some._version import __version__
+    from art_some.estimators.protocol import check_estimator
 
-    model = getattr(estimator, "model", None)
-    device = getattr(estimator, "device", None)
-    params = estimator.get_params() if callable(getattr(estimator, "get_params", None)) else {}
+    check_estimator(estimator, "a record header")
+    model, device, params = estimator.model, estimator.device, estimator.get_params()
     settings = dict(settings)
     source = settings.pop("source", None)
     header = {
@@ -119,8 +119,8 @@ def provenance(estimator, **settings) -> dict:
         **settings,  # first, so that a mismatch message names the run's own settings before the estimator's
         "estimator": _qualname(estimator),
         "device": None if device is None else torch.device(device).type,
-        "sigma": _jsonable(getattr(estimator, "scale", None)),
-        "seed": _jsonable(getattr(estimator, "seed", None)),
+        "sigma": _jsonable(estimator.scale),
+        "seed": _jsonable(estimator.seed),
         "model_sha256": weights_hash(model) if isinstance(model, torch.nn.Module) else None,
         "estimator_params": {k: _jsonable(v) for k, v in params.items() if k not in _NOT_PARAMS},
     }

@@ -49,10 +49,15 @@ def check_registered(name: str) -> None:
         raise ValueError(f"--model {name!r} is neither a checkpoint file nor a registered model ({known})")
 
 
-def default_estimator(model, meta: dict | None = None) -> str:
-    """The estimator a model is smoothed with by default: its checkpoint's, else ``some`` for a multi-head model
-    (one with ``head_logits``), else ``smoothed``."""
+def default_estimator(model, meta: dict | None = None, model_name: str | None = None) -> str:
+    """
+    The estimator a model is smoothed with by default: its checkpoint's, else what the model's registration declares
+    (:func:`art_some.plugins.default_estimator`: the registered ``model_name``'s ``estimator``, else ``some`` for a
+    multi-head network, else ``smoothed``).
+    """
+    from art_some.plugins import default_estimator as declared
+
     recorded = (meta or {}).get("estimator")
     if recorded:
         return recorded
-    return "some" if callable(getattr(model, "head_logits", None)) else "smoothed"
+    return declared((meta or {}).get("model") or model_name, model)

@@ -106,7 +106,7 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
         echo(f"Warning: {config.model!r} is randomly initialised from --seed (no checkpoint given)")
         torch.manual_seed(config.seed)
         model, meta = load_model(config.model, num_classes=info["num_classes"])
-    estimator = estimator or default_estimator(model, meta)
+    estimator = estimator or default_estimator(model, meta, config.model)
     speed = {k: v for k, v in (("precision", config.precision), ("channels_last", config.channels_last),
                                ("compile", config.compile)) if v not in (None, False, "fp32")}
     options = knn_reference(estimator, {**defaults, **config.options, **speed}, config.dataset, config.data_root,

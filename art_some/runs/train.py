@@ -162,15 +162,24 @@ def config_path(output_dir) -> Path:
     return Path(output_dir) / CONFIG_FILE
 
 
-def denoised_role(trainer_cls) -> str | None:
-    """What a trainer of the denoised cascade tunes (``"denoiser"`` or ``"classifier"``); None for the others."""
-    from art_some.trainers.diffusion_calibration import DenoisedClassifierTrainer, DiffusionCalibrationTrainer
+def denoised_role(method: str) -> str | None:
+    """
+    What a trainer of the denoised cascade tunes (``"denoiser"`` or ``"classifier"``), as its registration declares
+    (it trains through an estimator whose registration says ``denoiser``); None for the other trainers.
+    """
+    from art_some.plugins import meta
 
-    if issubclass(trainer_cls, DiffusionCalibrationTrainer):
-        return "denoiser"
-    if issubclass(trainer_cls, DenoisedClassifierTrainer):
-        return "classifier"
+    declared = meta("trainers", method)
+    if declared["estimator"] and meta("estimators", declared["estimator"])["denoiser"]:
+        return declared["tunes"]
     return None
+
+
+def denoised_methods() -> list[str]:
+    """The registered trainers of the denoised cascade."""
+    from art_some.plugins import registered
+
+    return sorted(name for name in registered("trainers") if denoised_role(name))
 
 
 def _denoised_options(config: TrainConfig, info: dict, role: str | None) -> dict:
@@ -180,7 +189,7 @@ def _denoised_options(config: TrainConfig, info: dict, role: str | None) -> dict
     if role is None:
         for flag, value in (("--denoiser", config.denoiser), ("--sigmas", config.sigmas)):
             if value is not None:
-                raise ValueError(f"{flag} is for the denoised methods (denoised_classifier, diffusion_calibration), "
+                raise ValueError(f"{flag} is for the denoised methods ({', '.join(denoised_methods())}), "
                                  f"not --method {config.method}")
         return {}
     known = sorted(registered("denoisers"))
@@ -272,19 +281,6 @@ def _make_optimizer(config: TrainConfig, params):
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _learns_cross_entropy(trainer_cls) -> bool:
-    """Whether the trainer's loss is a cross-entropy, so that ln(classes) is its chance level."""
-    from art_some.trainers import (
-        ConsistencyTrainer,
-        DenoisedClassifierTrainer,
-        GaussianAugmentationTrainer,
-        SmoothAdvTrainer,
-    )
-
-    return issubclass(trainer_cls, (GaussianAugmentationTrainer, ConsistencyTrainer, SmoothAdvTrainer,
-                                    DenoisedClassifierTrainer))
-
-
 def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu", data_root=None, workers: int = 0,
           restart: bool = False, echo=print) -> list[float]:
     """
@@ -308,14 +304,15 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     from art_some.estimators.factory import create_estimator
     from art_some.models import save_checkpoint
     from art_some.models.multihead import unwrap
-    from art_some.plugins import get
+    from art_some.plugins import get, meta
     from art_some.runs.loader import default_estimator
 
     config.check()
     trainer_cls = get("trainers", config.method)
-    role = denoised_role(trainer_cls)
+    declared = meta("trainers", config.method)  # what the trainer's registration says it is
+    role = denoised_role(config.method)
     rank, world, local = distributed.init(device) or (0, 1, 0)
-    if role == "denoiser" and world > 1:
+    if not declared["distributed"] and world > 1:
         raise ValueError(f"--method {config.method} does not run under torchrun (its denoiser is not wrapped in "
                          "DistributedDataParallel); run it in one process")
     if world > 1 and device == "cuda":
@@ -334,7 +331,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if "cuda" in str(device) else None)
-    estimator = "denoised_multiscale" if role else default_estimator(model)
+    estimator = declared["estimator"] or default_estimator(model, model_name=model_name)
     # The optimizer steps what the method tunes: the classifier, or (diffusion calibration) the denoiser.
     optimizer = None if role == "denoiser" else _make_optimizer(config, net.parameters())
     clf = create_estimator(estimator, net, info, sigma=config.sigma, n0=100, alpha=0.001, batch_size=1000,
@@ -432,7 +429,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     distributed.barrier(world)
     distributed.close(world)
     chance = math.log(info["num_classes"])
-    if rank == 0 and history and _learns_cross_entropy(trainer_cls) and history[-1] > 0.97 * chance:
+    if rank == 0 and history and declared["cross_entropy"] and history[-1] > 0.97 * chance:
         steps = config.epochs * math.ceil(len(data) / config.batch_size)
         echo(f"Warning: the training loss {history[-1]:.3f} is still near chance level (ln {info['num_classes']} = "
              f"{chance:.2f}) after {steps} optimizer steps: train longer (--epochs), with a smaller --batch-size or "
