@@ -282,7 +282,7 @@ def train(method, model, dataset, data_root, sigma, sigmas, denoiser, epochs, ba
     Train a base classifier for smoothing with a registered trainer, checkpointing every epoch (resumable).
     Under torchrun the run is data-parallel (DistributedDataParallel; rank 0 writes the files).
     """
-    from art_some.runs.smoothing import resolve_device
+    from art_some.runs.estimator import resolve_device
     from art_some.runs.train import TRAIN_BATCH_SIZES, TrainConfig, check_names, config_path
     from art_some.runs.train import train as run_training
 

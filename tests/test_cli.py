@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from art_some import __version__
 from art_some.cli import cli
 from art_some.runs.records import read_jsonl
-from conftest import PUBLISHED_LOGS
+from tests.conftest import PUBLISHED_LOGS
 
 COMMANDS = ["certify", "demo", "report", "plugins", "train"]
 

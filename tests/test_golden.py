@@ -38,7 +38,7 @@ from art_some.data import digits_arrays
 from art_some.estimators import UnsoundCertificateWarning
 from art_some.models import DigitsCNN, IdentityDenoiser, create_denoiser
 from art_some.models.multihead import digits_cnn_multihead
-from conftest import Linear2
+from tests.conftest import Linear2
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("ART_SOME_REGENERATE_GOLDEN") == "1"

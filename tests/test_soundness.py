@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from conftest import Linear2, make_classifier
+from tests.conftest import Linear2, make_classifier
 
 D, SIGMA = 10, 0.5
 

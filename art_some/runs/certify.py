@@ -1,7 +1,7 @@
 """
 The certify run behind ``art-some certify``, as a library function over a config dataclass:
 ``run_certify(CertifyConfig(model="runs/model.safetensors", output="r.jsonl", n=10_000))`` builds the smoothed
-estimator (:func:`~art_some.runs.smoothing.smoothed_estimator`), certifies the data set into resumable JSONL and
+estimator (:func:`~art_some.runs.estimator.smoothed_estimator`), certifies the data set into resumable JSONL and
 TSV records (:func:`art_some.evaluation.certify_dataset`), one shard of it with ``shard``, and under ``torchrun``
 each rank its own shard, rank 0 merging them into ``output``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from art_some.runs.smoothing import SmoothingConfig, note, run_info, shard_of_run, smoothed_estimator, warn_small_n
+from art_some.runs.estimator import SmoothingConfig, note, run_info, shard_of_run, smoothed_estimator, warn_small_n
 
 
 @dataclass(kw_only=True)

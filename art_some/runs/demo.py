@@ -22,7 +22,7 @@ def run_demo(output_dir="art_some_demo", sigma: float = 0.25, epochs: int = 30, 
     from art_some.data import digits, digits_arrays
     from art_some.evaluation import certify_dataset, plot_certified_accuracy
     from art_some.models import DigitsCNN, load_checkpoint, save_checkpoint
-    from art_some.runs.smoothing import build_estimator, run_info
+    from art_some.runs.estimator import build_estimator, run_info
     from art_some.trainers import GaussianAugmentationTrainer
 
     out = Path(output_dir)

@@ -1,6 +1,6 @@
 """
 The audit run behind ``art-some evaluate``, as a library function over a config dataclass: the smoothed estimator
-of :func:`~art_some.runs.smoothing.smoothed_estimator`, audited (:func:`art_some.evaluation.audit.audit`) into
+of :func:`~art_some.runs.estimator.smoothed_estimator`, audited (:func:`art_some.evaluation.audit.audit`) into
 ``output_dir``; one shard of it with ``shard``, and under ``torchrun`` each rank its own shard, rank 0 merging the
 shards' folders into ``output_dir``.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from art_some.runs.smoothing import SmoothingConfig, note, run_info, shard_of_run, smoothed_estimator, warn_small_n
+from art_some.runs.estimator import SmoothingConfig, note, run_info, shard_of_run, smoothed_estimator, warn_small_n
 
 
 @dataclass(kw_only=True)

@@ -13,7 +13,7 @@ from art.attacks.evasion import (
 from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
 
 from art_some import SmoothedClassifier
-from conftest import Linear2, make_classifier
+from tests.conftest import Linear2, make_classifier
 
 
 class StdProbe(torch.nn.Module):

@@ -12,7 +12,7 @@ from art_some.models.multihead import MultiHeadNet, digits_cnn_multihead
 from art_some.trainers.consistency import consistency_loss
 from art_some.trainers.smoothmix import warmup_factor
 from art_some.trainers.some import lambda_schedule, self_paced_weights, some_defaults
-from conftest import make_classifier
+from tests.conftest import make_classifier
 
 
 def make_multihead(net, sigma=0.25, lr=0.05, **kwargs):

@@ -12,7 +12,7 @@ from art_some import SmoothReduceClassifier
 from art_some.estimators import UnsoundCertificateWarning
 from art_some.evaluation import audit, replay_violation
 from art_some.patches import grid_layout
-from conftest import Linear2
+from tests.conftest import Linear2
 
 LOSS = torch.nn.CrossEntropyLoss()
 
@@ -211,7 +211,7 @@ def test_violations_of_a_sound_certificate_occur_at_most_at_rate_alpha():
     # loose alpha = 0.2 and n = 50 so that the certificate sometimes (rarely) overreaches. PGD at budget 0.31 lands
     # just past the boundary; 40k fresh draws confirm the flip. Violations are exactly the certificates that failed:
     # some must be found, at a rate within alpha (+3 s.e.).
-    from conftest import make_classifier
+    from tests.conftest import make_classifier
 
     rng = np.random.default_rng(3)
     w = rng.normal(size=64)

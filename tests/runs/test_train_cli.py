@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from art_some.cli import cli
 from art_some.runs.records import read_jsonl
-from conftest import PUBLISHED_LOGS
+from tests.conftest import PUBLISHED_LOGS
 
 TRAIN = ["train", "--method", "some", "--model", "some_digits_cnn", "--num-heads", "3", "--optimizer", "adam",
          "--lr", "1e-3", "--batch-size", "128", "--device", "cpu", "--option", "base=consistency"]

@@ -7,7 +7,7 @@ from art_some.evaluation import certify_dataset
 from art_some.evaluation.runner import inputs_per_call
 from art_some.models import DigitsCNN
 from art_some.runs.records import read_jsonl, records_from_result
-from conftest import make_classifier
+from tests.conftest import make_classifier
 
 
 def test_small_n_packs_inputs_into_one_call_and_large_n_certifies_one_at_a_time():

@@ -22,7 +22,7 @@ from art_some.evaluation import audit, certify_dataset
 from art_some.models import DigitsCNN
 from art_some.runs.header import SCHEMA_VERSION, RunMismatchError, check_same_run, weights_hash
 from art_some.runs.records import HEADER_KEY, FileInUseError, RecordWriter, read_header, read_jsonl, read_records
-from art_some.runs.smoothing import build_estimator
+from art_some.runs.estimator import build_estimator
 
 CERTIFY = ["certify", "--model", "digits_cnn", "--sigma", "0.25", "--n0", "10", "--n", "100", "--max-inputs", "3",
            "--device", "cpu"]
@@ -84,10 +84,9 @@ def test_header_comes_first_and_readers_return_records_only(tmp_path, test_data)
 
 @pytest.mark.parametrize("name", ["data_dependent", "denoised_multiscale", "smooth_reduce", "smoothed", "some"])
 def test_every_estimator_has_a_stable_json_header(name, trained_digits_classifier, digits):
-    from test_audit import _tiny
-
     from art_some.plugins import registered
     from art_some.runs.header import provenance
+    from tests.evaluation.test_audit import _tiny
 
     (x_train, _), _ = digits
     est = _tiny(name, registered("estimators")[name], trained_digits_classifier, x_train[:300])

@@ -148,7 +148,7 @@ SEQUENTIAL_RULES = {"smoothed", "some", "smooth_reduce", "smooth_reduce_vote_ave
 
 @pytest.fixture(scope="module")
 def estimators(digits):
-    from test_non_finite import _digit_estimators
+    from tests.estimators.test_non_finite import _digit_estimators
 
     (x, _), _ = digits
     return dict(_digit_estimators(x[:200]))
@@ -179,7 +179,7 @@ def test_every_estimator_certifies_sequentially_or_says_why_not(estimators, digi
 
 
 def test_certify_at_on_a_linear_model_answers_by_the_exact_radius():
-    from conftest import Linear2
+    from tests.conftest import Linear2
 
     # Logits (0, x0 - 0.3): class 1 beyond x0 = 0.3, so the input x0 = 0.8 has the exact radius 0.5.
     clf = make_linear(Linear2([1.0, 0.0], -0.3))
@@ -189,16 +189,15 @@ def test_certify_at_on_a_linear_model_answers_by_the_exact_radius():
 
 
 def make_linear(model):
-    from conftest import make_classifier
+    from tests.conftest import make_classifier
 
     return make_classifier(model, (2,), 2, sample_size=50, scale=0.25, noise_batch_size=5000, clip_values=None)
 
 
 # The runner and the command line --------------------------------------------------------------------------------------
 def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_draws_it_spent(tmp_path):
-    from test_runner import _checkpoint, _cli
-
     from art_some.runs.records import read_header, read_jsonl
+    from tests.runs.test_runner import _checkpoint, _cli
 
     model = _checkpoint(tmp_path)
     common = ["--model", model, "--n0", 20, "--n", 2000, "--skip", 30, "--device", "cpu"]
@@ -268,10 +267,9 @@ def test_schedules_with_too_many_rounds_are_refused_at_once():
 
 
 def test_a_mistyped_option_leaves_no_file_behind(tmp_path):
-    from test_runner import _checkpoint, _cli
-
     from art_some.data import digits
     from art_some.evaluation import certify_dataset
+    from tests.runs.test_runner import _checkpoint, _cli
 
     model = _checkpoint(tmp_path)
     for bad in (["--radii", "nan"], ["--radii", "0.5", "--sequential"], ["--sequential", "--tolerance", 1.5]):

@@ -13,7 +13,7 @@ from art_some.trainers.smoothmix import (
     smoothmix_adversary,
     soft_log_proba,
 )
-from conftest import make_classifier
+from tests.conftest import make_classifier
 
 
 class LinearSoftmax(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 
 from art_some.runs.metrics import abstention_rate, average_certified_radius, certified_accuracy, summary_table
 from art_some.runs.records import RecordWriter, read_jsonl, read_records, read_tsv, write_tsv
-from conftest import PUBLISHED_LOGS as LOGS
+from tests.conftest import PUBLISHED_LOGS as LOGS
 
 # (file, ACR) from the published_logs README / the SOME spec's table.
 PUBLISHED_ACR = [

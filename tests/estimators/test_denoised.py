@@ -22,7 +22,7 @@ from art_some.models.diffusion import (
     timestep_for_noise,
     tiny_unet,
 )
-from conftest import Linear2, make_classifier
+from tests.conftest import Linear2, make_classifier
 
 
 def gaussian_levels(sigmas):

@@ -11,7 +11,7 @@ from art_some import DataDependentSmoothedClassifier, DDRSTrainer
 from art_some.estimators import UnsoundCertificateWarning
 from art_some.estimators.memory import MemoryCertifier
 from art_some.estimators.sigma_search import optimize_sigma, soft_radius
-from conftest import make_classifier
+from tests.conftest import make_classifier
 
 
 def _mlp(dim=6, classes=3, seed=0, dtype=torch.float32):

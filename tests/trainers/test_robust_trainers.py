@@ -5,14 +5,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_smoothmix import _objective  # the smoothed NLL over fixed draws, as SmoothMix's tests build it
 from torch import nn
 
 from art_some import CRTTrainer, MACERTrainer, SmoothAdvTrainer
 from art_some.trainers.crt import transfer_loss
 from art_some.trainers.macer import macer_loss
 from art_some.trainers.smoothadv import pgd_l2
-from conftest import make_classifier
+from tests.conftest import make_classifier
+from tests.trainers.test_smoothmix import _objective  # the smoothed NLL over fixed draws, as SmoothMix's tests build it
 
 
 def _mlp(seed=0, classes=10):

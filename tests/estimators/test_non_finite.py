@@ -21,7 +21,7 @@ from art_some.core.errors import NonFiniteError
 from art_some.core.noise import ESTIMATION, INVALID, GaussianNoise, argmax_votes, count_votes
 from art_some.core.smoothing import Smooth
 from art_some.models import DigitsCNN, create_model
-from conftest import Linear2, make_classifier
+from tests.conftest import Linear2, make_classifier
 
 LOSS = torch.nn.CrossEntropyLoss()
 

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from art_some.models import DigitsCNN
 from art_some.trainers import ConsistencyTrainer, GaussianAugmentationTrainer
 from art_some.trainers.consistency import consistency_loss
-from conftest import make_classifier
+from tests.conftest import make_classifier
 
 
 def fresh_classifier(seed=0, lr=1e-3):

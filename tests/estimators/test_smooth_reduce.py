@@ -21,7 +21,7 @@ from art_some.patches import (
     resize_axis_matrices,
     resize_operator_norm,
 )
-from conftest import Linear2, make_classifier
+from tests.conftest import Linear2, make_classifier
 
 LOSS = torch.nn.CrossEntropyLoss()
 
