@@ -20,9 +20,9 @@ from art_some.cli import cli
 from art_some.data import digits
 from art_some.evaluation import audit, certify_dataset
 from art_some.models import DigitsCNN
+from art_some.runs.estimator import build_estimator
 from art_some.runs.header import SCHEMA_VERSION, RunMismatchError, check_same_run, weights_hash
 from art_some.runs.records import HEADER_KEY, FileInUseError, RecordWriter, read_header, read_jsonl, read_records
-from art_some.runs.estimator import build_estimator
 
 CERTIFY = ["certify", "--model", "digits_cnn", "--sigma", "0.25", "--n0", "10", "--n", "100", "--max-inputs", "3",
            "--device", "cpu"]
