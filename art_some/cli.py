@@ -77,7 +77,13 @@ def smoothing_options(n_default: int, max_inputs_default, verb: str):
                      help="A registered estimator (art-some plugins lists them); default: the checkpoint's, else "
                           "the one the model's registration declares, else some for multi-head models, else smoothed."),
         click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Noise level (default: the checkpoint's sigma)."),
+                     help="Noise level, the standard deviation per coordinate (default: the checkpoint's sigma)."),
+        click.option("--noise", default=None,
+                     help="Noise family, a registered noise model: gaussian, laplace, uniform, ... (art-some plugins "
+                          "lists them; default: the checkpoint's, else gaussian)."),
+        click.option("--norm", type=click.Choice(["l1", "l2", "linf"]), default=None,
+                     help="Norm of the certified radii, where the family certifies several (default: the family's "
+                          "first: l2 for gaussian, l1 for laplace and uniform)."),
         click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection draws."),
         click.option("--n", type=click.IntRange(min=1), default=n_default, show_default=True,
                      help="Estimation draws."),
@@ -247,6 +253,11 @@ def _note(message: str) -> None:
               help="A registered dataset (art-some plugins lists them).")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True)
+@click.option("--noise", default="gaussian", show_default=True,
+              help="Training noise, a registered noise model (art-some plugins lists them); the checkpoint records it "
+                   "and certify smooths with it.")
+@click.option("--norm", type=click.Choice(["l1", "l2", "linf"]), default=None,
+              help="Norm of the radii certify will certify (default: the noise family's first).")
 @click.option("--sigmas", default=None,
               help="Noise levels of the denoised methods, comma-separated, e.g. 0.25,0.5,1.0 (default: --sigma).")
 @click.option("--denoiser", default=None,
@@ -276,8 +287,9 @@ def _note(message: str) -> None:
 @click.option("--restart", is_flag=True, help="Discard a run already in --output-dir.")
 @config_option
 @_fail_cleanly
-def train(method, model, dataset, data_root, sigma, sigmas, denoiser, epochs, batch_size, optimizer, lr, momentum,
-          weight_decay, lr_step, lr_gamma, num_heads, options, no_augment, seed, workers, device, output_dir, restart):
+def train(method, model, dataset, data_root, sigma, noise, norm, sigmas, denoiser, epochs, batch_size, optimizer, lr,
+          momentum, weight_decay, lr_step, lr_gamma, num_heads, options, no_augment, seed, workers, device, output_dir,
+          restart):
     """
     Train a base classifier for smoothing with a registered trainer, checkpointing every epoch (resumable).
     Under torchrun the run is data-parallel (DistributedDataParallel; rank 0 writes the files).
@@ -287,7 +299,8 @@ def train(method, model, dataset, data_root, sigma, sigmas, denoiser, epochs, ba
     from art_some.runs.train import train as run_training
 
     check_names(method, model)
-    config = TrainConfig(method=method, model=model, dataset=dataset, sigma=sigma, epochs=epochs,
+    config = TrainConfig(method=method, model=model, dataset=dataset, sigma=sigma, noise=noise, norm=norm,
+                         epochs=epochs,
                          batch_size=batch_size or TRAIN_BATCH_SIZES.get(dataset, 256), optimizer=optimizer, lr=lr,
                          momentum=momentum, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma, seed=seed,
                          augment=not no_augment, model_kwargs={} if num_heads is None else {"num_heads": num_heads},

@@ -64,9 +64,11 @@ def register_aggregations(register):
 @hookspec
 def register_attacks(register):
     """
-    Register attack recipes ``recipe(estimator, eps=None, **budget) -> art.attacks.EvasionAttack`` for the audit;
-    ``register(name, recipe, bounded=True)`` marks a recipe that searches an L2 ball of radius ``eps`` (the audit
-    runs it on a grid of budgets), ``bounded=False`` (the default) one that returns its own minimal perturbation.
+    Register attack recipes ``recipe(estimator, eps=None, norm="l2", **budget) -> art.attacks.EvasionAttack`` for
+    the audit; ``register(name, recipe, bounded=True)`` marks a recipe that searches a ball of radius ``eps`` (the
+    audit runs it on a grid of budgets), ``bounded=False`` (the default) one that returns its own minimal
+    perturbation. ``norms`` (default ``("l2",)``) are the norms it attacks in (``"l1"``, ``"l2"``, ``"linf"``): the
+    audit runs a recipe only in the norm of the certificates it checks, and passes that norm as ``norm``.
     """
 
 
@@ -84,6 +86,24 @@ def register_models(register):
 @hookspec
 def register_datasets(register):
     """Register dataset loaders ``loader(root=None, split="test") -> (torch Dataset, info dict)``."""
+
+
+@hookspec
+def register_noise_models(register):
+    """
+    Register noise models: classes with ``name``, ``norms`` (the norms their radii can be in, the first the default)
+    and the constructor ``cls(sigma, norm=None, dimension=None)``, subclasses of
+    :class:`art_some.core.noise.NoiseModel` (unit-variance ``unit`` draws from a generator, ``perturb``, ``radius``).
+    Estimators, trainers and ``--noise`` find them by name.
+    """
+
+
+@hookspec
+def register_certificates(register):
+    """
+    Register certificate rules: subclasses of :class:`art_some.core.rules.CertificateRule` (a ``lower_bound``, and
+    ``radius`` where the noise's is not theirs; ``noises`` / ``norms`` where the certificate holds for some only).
+    """
 
 
 @hookspec

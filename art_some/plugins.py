@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "art_some"
 DISABLE_ENV = "ART_SOME_DISABLE_ENTRY_POINTS"
-KINDS = ("estimators", "trainers", "denoisers", "aggregations", "attacks", "models", "datasets")
+KINDS = ("estimators", "trainers", "denoisers", "aggregations", "attacks", "models", "datasets", "noise_models",
+         "certificates")
 DEFAULT_PLUGINS = (
     "art_some.builtins.estimators",
     "art_some.builtins.aggregations",
@@ -45,6 +46,8 @@ DEFAULT_PLUGINS = (
     "art_some.builtins.models",
     "art_some.builtins.datasets",
     "art_some.builtins.attacks",
+    "art_some.builtins.noises",
+    "art_some.builtins.certificates",
 )
 _OPTIONAL_NAME = (str, type(None))
 # What a registration declares for the runs to read, per kind: key -> (default, allowed), ``allowed`` a list of
@@ -57,9 +60,11 @@ METADATA = {
                  "cross_entropy": (False, bool), "distributed": (True, bool)},
     "denoisers": {},
     "aggregations": {},
-    "attacks": {"bounded": (False, bool)},
+    "attacks": {"bounded": (False, bool), "norms": (("l2",), tuple)},
     "models": {"estimator": (None, _OPTIONAL_NAME)},
     "datasets": {},
+    "noise_models": {},
+    "certificates": {},
 }
 # The estimators a run falls back on for a model that declares no ``estimator`` (see default_estimator).
 DEFAULT_ESTIMATOR = "smoothed"

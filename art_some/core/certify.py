@@ -113,8 +113,11 @@ def certify(smooth: "Smooth", x, *, n0: int, n: int, alpha: float, indices=None)
 
 
 def record_extra(smooth: "Smooth") -> dict:
-    """What every record of ``smooth``'s certificates adds: the rule's entries, and a sigma per input if it has one."""
-    extra = dict(smooth.rule.info())
+    """
+    What every record of ``smooth``'s certificates adds: the noise family and the norm of the radius, the rule's
+    entries, and a sigma per input if it has one.
+    """
+    extra = {**smooth.noise.describe(), **smooth.rule.info()}
     if np.ndim(smooth.noise.sigma):
         extra["sigma"] = np.asarray(smooth.noise.sigma)
     return extra

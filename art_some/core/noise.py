@@ -81,21 +81,44 @@ def soft_smoothed(logits: "torch.Tensor", dim: int = 0) -> "torch.Tensor":
     return torch.softmax(logits, dim=-1).mean(dim=dim)
 
 
-class GaussianNoise:
+NORMS = ("l1", "l2", "linf")
+NORM_LABELS = {"l1": "L1", "l2": "L2", "linf": "L-inf"}  # how tables and plots name them
+
+
+class NoiseModel:
     """
-    Isotropic Gaussian noise N(0, sigma^2 I) added in raw input space (before any preprocessing).
+    A noise family: its distribution and its geometry. Draws are ``x + sigma * eps`` with ``eps`` of zero mean and
+    unit variance per coordinate (:meth:`unit`, from the engine's keyed generators), so ``sigma`` is the noise's
+    standard deviation in every family and families compare at equal sigma (as Yang et al. do). :meth:`radius` maps
+    a lower bound on pA to the radius it certifies in the norm :attr:`norm` (one of the family's :attr:`norms`).
 
-    ``sigma`` may be a scalar or one value per input (data-dependent smoothing); ``perturb`` picks each row's
-    sigma through ``owner``, the position of the input the row belongs to.
+    ``sigma`` may be a scalar or one value per input (data-dependent smoothing; :meth:`subset` picks inputs);
+    ``perturb`` picks each row's sigma through ``owner``, the position of the input the row belongs to.
+
+    :param sigma: The standard deviation per coordinate (> 0), a number or one per input.
+    :param norm: The norm of the radii, one of :attr:`norms` (default the first).
+    :param dimension: The number of coordinates the noise is added to (needed by radii that depend on it, e.g.
+                      Gaussian noise in L-infinity).
     """
 
-    name = "gaussian"
+    name = ""
+    norms: tuple[str, ...] = ()
 
-    def __init__(self, sigma):
+    def __init__(self, sigma, norm: str | None = None, dimension: int | None = None):
         sigma_arr = np.asarray(sigma, dtype=np.float64)
         if not np.all(np.isfinite(sigma_arr)) or np.any(sigma_arr <= 0):
             raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
         self.sigma = float(sigma_arr) if sigma_arr.ndim == 0 else sigma_arr
+        self.norm = self.norms[0] if norm is None else norm
+        if self.norm not in self.norms:
+            raise ValueError(f"{self.name} noise certifies radii in {', '.join(self.norms)}, not norm={norm!r}")
+        if dimension is not None and (isinstance(dimension, bool) or int(dimension) != dimension or dimension < 1):
+            raise ValueError(f"dimension must be an integer >= 1, got {dimension!r}")
+        self.dimension = None if dimension is None else int(dimension)
+
+    def unit(self, shape, generator: "torch.Generator", device) -> "torch.Tensor":
+        """Draws of zero mean and unit variance per coordinate, shape ``shape``, from ``generator``."""
+        raise NotImplementedError
 
     def perturb(self, x_rows: "torch.Tensor", eps: "torch.Tensor", owner: "torch.Tensor") -> "torch.Tensor":
         """Noisy rows ``x_rows + sigma * eps``; ``owner[j]`` is the input position of row ``j``."""
@@ -107,10 +130,59 @@ class GaussianNoise:
         return x_rows + per_example(sigma, eps) * eps
 
     def radius(self, p_lower) -> np.ndarray:
-        """
-        Cohen et al.'s L2 radius sigma * Phi^-1(p_lower) certified by a lower bound on pA; 0.0 where p_lower <= 1/2.
-        """
-        return gaussian_radius(p_lower, self.sigma)
+        """The radius in :attr:`norm` certified by lower bounds ``p_lower`` on pA; 0.0 where p_lower <= 1/2."""
+        p_lower = np.asarray(p_lower, dtype=np.float64)
+        sure = p_lower > 0.5
+        radius = self._radius(np.where(sure, p_lower, 0.75))  # any p in (1/2, 1] keeps the formula finite there
+        return np.where(sure, radius, 0.0)
+
+    def _radius(self, p: np.ndarray) -> np.ndarray:
+        """The radius for ``p`` in (1/2, 1] (the family's formula)."""
+        raise NotImplementedError
+
+    def subset(self, positions) -> "NoiseModel":
+        """The noise of the inputs at ``positions`` (their own sigmas when there is one per input)."""
+        if isinstance(self.sigma, float):
+            return self
+        return type(self)(self.sigma[np.asarray(positions)], norm=self.norm, dimension=self.dimension)
+
+    def describe(self) -> dict:
+        """What each record says of the noise: its family and the norm of its radii."""
+        return {"noise": self.name, "norm": self.norm}
+
+    def _need_dimension(self) -> int:
+        if self.dimension is None:
+            raise ValueError(f"{self.name} noise in {self.norm} needs the input dimension (dimension=...)")
+        return self.dimension
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma={self.sigma!r}, norm={self.norm!r})"
+
+
+class GaussianNoise(NoiseModel):
+    """
+    Isotropic Gaussian noise N(0, sigma^2 I) added in raw input space (before any preprocessing).
+
+    Radii (Cohen et al., Theorem 1): L2, sigma * Phi^-1(pA); L1, the same (an L1 ball of radius r lies in the L2 ball
+    of radius r; Yang et al., Table 1); L-infinity, the L2 radius divided by sqrt(d) (the dimension factor the
+    literature reports: the L-infinity ball of radius r lies in the L2 ball of radius r sqrt(d)).
+
+    | Paper link: https://arxiv.org/abs/1902.02918
+    """
+
+    name = "gaussian"
+    norms = ("l2", "l1", "linf")
+
+    def unit(self, shape, generator, device):
+        import torch
+
+        return torch.randn(shape, generator=generator, device=device)
+
+    def radius(self, p_lower) -> np.ndarray:
+        radius = gaussian_radius(p_lower, self.sigma)  # sigma Phi^-1(p), 0 at or below 1/2
+        if self.norm == "linf":
+            return radius / np.sqrt(self._need_dimension())
+        return radius
 
     def margin(self, p_high, p_low) -> np.ndarray:
         """
@@ -118,22 +190,82 @@ class GaussianNoise:
         least ``p_high`` can fall to ``p_low`` (or one at most ``p_low`` rise to ``p_high``), because x -> Phi^-1(p(x))
         is (1 / sigma)-Lipschitz (Salman et al., Lemma 2). Cohen's radius is ``margin(p_lower, 1/2)``.
         """
+        if self.norm != "l2":
+            raise ValueError(f"the margin of Gaussian noise is an L2 distance; this noise certifies {self.norm}")
         return self.sigma * (norm.ppf(p_high) - norm.ppf(p_low))
 
-    def subset(self, positions) -> "GaussianNoise":
-        """The noise of the inputs at ``positions`` (their own sigmas when there is one per input)."""
-        return self if isinstance(self.sigma, float) else GaussianNoise(self.sigma[np.asarray(positions)])
 
-    def __repr__(self) -> str:
-        return f"GaussianNoise(sigma={self.sigma!r})"
+class LaplaceNoise(NoiseModel):
+    """
+    Laplace noise of scale b = sigma / sqrt(2) per coordinate (variance sigma^2), density exp(-|x|_1 / b) / (2b)^d.
+
+    Radius (Teng et al., ICLR 2020, Theorem 1 with the bound pB <= 1 - pA): L1, R = -b ln(2 (1 - pA)) for pA > 1/2.
+    On a linear classifier along one coordinate at distance t, pA = 1 - exp(-t / b) / 2, and R = t: tight.
+
+    | Paper link: https://openreview.net/forum?id=H1lQIgrFDS
+    """
+
+    name = "laplace"
+    norms = ("l1",)
+
+    def unit(self, shape, generator, device):
+        import torch
+
+        # The difference of two standard exponentials is Laplace(1): variance 2, so divide by sqrt(2).
+        first = torch.empty(shape, device=device).exponential_(generator=generator)
+        second = torch.empty(shape, device=device).exponential_(generator=generator)
+        return (first - second) / np.sqrt(2.0)
+
+    def _radius(self, p):
+        scale = np.asarray(self.sigma, dtype=np.float64) / np.sqrt(2.0)
+        with np.errstate(divide="ignore"):  # p = 1 (no bound the engine gives): an infinite radius
+            return -scale * (np.log(2.0) + np.log1p(-p))
+
+
+class UniformNoise(NoiseModel):
+    """
+    Uniform noise on the cube [-lambda, lambda]^d with lambda = sigma sqrt(3) (variance sigma^2).
+
+    Radius (Yang et al., ICML 2020, the uniform row of Table 1 for L1): R = 2 lambda (pA - 1/2). Shifting the cube by
+    delta leaves all but a mass of at most ||delta||_1 / (2 lambda) where it was, so pA can fall by at most that.
+    Tight on a linear classifier along one coordinate (pA = (t + lambda) / (2 lambda), R = t); Yang et al.'s best L1
+    family.
+
+    | Paper link: https://arxiv.org/abs/2002.08118
+    """
+
+    name = "uniform"
+    norms = ("l1",)
+
+    def unit(self, shape, generator, device):
+        import torch
+
+        return (2.0 * torch.rand(shape, generator=generator, device=device) - 1.0) * np.sqrt(3.0)
+
+    def _radius(self, p):
+        half_width = np.asarray(self.sigma, dtype=np.float64) * np.sqrt(3.0)
+        return 2.0 * half_width * (p - 0.5)
+
+
+def lp_norm(delta, norm: str) -> float:
+    """The ``norm`` (``"l1"``, ``"l2"`` or ``"linf"``) of the array ``delta``, flattened (in its own dtype)."""
+    flat = np.asarray(delta).ravel()
+    if norm == "l1":
+        return float(np.abs(flat).sum())
+    if norm == "l2":
+        return float(np.linalg.norm(flat))
+    if norm == "linf":
+        return float(np.abs(flat).max(initial=0.0))
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
 
 
 class NoiseStream:
-    """Standard-normal draws for one input, served in any chunk sizes from fixed-size generator blocks."""
+    """A noise model's unit draws for one input, served in any chunk sizes from fixed-size generator blocks."""
 
-    def __init__(self, shape: Sequence[int], seed: int, block: int, device: "torch.device"):
+    def __init__(self, shape: Sequence[int], seed: int, block: int, device: "torch.device", noise: NoiseModel):
         import torch
 
+        self._noise = noise
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(seed)
         self._shape = tuple(shape)
@@ -148,9 +280,7 @@ class NoiseStream:
         parts, have = [], 0
         while have < k:
             if self._cache is None or len(self._cache) == 0:
-                self._cache = torch.randn(
-                    (self._block, *self._shape), generator=self._generator, device=self._device
-                )
+                self._cache = self._noise.unit((self._block, *self._shape), self._generator, self._device)
             part = self._cache[: k - have]
             self._cache = self._cache[len(part):]
             parts.append(part)
@@ -305,7 +435,7 @@ def count_votes(
             eps, owner = [], []
             for i, k in batch:
                 if i not in streams:
-                    streams[i] = NoiseStream(x.shape[1:], seed_for(seed, stage, indices[i]), block, device)
+                    streams[i] = NoiseStream(x.shape[1:], seed_for(seed, stage, indices[i]), block, device, noise)
                 eps.append(streams[i].take(k))
                 owner.append(torch.full((k,), i, dtype=torch.long, device=device))
             eps_t = torch.cat(eps) if len(eps) > 1 else eps[0]

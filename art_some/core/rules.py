@@ -65,6 +65,18 @@ class CertificateRule:
     needs_squares: bool = False
     sound: bool = True
     warning: str | None = None
+    # The noise families and norms the certificate holds for; None: whatever the noise model's radius is for.
+    noises: tuple[str, ...] | None = None
+    norms: tuple[str, ...] | None = None
+
+    def check_noise(self, noise) -> None:
+        """Refuse a noise model this rule's certificate does not hold for, in one line naming both."""
+        family_ok = self.noises is None or noise.name in self.noises
+        norm_ok = self.norms is None or noise.norm in self.norms
+        if not (family_ok and norm_ok):
+            holds = f"{'/'.join(self.noises or ('any',))} noise in {'/'.join(self.norms or ('any norm',))}"
+            raise ValueError(f"{type(self).__name__}'s certificate holds for {holds} only, not for {noise.name} noise "
+                             f"in {noise.norm}")
 
     # ------------------------------------------------------------------------------------------------------------
     # The statistics
@@ -181,6 +193,8 @@ class ScaledRule(CertificateRule):
         self.base, self.divisor = base, float(divisor)
         self.needs_squares = base.needs_squares
         self.sound, self.warning = sound, warning
+        # A divisor is an operator norm between L2 spaces: the scaled radius is an L2 radius.
+        self.noises, self.norms = base.noises, base.norms if self.divisor == 1.0 else ("l2",)
 
     def select(self, selection):
         return self.base.select(selection)

@@ -62,6 +62,8 @@ class Smooth:
         self.rule = CohenRule() if rule is None else rule
         if not isinstance(self.rule, CertificateRule):
             raise ValueError(f"rule must be a CertificateRule, got {type(self.rule).__name__}")
+        if vote is not None:  # a level only read for its statistics (tests) has no vote and any noise
+            self.rule.check_noise(noise)
         self.num_classes, self.batch_size, self.seed = int(num_classes), batch_size, int(seed)
         self.device, self.verbose, self.level = device, verbose, int(level)
 
@@ -161,8 +163,10 @@ class Cascade:
         self.gradient_levels = tuple(self.levels[k] for k in used)
         self.clean_logits = clean_logits
         for level in self.levels:
-            if not callable(getattr(level.noise, "margin", None)):
-                raise ValueError(f"the cascade's certificate holds for Gaussian noise only, got {level.noise!r}")
+            if (level.noise.name, level.noise.norm) != ("gaussian", "l2"):
+                raise ValueError(f"the cascade's certificate holds for gaussian noise in l2 only (its radius uses the "
+                                 f"Lipschitz constant of Phi^-1), not for {level.noise.name} noise in "
+                                 f"{level.noise.norm}")
         self.p0, self.alpha_split = float(p0), alpha_split
         self.predict_rule, self.hybrid_weight = predict_rule, float(hybrid_weight)
         self.num_classes = self.levels[0].num_classes
@@ -193,9 +197,11 @@ class Cascade:
     def certify(self, x, *, n0: int, n: int, alpha: float, indices=None) -> CertifyResult:
         """Cascaded CERTIFY; see :func:`art_some.core.cascade.cascade_certify` for the guarantee."""
         indices = check_indices(indices, len(x))
-        return cascade_certify(
+        result = cascade_certify(
             self.counter(x, indices), self.levels, len(x), n0=n0, n=n, alpha=alpha, p0=self.p0,
             alpha_split=self.alpha_split, num_classes=self.num_classes)
+        result.extra = {**self.levels[0].noise.describe(), **result.extra}
+        return result
 
     def certify_sequential(self, x, **kwargs) -> CertifyResult:
         raise ValueError("sequential certification is not available for cascades yet (a cascade's levels would "

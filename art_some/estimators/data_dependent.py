@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from art_some.core.certify import CertifyResult
-from art_some.core.noise import GaussianNoise, seed_for
+from art_some.core.noise import seed_for
 from art_some.core.rules import CertificateRule, CohenRule, certifies
 from art_some.core.smoothing import Smooth
 from art_some.core.streams import SIGMA_SEARCH
@@ -128,6 +128,7 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
         self.sigma_lr, self.sigma_steps, self.sigma_samples = float(sigma_lr), int(sigma_steps), int(sigma_samples)
         self.sigma_range, self.prob_clamp = tuple(sigma_range), tuple(prob_clamp)
         self.radius_steps, self.sigma_steps_grid = int(radius_steps), int(sigma_steps_grid)
+        self.certificate_rule.check_noise(self.make_noise(self.scale))  # Gaussian, L2: refuse another at once
 
     def set_params(self, **kwargs) -> None:
         """ART's ``set_params``; a new ``scale`` is the kNN rule's sigma_b (or the optimiser's start) from then on."""
@@ -219,7 +220,7 @@ class DataDependentSmoothedClassifier(SmoothedClassifier):
         The base classifier's votes under N(0, sigma(x_i)^2 I) for each raw input x_i (``indices`` key the optimize
         rule's search draws), certified by :attr:`certificate_rule` (or ``rule``).
         """
-        return self.smooth(self.vote, GaussianNoise(self.sigma_of(x, indices)),
+        return self.smooth(self.vote, self.make_noise(self.sigma_of(x, indices)),
                            self.certificate_rule if rule is None else rule, soft=self.soft_scores, **settings)
 
     def certify_with_memory(self, x, n: int, memory, order=None, **kwargs) -> CertifyResult:
@@ -259,6 +260,8 @@ def _check_search(lr, steps, samples, sigma_range, prob_clamp) -> None:
 class FixedSigmaRule(CohenRule):
     """DDRS's per-input certificate: Cohen's rule at sigma(x), which certifies g_sigma_x, not G. Unsound for G."""
 
+    noises, norms = ("gaussian",), ("l2",)  # DDRS searches sigma on Gaussian noise's soft radius
+
     sound = False
     warning = ("certificate='fixed_sigma' certifies the fixed-sigma classifier g_sigma_x at each input, not the "
                "input-dependent classifier that predict() evaluates (Sukenik et al. 2022)")
@@ -270,6 +273,8 @@ class InputDependentRule(CertificateRule):
     the radius of the worst case over every sigma(x') = sigma(x) exp(+-r ||x' - x||) (non-central chi-square bounds
     in the input dimension ``dimension``), for a sigma rule whose log is ``rate``-Lipschitz.
     """
+
+    noises, norms = ("gaussian",), ("l2",)  # the Neyman-Pearson bounds between two Gaussians
 
     def __init__(self, rate: float, dimension: int, radius_steps: int, sigma_steps: int):
         self.rate, self.dimension, self.radius_steps, self.sigma_steps = rate, dimension, radius_steps, sigma_steps

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from art_some.core.cascade import ALPHA_SPLITS, PREDICT_RULES, failure_bound
-from art_some.core.noise import GaussianNoise
 from art_some.core.rules import CohenRule
 from art_some.core.smoothing import Cascade
 from art_some.estimators.smoothed import SmoothedClassifier
@@ -235,6 +234,9 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         self._denoiser = value
 
     def _check_cascade_params(self) -> None:
+        if (self.noise, self.radius_norm) != ("gaussian", "l2"):
+            raise ValueError(f"the cascade's certificate holds for gaussian noise in l2 only (the denoiser is trained "
+                             f"for Gaussian noise), not noise={self.noise!r}, norm={self.norm!r}")
         if isinstance(self.p0, bool) or not 0.5 <= float(self.p0) < 1.0:
             raise ValueError(f"p0 must be a number in [0.5, 1), got {self.p0!r}")
         if self.alpha_split not in ALPHA_SPLITS:
@@ -307,7 +309,7 @@ class DenoisedMultiScaleClassifier(SmoothedClassifier):
         cascade's prediction everywhere within the returned L2 radius (raw input units); records carry
         ``level_sigma`` (the level that answered, None when abstaining), ``levels_visited`` and ``failure_bound``.
         """
-        levels = [self.smooth(partial(self.level_vote, sigma=sigma), GaussianNoise(sigma), CohenRule(), level=k,
+        levels = [self.smooth(partial(self.level_vote, sigma=sigma), self.make_noise(sigma), CohenRule(), level=k,
                               soft=partial(self.soft_scores, sigma=sigma), **settings)
                   for k, sigma in enumerate(self.levels)]
         used = [k for k, sigma in enumerate(self.levels)

@@ -43,7 +43,7 @@ class SmoothedGradientsMixin:
         self._gradient_stream = int(stream)
         self._gradient_generator = None
 
-    def _gradient_noise(self, shape, device) -> "torch.Tensor":
+    def _gradient_noise(self, shape, device, noise) -> "torch.Tensor":
         import torch
 
         key = (self.seed, str(torch.device(device)))
@@ -52,7 +52,7 @@ class SmoothedGradientsMixin:
             generator = torch.Generator(device=device)
             generator.manual_seed(seed_for(self.seed, GRADIENT, self._gradient_stream))
             self._gradient_generator = (key, generator)
-        return torch.randn(shape, generator=self._gradient_generator[1], device=device)
+        return noise.unit(shape, self._gradient_generator[1], device)  # the estimator's noise family
 
     def expected_scores(self, x: "torch.Tensor", noise, scores_fn) -> "torch.Tensor":
         """
@@ -61,7 +61,7 @@ class SmoothedGradientsMixin:
         """
         num = self.gradient_samples or self.sample_size
         return expected_scores(scores_fn, self.to_noise_space(x), noise, num=num, batch_size=self.noise_batch_size,
-                               draw=lambda shape: self._gradient_noise(shape, x.device))
+                               draw=lambda shape: self._gradient_noise(shape, x.device, noise))
 
     def smoothed_log_proba(self, x: "torch.Tensor", training_mode: bool = False) -> "torch.Tensor":
         """

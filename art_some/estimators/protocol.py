@@ -18,7 +18,7 @@ MEMBERS = (
     "nb_classes", "input_shape", "clip_values", "sample_size", "alpha", "seed", "scale", "noise_batch_size",
     "precision", "radii_in_input_space", "model", "device", "get_params", "set_params", "predict", "certify",
     "certify_detailed", "certify_sequential", "audit_counts", "certificate_info", "loss_gradient",
-    "predict_abstains", "reseed_gradients",
+    "predict_abstains", "reseed_gradients", "radius_norm",
 )
 
 
@@ -29,7 +29,8 @@ class SmoothedEstimator(Protocol):
 
     Settings: ``nb_classes``, ``input_shape``, ``clip_values`` (None, or the valid input range), ``sample_size``
     (n0 and PREDICT's n), ``alpha``, ``seed``, ``scale`` (sigma, the largest for a cascade), ``noise_batch_size``,
-    ``precision`` (what voted), ``radii_in_input_space`` (whether radii are distances between raw inputs), ``model``
+    ``precision`` (what voted), ``radii_in_input_space`` (whether radii are distances between raw inputs),
+    ``radius_norm`` (the norm of the radii: what the audit measures distances and budgets in), ``model``
     and ``device``; ART's ``get_params`` / ``set_params``.
 
     Procedures: ART's ``predict`` and ``certify``; ``certify_detailed`` and ``certify_sequential`` returning a
@@ -49,6 +50,7 @@ class SmoothedEstimator(Protocol):
     noise_batch_size: int
     precision: str
     radii_in_input_space: bool
+    radius_norm: str
     predict_abstains: bool
 
     def reseed_gradients(self, stream: int = 0) -> None: ...

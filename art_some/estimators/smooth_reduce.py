@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from art_some.core.errors import UnsoundCertificateWarning, warn_unsound  # noqa: F401 (re-exported)
-from art_some.core.noise import INVALID, GaussianNoise, argmax_votes
+from art_some.core.noise import INVALID, argmax_votes
 from art_some.core.rules import ABSTAIN, CertificateRule, CohenRule, ScaledRule, Tally, certifies
 from art_some.core.smoothing import Smooth
 from art_some.core.stats import bernstein_lower, hoeffding_lower
@@ -197,6 +197,7 @@ class SmoothReduceClassifier(SmoothedClassifier):
         )
         self._noise_size, self._aggregate, self.layout, self._model_size = noise_size, aggregate, layout, model_size
         self.resize_norm, self.stack_norm = resize_norm, stack_norm
+        self.certificate_rule.check_noise(self.make_noise(self.scale))  # a noise the rule does not hold for
         if self.unsound_paper_radius:
             warn_unsound(PAPER_RULE_WARNING.format(factor=self.stack_norm))
 
@@ -308,7 +309,7 @@ class SmoothReduceClassifier(SmoothedClassifier):
 
     def smoothing(self, x=None, indices=None, **settings) -> Smooth:
         """The aggregated patch votes, Gaussian noise in the noise space, and :attr:`certificate_rule`."""
-        return self.smooth(self.vote, GaussianNoise(self.scale), self.certificate_rule, soft=self.soft_scores,
+        return self.smooth(self.vote, self.make_noise(self.scale), self.certificate_rule, soft=self.soft_scores,
                            **settings)
 
     @property
@@ -323,8 +324,10 @@ class SmoothReduceClassifier(SmoothedClassifier):
         smoothed classifier's prediction everywhere within the returned L2 radius in ``radius_space``.
         """
         if self.certificate == "votes":
-            return ScaledRule(CohenRule(), self.radius_divisor, sound=not self.unsound_paper_radius,
+            rule = ScaledRule(CohenRule(), self.radius_divisor, sound=not self.unsound_paper_radius,
                               warning=PAPER_RULE_WARNING.format(factor=self.stack_norm))
+            rule.noises, rule.norms = ("gaussian",), ("l2",)  # the patch geometry is worked out for L2 only
+            return rule
         return VoteAverageRule(self.num_patches, self.bound, self.nb_classes, self.radius_divisor)
 
     def certificate_info(self) -> dict:
@@ -355,6 +358,8 @@ class VoteAverageRule(CertificateRule):
     """
 
     needs_squares = True
+    # Its radius is an L2 radius in the patches' space, divided by an L2 operator norm; and Gaussian (Salman et al.).
+    noises, norms = ("gaussian",), ("l2",)
 
     def __init__(self, num_patches: int, bound: str, nb_classes: int, divisor: float = 1.0):
         self.num_patches, self.bound, self.nb_classes, self.divisor = int(num_patches), bound, nb_classes, divisor

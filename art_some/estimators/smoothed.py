@@ -16,7 +16,7 @@ from art.estimators.certification.randomized_smoothing.pytorch import PyTorchRan
 
 from art_some.core.certify import ABSTAIN, CertifyResult, check_finite_inputs
 from art_some.core.errors import name_indices, user_stacklevel, warn_unsound
-from art_some.core.noise import PREDICTION, GaussianNoise, argmax_votes, check_indices
+from art_some.core.noise import PREDICTION, NoiseModel, argmax_votes, check_indices
 from art_some.core.rules import CohenRule
 from art_some.core.sequential import DEFAULT_GROWTH, DEFAULT_START, DEFAULT_TOLERANCE
 from art_some.core.smoothing import Cascade, Smooth
@@ -72,6 +72,8 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
         "precision",
         "channels_last",
         "compile",
+        "noise",
+        "norm",
     ]
 
     def __init__(
@@ -97,6 +99,8 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
         precision: str = "fp32",
         channels_last: bool = False,
         compile: bool = False,
+        noise: str = "gaussian",
+        norm: str | None = None,
     ):
         """
         Create a smoothed classifier.
@@ -128,6 +132,11 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
         :param compile: Run the vote function's network through :func:`torch.compile` (the forward passes under
                         inference mode: votes and predictions; gradients and training stay eager). The first call
                         compiles (seconds to minutes); votes are those of the same network.
+        :param noise: The noise family, a registered noise model (``"gaussian"``, ``"laplace"``, ``"uniform"``;
+                      ``art-some plugins`` lists them), with standard deviation ``scale`` per coordinate; it is drawn
+                      everywhere the estimator draws noise (certify, predict, gradients, its trainers).
+        :param norm: The norm of the certified radii, one the family certifies (``"l2"``, ``"l1"``, ``"linf"``;
+                     default the family's first: L2 for Gaussian, L1 for Laplace and uniform).
         """
         _check_smoothing_params(sample_size, scale, alpha, noise_batch_size, seed, gradient_samples, verbose)
         if isinstance(nb_classes, bool) or int(nb_classes) != nb_classes or int(nb_classes) < 2:
@@ -155,6 +164,8 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
         self.verbose = verbose
         self.precision, self.channels_last, self.compile = precision, channels_last, compile
         check_speed_options(precision, channels_last, compile)
+        self.noise, self.norm = noise, norm
+        self.make_noise(self.scale)  # an unknown family or a norm it does not certify fails here, not at certify
         self._compiled = {}
         if self.channels_last:
             self._model.to(memory_format=_channels_last())
@@ -195,6 +206,7 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
             _check_smoothing_params(self.sample_size, self.scale, self.alpha, self.noise_batch_size, self.seed,
                                     self.gradient_samples, self.verbose)
             check_speed_options(self.precision, self.channels_last, self.compile)
+            self.make_noise(self.scale)
             _check_model_dtype(self._model)
         except Exception:
             for key, value in backup.items():
@@ -211,14 +223,30 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
                   **settings) -> Smooth | Cascade:
         """
         The engine's smoothed classifier for the raw inputs ``x`` (global ``indices``): here the base classifier's
-        votes, Gaussian noise with sigma = ``scale`` in raw input space and Cohen et al.'s rule. Every method of
+        votes, the estimator's noise (:meth:`make_noise`; Gaussian by default) with sigma = ``scale`` in raw input
+        space and Cohen et al.'s rule (its radius the noise's). Every method of
         art-some overrides this one method (its vote function, a noise per input, its rule, or a
         :class:`~art_some.core.smoothing.Cascade` of levels); CERTIFY, PREDICT, the audit's counts and the EOT
         gradients all go through it.
 
         :param settings: ``batch_size`` and ``verbose`` for this call (see :meth:`smooth`).
         """
-        return self.smooth(self.vote, GaussianNoise(self.scale), CohenRule(), soft=self.soft_scores, **settings)
+        return self.smooth(self.vote, self.make_noise(self.scale), CohenRule(), soft=self.soft_scores, **settings)
+
+    def make_noise(self, sigma, dimension: int | None = None) -> NoiseModel:
+        """
+        The estimator's noise model (the registered family ``noise`` in ``norm``) at standard deviation ``sigma``
+        (a number, or one per input), over ``dimension`` coordinates (default: the input size).
+        """
+        from art_some.plugins import get
+
+        family = get("noise_models", self.noise)
+        return family(sigma, norm=self.norm, dimension=dimension or int(np.prod(self.input_shape)))
+
+    @property
+    def radius_norm(self) -> str:
+        """The norm of the certified radii (``"l2"``, ``"l1"`` or ``"linf"``): what attacks must measure in."""
+        return self.make_noise(self.scale).norm
 
     def smooth(self, vote, noise, rule=None, *, level: int = 0, soft=None, batch_size: int | None = None,
                verbose: bool | None = False) -> Smooth:

@@ -1,42 +1,50 @@
 """
-Attack recipes for the attack-vs-certificate audit: ART's own L2 attacks, configured to attack the *smoothed*
+Attack recipes for the attack-vs-certificate audit: ART's own attacks, configured to attack the *smoothed*
 classifier (its Monte-Carlo gradients, its vote-count scores or its decision), registered through the
 ``register_attacks`` hook so that plugins can add theirs.
 
-A recipe is ``recipe(estimator, eps=None, **budget) -> art.attacks.EvasionAttack``. Budgeted recipes (``bounded``)
-search within an L2 ball of radius ``eps`` and the audit runs them on a grid of radii; minimal-perturbation
-recipes ignore ``eps`` and return their own smallest adversarial point.
+A recipe is ``recipe(estimator, eps=None, norm="l2", **budget) -> art.attacks.EvasionAttack``. Budgeted recipes
+(``bounded``) search within a ball of radius ``eps`` in ``norm`` and the audit runs them on a grid of radii;
+minimal-perturbation recipes ignore ``eps`` and return their own smallest adversarial point. Each registration
+says the norms its recipe attacks in; the audit runs only those of the certificate's norm.
 """
 from __future__ import annotations
 
+import numpy as np
+
+# ART's name for each norm.
+ART_NORMS = {"l1": 1, "l2": 2, "linf": np.inf}
+
 
 def pgd(estimator, eps: float, max_iter: int = 20, eps_step: float | None = None, num_random_init: int = 0,
-        batch_size: int = 32):
-    """L2 PGD on the smoothed cross-entropy -log G_y (the SmoothAdv attack of Salman et al.; EOT gradients)."""
+        batch_size: int = 32, norm: str = "l2"):
+    """PGD on the smoothed cross-entropy -log G_y (the SmoothAdv attack of Salman et al.; EOT gradients)."""
     from art.attacks.evasion import ProjectedGradientDescent
 
-    return ProjectedGradientDescent(estimator, norm=2, eps=eps, eps_step=eps_step or 2.5 * eps / max_iter,
+    return ProjectedGradientDescent(estimator, norm=ART_NORMS[norm], eps=eps, eps_step=eps_step or 2.5 * eps / max_iter,
                                     max_iter=max_iter, num_random_init=num_random_init, batch_size=batch_size,
                                     verbose=False)
 
 
-def apgd(estimator, eps: float, max_iter: int = 20, nb_random_init: int = 1, batch_size: int = 32):
+def apgd(estimator, eps: float, max_iter: int = 20, nb_random_init: int = 1, batch_size: int = 32,
+         norm: str = "l2"):
     """
-    L2 Auto-PGD on the smoothed classifier's EOT loss and gradients. ``loss_type=None`` on purpose: with a named
+    Auto-PGD on the smoothed classifier's EOT loss and gradients. ``loss_type=None`` on purpose: with a named
     loss ART replaces a PyTorchClassifier by a plain one around ``estimator.model``, the noise-free base network.
     """
     from art.attacks.evasion import AutoProjectedGradientDescent
 
-    return AutoProjectedGradientDescent(estimator, norm=2, eps=eps, eps_step=2 * eps / max_iter, max_iter=max_iter,
-                                        nb_random_init=nb_random_init, batch_size=batch_size, loss_type=None,
-                                        verbose=False)
+    return AutoProjectedGradientDescent(estimator, norm=ART_NORMS[norm], eps=eps, eps_step=2 * eps / max_iter,
+                                        max_iter=max_iter, nb_random_init=nb_random_init, batch_size=batch_size,
+                                        loss_type=None, verbose=False)
 
 
-def square(estimator, eps: float, max_iter: int = 100, nb_restarts: int = 1, batch_size: int = 32):
-    """L2 Square attack on the smoothed vote counts (the scores ``predict`` returns)."""
+def square(estimator, eps: float, max_iter: int = 100, nb_restarts: int = 1, batch_size: int = 32,
+           norm: str = "l2"):
+    """Square attack on the smoothed vote counts (the scores ``predict`` returns)."""
     from art.attacks.evasion import SquareAttack
 
-    return SquareAttack(estimator, norm=2, eps=eps, max_iter=max_iter, nb_restarts=nb_restarts,
+    return SquareAttack(estimator, norm=ART_NORMS[norm], eps=eps, max_iter=max_iter, nb_restarts=nb_restarts,
                         batch_size=batch_size, verbose=False)
 
 
@@ -59,11 +67,11 @@ def deepfool(estimator, eps=None, max_iter: int = 20, epsilon: float = 0.02, bat
 
 
 def hopskipjump(estimator, eps=None, max_iter: int = 5, max_eval: int = 200, init_eval: int = 20,
-                init_size: int = 20, batch_size: int = 64):
-    """HopSkipJump (L2) on the smoothed decision (the argmax of the vote counts)."""
+                init_size: int = 20, batch_size: int = 64, norm: str = "l2"):
+    """HopSkipJump on the smoothed decision (the argmax of the vote counts)."""
     from art.attacks.evasion import HopSkipJump
 
-    return HopSkipJump(estimator, norm=2, max_iter=max_iter, max_eval=max_eval, init_eval=init_eval,
+    return HopSkipJump(estimator, norm=ART_NORMS[norm], max_iter=max_iter, max_eval=max_eval, init_eval=init_eval,
                        init_size=init_size, batch_size=batch_size, verbose=False)
 
 

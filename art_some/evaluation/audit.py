@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from art_some.core.noise import seed_for
+from art_some.core.noise import NORM_LABELS, lp_norm, seed_for
 from art_some.core.stats import binomial_test_two_sided
 from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LIMIT, attack_run_key, audit_key
 from art_some.estimators.protocol import check_estimator
@@ -52,6 +52,7 @@ class AuditResult:
     attacks: list[str]
     radii: np.ndarray
     violations: list[dict] = field(default_factory=list)
+    norm: str = "l2"  # the norm of the radii, distances and budgets
 
     def curves(self) -> dict[str, np.ndarray]:
         """Certified accuracy and the empirical robust accuracy per attack and for the best of all, at ``radii``."""
@@ -142,6 +143,12 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     unknown = [a for a in attacks if a not in registry]
     if unknown:
         raise ValueError(f"unknown attack(s) {unknown}; registered: {', '.join(sorted(registry))}")
+    norm = estimator.radius_norm  # distances and budgets are in the certificate's own norm
+    for name in attacks:
+        if norm not in attack_norms(registry[name]):
+            fitting = sorted(a for a in registry if norm in attack_norms(registry[a]))
+            raise ValueError(f"the {name} attack runs in {'/'.join(attack_norms(registry[name]))}, but the "
+                             f"certificates are {norm} radii; attacks registered for {norm}: {', '.join(fitting)}")
     budgets = dict(budgets or {})
     if set(budgets) - set(attacks):
         raise ValueError(f"budgets names attacks that are not run: {sorted(set(budgets) - set(attacks))}")
@@ -149,7 +156,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
         raise ValueError(f"need verify_n >= 1 and verify_alpha in (0, 1), got {verify_n!r}, {verify_alpha!r}")
     eps = sorted(float(e) for e in eps)
     if not eps or eps[0] <= 0:
-        raise ValueError(f"eps must be positive L2 budgets, got {eps!r}")
+        raise ValueError(f"eps must be positive {norm} budgets, got {eps!r}")
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y).astype(np.int64).reshape(-1)
     if len(x) != len(y):
@@ -167,7 +174,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     for name, options in budgets.items():
         if "eps" in options:
             raise ValueError(f"budgets[{name!r}] sets eps: give the budgets in eps=...")
-    _check_budgets(estimator, registry, list(attacks), budgets, eps)
+    _check_budgets(estimator, registry, list(attacks), budgets, eps, norm)
     out = None if output_dir is None else Path(output_dir)
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -184,6 +191,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
             estimator, "audit", attacks=list(attacks), eps=eps, budgets=budgets, n=n, n0=n0, alpha=alpha,
             verify_n=int(verify_n), verify_alpha=float(verify_alpha),
             certificate={k: str(v) for k, v in estimator.certificate_info().items()},
+            **({} if norm == "l2" else {"norm": norm}),
             run_info=run_info, plan={"chunk": int(batch_size), **plan} if plan else None)
         writer = _open_records(out, header, x, indices)
     state = _Audit(estimator, list(attacks), registry, budgets, eps, int(verify_n), float(verify_alpha), out)
@@ -207,7 +215,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
                         writer.append(record)
                 bar.update(len(chunk))
         records.sort(key=lambda r: r["idx"])
-        result = _result(records, list(attacks), eps, radii)
+        result = _result(records, list(attacks), eps, radii, norm)
         if out is not None:
             write_reports(result, out)  # still under the records' lock: one audit writes this folder at a time
     finally:
@@ -216,13 +224,13 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     return result
 
 
-def _result(records, attacks, eps, radii=None) -> AuditResult:
+def _result(records, attacks, eps, radii=None, norm: str = "l2") -> AuditResult:
     """The audit's result from its records (the curves' radius grid by default: 0 to the largest radius or budget)."""
     violations = [v for r in records for v in r.get("violations", [])]
     if radii is None:
         top = max([r["radius"] for r in records] + list(eps))
         radii = np.round(np.linspace(0.0, top, 17), 4)
-    return AuditResult(records, list(attacks), np.asarray(radii, dtype=np.float64), violations)
+    return AuditResult(records, list(attacks), np.asarray(radii, dtype=np.float64), violations, norm)
 
 
 # Where an audit keeps its records: audit.jsonl, its header in audit_config.json beside it.
@@ -249,7 +257,7 @@ def merge_audits(folders: Sequence[str | os.PathLike], output_dir: str | os.Path
             for saved in sorted((folder / "violations").glob("*.npz")):
                 (out / "violations").mkdir(exist_ok=True)
                 shutil.copy2(saved, out / "violations" / saved.name)
-        results.append(_result(records, header["attacks"], header["eps"]))
+        results.append(_result(records, header["attacks"], header["eps"], norm=header.get("norm", "l2")))
         write_reports(results[0], out)
 
     merge_shards(folders, out, AUDIT_FOLDER, finish=finish)
@@ -260,10 +268,21 @@ def merged_audit_before(output_dir, first_shard) -> AuditResult:
     """The result of an ``output_dir`` merged by an earlier run, if that run is this one (else a clear error)."""
     records = merged_before(output_dir, first_shard, AUDIT_FOLDER)
     shard = json.loads((Path(first_shard) / "audit_config.json").read_text())
-    return _result(records, shard["attacks"], shard["eps"])
+    return _result(records, shard["attacks"], shard["eps"], norm=shard.get("norm", "l2"))
 
 
-def _check_budgets(estimator, registry, attacks, budgets, eps) -> None:
+def attack_norms(entry) -> tuple[str, ...]:
+    """The norms a registered attack recipe runs in (``("l2",)`` when its registration says none)."""
+    return tuple(entry.meta.get("norms", ("l2",)))
+
+
+def build_attack(entry, estimator, eps, options: dict, norm: str):
+    """The attack of recipe ``entry`` against ``estimator`` at budget ``eps`` in ``norm`` (an L2 recipe, as every
+    recipe written before norms, is called without one)."""
+    return entry.obj(estimator, eps=eps, **({} if norm == "l2" else {"norm": norm}), **options)
+
+
+def _check_budgets(estimator, registry, attacks, budgets, eps, norm) -> None:
     """
     Refuse budget options an attack recipe does not take, and build each attack once with its budget (ART checks
     its arguments then), so that a typo is a one-line error before any file is written, not a failure mid-run.
@@ -274,7 +293,7 @@ def _check_budgets(estimator, registry, attacks, budgets, eps) -> None:
         options = budgets.get(name, {})
         params = inspect.signature(registry[name].obj).parameters
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            takes = sorted(set(list(params)[1:]) - {"eps"})
+            takes = sorted(set(list(params)[1:]) - {"eps", "norm"})
             unknown = sorted(set(options) - set(takes))
             if unknown:
                 raise ValueError(f"budget {name}.{unknown[0]} is not an option of the {name} attack; it takes "
@@ -285,7 +304,8 @@ def _check_budgets(estimator, registry, attacks, budgets, eps) -> None:
     for name in attacks:
         options = budgets.get(name, {})
         try:
-            registry[name].obj(attacked, eps=eps[0] if registry[name].meta.get("bounded") else None, **options)
+            build_attack(registry[name], attacked, eps[0] if registry[name].meta.get("bounded") else None, options,
+                         norm)
         except (TypeError, ValueError) as err:
             raise ValueError(f"the {name} attack rejected its budget {options}: {err}") from None
 
@@ -333,6 +353,7 @@ class _Audit:
 
     def __init__(self, estimator, attacks, registry, budgets, eps, verify_n, verify_alpha, out):
         self.estimator, self.attacks, self.registry, self.budgets = estimator, attacks, registry, budgets
+        self.norm = estimator.radius_norm
         self.attacked = attack_view(estimator)  # what the attacks run against; the caller's estimator is not changed
         self.eps, self.verify_n, self.verify_alpha, self.out = eps, verify_n, verify_alpha, out
 
@@ -369,14 +390,14 @@ class _Audit:
                 open_rows = [j for j in range(len(x)) if best[j] is None]
                 if not open_rows:
                     break
-                attack = entry.obj(self.attacked, eps=budget, **self.budgets.get(name, {}))
+                attack = build_attack(entry, self.attacked, budget, self.budgets.get(name, {}), self.norm)
                 # One fresh stream per (attack, budget, input).
                 keys = attack_run_key(a, e, indices[open_rows])
                 x_adv = self.generate(attack, x[open_rows], onehot[open_rows], int(keys[0]))
                 test = self.verify(x_adv, clean[open_rows], keys)
                 for k, j in enumerate(open_rows):
                     flipped = bool(test["flipped"][k])
-                    distance = float(np.linalg.norm((x_adv[k] - x[j]).ravel()))
+                    distance = lp_norm(x_adv[k] - x[j], self.norm)
                     outcome = {"distance": distance if flipped else None, "flipped": flipped, "eps": budget,
                                "tried_distance": distance, "counts_class": int(test["counts_class"][k]),
                                "counts_other": int(test["counts_other"][k]), "p_value": float(test["p_value"][k])}
@@ -419,7 +440,7 @@ class _Audit:
                      "eps": outcome["eps"], "counts_class": outcome["counts_class"],
                      "counts_other": outcome["counts_other"], "p_value": outcome["p_value"],
                      "verify_index": int(audit_key(key)), "seed": int(getattr(self.estimator, "seed", 0)),
-                     "verify_n": self.verify_n, "verify_alpha": self.verify_alpha,
+                     "verify_n": self.verify_n, "verify_alpha": self.verify_alpha, "norm": self.norm,
                      "certificate": {k: str(v) for k, v in info.items()}}
         if self.out is not None:
             folder = self.out / "violations"
@@ -487,7 +508,8 @@ def replay_violation(estimator, path: str | os.PathLike) -> dict:
     return {"counts_class": k_c, "counts_other": k_b, "p_value": float(test["p_value"][0]),
             "confirmed": bool(test["flipped"][0]),
             "same_counts": (k_c, k_b) == (int(data["counts_class"]), int(data["counts_other"])),
-            "distance": float(np.linalg.norm(data["delta"].ravel())), "radius": float(data["radius"])}
+            "distance": lp_norm(data["delta"], str(data["norm"]) if "norm" in data else "l2"),
+            "radius": float(data["radius"])}
 
 
 def write_reports(result: AuditResult, out: str | os.PathLike) -> dict[str, Path]:
@@ -517,7 +539,7 @@ def markdown_table(result: AuditResult, summary: dict | None = None) -> str:
     """Certified vs empirical robust accuracy (%) at each radius, and the violation count."""
     summary = summary or result.summary()
     radii = summary["radii"]
-    lines = ["| accuracy (%) at L2 radius | " + " | ".join(f"{r:g}" for r in radii) + " |",
+    lines = [f"| accuracy (%) at {NORM_LABELS[result.norm]} radius | " + " | ".join(f"{r:g}" for r in radii) + " |",
              "|---|" + "---|" * len(radii)]
     for name, values in summary["curves"].items():
         names = {"certified": "certified correct", "best": "empirical, best of all attacks"}
@@ -531,7 +553,7 @@ def markdown_table(result: AuditResult, summary: dict | None = None) -> str:
 
 
 def plot_audit(result: AuditResult, path) -> None:
-    """Certified and empirical robust accuracy against the L2 radius (PNG)."""
+    """Certified and empirical robust accuracy against the radius in the certificate's norm (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -546,7 +568,7 @@ def plot_audit(result: AuditResult, path) -> None:
                 ls="--" if name == "best" else "-", lw=1)
     for v in result.violations:
         ax.axvline(v["distance"], color="r", alpha=0.3)
-    ax.set_xlabel("L2 radius")
+    ax.set_xlabel(f"{NORM_LABELS[result.norm]} radius")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

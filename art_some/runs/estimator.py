@@ -28,6 +28,8 @@ class SmoothingConfig:
     estimator: str | None = None  # default: the checkpoint's, else some for multi-head models, else smoothed
     arch: str | None = None  # a published checkpoint's architecture
     sigma: float | None = None  # default: the checkpoint's
+    noise: str | None = None  # a registered noise model; default: the checkpoint's, else gaussian
+    norm: str | None = None  # the norm of the radii; default: the noise family's first
     n0: int = 100
     alpha: float = 0.001
     batch_size: int = 1000
@@ -109,8 +111,9 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
     estimator = estimator or default_estimator(model, meta, config.model)
     speed = {k: v for k, v in (("precision", config.precision), ("channels_last", config.channels_last),
                                ("compile", config.compile)) if v not in (None, False, "fp32")}
-    options = knn_reference(estimator, {**defaults, **config.options, **speed}, config.dataset, config.data_root,
-                            echo)
+    noise = {k: v for k, v in (("noise", config.noise), ("norm", config.norm)) if v is not None}
+    options = knn_reference(estimator, {**defaults, **config.options, **speed, **noise}, config.dataset,
+                            config.data_root, echo)
     clf = build_estimator(estimator, model, info, sigma=sigma, n0=config.n0, alpha=config.alpha,
                           batch_size=config.batch_size, seed=config.seed, device=device, options=options)
     return clf, data, estimator

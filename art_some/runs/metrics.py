@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from art_some.core.noise import NORM_LABELS
+
 
 def certified_accuracy(records: Sequence[dict], radii: Sequence[float]) -> np.ndarray:
     """Fraction of inputs that are correct with a certified radius >= r, for each r in ``radii``."""
@@ -38,11 +40,22 @@ def default_radii(records: Sequence[dict], step: float = 0.25) -> np.ndarray:
     return np.round(np.arange(0.0, largest + step, step), 10)
 
 
+def radius_norm(records: Sequence[dict]) -> str:
+    """The norm the records' radii are in (``"l2"`` for records that do not say, as every published log)."""
+    norms = {r.get("norm", "l2") for r in records}
+    if len(norms) > 1:
+        raise ValueError(f"the records mix radii in {', '.join(sorted(norms))}: they cannot share one table")
+    return norms.pop() if norms else "l2"
+
+
 def summary_table(records: Sequence[dict], radii: Sequence[float] | None = None) -> str:
-    """A plain-text table: certified accuracy (%) at each radius, ACR, abstention rate and input count."""
+    """
+    A plain-text table: certified accuracy (%) at each radius (the row says in which norm), ACR, abstention rate
+    and input count.
+    """
     radii = default_radii(records) if radii is None else np.asarray(radii, dtype=np.float64)
     acc = certified_accuracy(records, radii)
-    head = ["r"] + [f"{r:g}" for r in radii]
+    head = [f"{NORM_LABELS[radius_norm(records)]} r"] + [f"{r:g}" for r in radii]
     row = ["cert. acc. (%)"] + [f"{100 * a:.1f}" for a in acc]
     widths = [max(len(h), len(v)) for h, v in zip(head, row)]
     lines = [
@@ -64,7 +77,8 @@ def comparison_table(named_records: Sequence[tuple[str, Sequence[dict]]], radii:
     and the number of inputs (e.g. art-some's records next to the authors' published log of the same model).
     """
     radii = np.asarray(radii, dtype=np.float64)
-    head = ["records"] + [f"r={r:g}" for r in radii] + ["ACR", "abstain %", "inputs"]
+    norm = radius_norm([r for _, records in named_records for r in records])
+    head = [f"records ({NORM_LABELS[norm]} radii)"] + [f"r={r:g}" for r in radii] + ["ACR", "abstain %", "inputs"]
     rows = [[name] + [f"{100 * a:.1f}" for a in certified_accuracy(records, radii)]
             + [f"{average_certified_radius(records):.3f}", f"{100 * abstention_rate(records):.1f}", str(len(records))]
             for name, records in named_records]

@@ -47,6 +47,8 @@ class TrainConfig:
     model: str  # a registered model name, or a checkpoint file whose weights start the run
     dataset: str = "digits"
     sigma: float = 0.25
+    noise: str = "gaussian"  # a registered noise model: the training noise, recorded for certify
+    norm: str | None = None  # the norm of the radii certify will give (default: the family's first)
     epochs: int = 30
     batch_size: int = 256
     optimizer: str = "sgd"
@@ -180,6 +182,12 @@ def denoised_methods() -> list[str]:
     from art_some.plugins import registered
 
     return sorted(name for name in registered("trainers") if denoised_role(name))
+
+
+def noise_options(config: TrainConfig) -> dict:
+    """The estimator options of a non-default noise (recorded in the checkpoint, so certify smooths with it)."""
+    options = {} if config.noise == "gaussian" else {"noise": config.noise}
+    return options if config.norm is None else {**options, "norm": config.norm}
 
 
 def _denoised_options(config: TrainConfig, info: dict, role: str | None) -> dict:
@@ -321,7 +329,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     state_path, model_path, history_path = out / STATE_FILE, out / MODEL_FILE, out / HISTORY_FILE
     denoiser_dir = out / DENOISER_DIR
     data, info = load_dataset(config.dataset, root=data_root, split="train", augment=config.augment)
-    estimator_options = _denoised_options(config, info, role)
+    estimator_options = {**_denoised_options(config, info, role), **noise_options(config)}
 
     torch.manual_seed(config.seed)
     model, model_name, model_kwargs = _build_model(config, info, device)
@@ -387,7 +395,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         options = dict(estimator_options)
         if saves_denoiser:
             options["denoiser"] = save_denoiser(clf.denoiser, options["denoiser"], denoiser_dir)
-        elif options:
+        elif "denoiser" in options:
             options["denoiser"] = absolute_denoiser(options["denoiser"])
         save = training_meta(sigma=config.sigma, dataset=config.dataset, info=info, estimator=estimator,
                              method=config.method, epoch=trainer.epoch, trainer_kwargs=kwargs,

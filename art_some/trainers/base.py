@@ -37,10 +37,20 @@ class SmoothingTrainer(Trainer, abc.ABC):
     :param seed: Seed of the training noise and the shuffling.
     :param optimizer: The optimizer to step (default: the classifier's; a trainer that tunes another module,
                       such as a denoiser, passes its own).
+
+    The training noise is the classifier's (its ``noise`` family at ``sigma``), as Yang et al. train for each noise.
+    A trainer whose loss holds for some families only lists them in ``noises`` (Gaussian by default: a method
+    written for Gaussian noise refuses another in one line); ``None`` takes any.
     """
+
+    noises: tuple[str, ...] | None = ("gaussian",)
 
     def __init__(self, classifier, sigma: float | None = None, seed: int = 0, optimizer=None):
         super().__init__(classifier)
+        family = classifier.noise
+        if self.noises is not None and family not in self.noises:
+            raise ValueError(f"{type(self).__name__} is written for {'/'.join(self.noises)} noise, not the "
+                             f"classifier's {family} noise")
         self.optimizer = optimizer if optimizer is not None else getattr(classifier, "optimizer", None)
         if self.optimizer is None:
             raise ValueError("the classifier needs an optimizer to be trained (pass optimizer=...)")
@@ -48,6 +58,7 @@ class SmoothingTrainer(Trainer, abc.ABC):
         if not np.isfinite(self.sigma) or self.sigma <= 0:
             raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
         self.seed = int(seed)
+        self._noise = None
         self._generator = None
         self._shuffle = None
         self.epoch = 0
@@ -59,10 +70,13 @@ class SmoothingTrainer(Trainer, abc.ABC):
         return self._classifier.device
 
     def noise_like(self, x: "torch.Tensor") -> "torch.Tensor":
-        """Standard-normal noise shaped like ``x`` from the trainer's seeded generator."""
-        import torch
-
-        return torch.randn(x.shape, generator=self.generator(x.device), device=x.device)
+        """
+        The classifier's noise family's unit draws (zero mean, unit variance; standard normal for Gaussian) shaped
+        like ``x``, from the trainer's seeded generator.
+        """
+        if self._noise is None:
+            self._noise = self._classifier.make_noise(self.sigma)
+        return self._noise.unit(x.shape, self.generator(x.device), x.device)
 
     def draw_noise(self, x: "torch.Tensor", m: int | None = None, sigma=None) -> "torch.Tensor":
         """

@@ -32,6 +32,8 @@ class ConsistencyTrainer(SmoothingTrainer):
     :param seed: Seed of the noise and shuffling.
     """
 
+    noises = None  # trains with whatever noise the classifier smooths with
+
     def __init__(self, classifier, sigma=None, num_noise_vec: int = 2, lbd: float = 10.0, eta: float = 0.5, seed=0):
         super().__init__(classifier, sigma=sigma, seed=seed)
         if int(num_noise_vec) != num_noise_vec or num_noise_vec < 1:

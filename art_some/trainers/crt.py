@@ -58,6 +58,8 @@ class CRTTrainer(SmoothingTrainer):
     :param seed: Seed of the noise and shuffling.
     """
 
+    noises = None  # trains with whatever noise the classifier smooths with
+
     def __init__(self, classifier, teacher=None, sigma=None, transfer_weight: float = 1.0,
                  total_epochs: int | None = None, milestones=(0.5, 0.75), lr_gamma: float = 0.1,
                  lr_schedule: bool = True, seed: int = 0):

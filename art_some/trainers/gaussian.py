@@ -21,6 +21,8 @@ class GaussianAugmentationTrainer(SmoothingTrainer):
     :param seed: Seed of the noise and shuffling.
     """
 
+    noises = None  # trains with whatever noise the classifier smooths with
+
     def training_loss(self, x, y, sigma=None):
         """
         :param sigma: Per-example noise levels ``(B,)`` (data-dependent smoothing) instead of the trainer's sigma.

@@ -143,6 +143,8 @@ class SOMETrainer(SmoothingTrainer):
     :param seed: Seed of the noise, the mixup coefficients and the shuffling.
     """
 
+    noises = None  # trains with whatever noise the classifier smooths with
+
     def __init__(self, classifier, sigma=None, base: str = "gaussian", num_noise_vec: int = 2,
                  lambda_last: float | None = None, total_epochs: int | None = None, cosine_weight: float = 1.0,
                  lbd: float | None = None, eta: float = 0.5, detach_consistency_target: bool = True,

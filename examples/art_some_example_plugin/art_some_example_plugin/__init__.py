@@ -6,13 +6,15 @@ An example art-some plugin. It adds, through the same hooks the built-ins use:
 - model ``example_mlp``: a two-layer perceptron;
 - aggregation ``median``: the class-wise median of patch scores, for ``SmoothReduceClassifier`` (deterministic, so
   the certificates stay sound);
+- noise model ``uniform_linf``: uniform noise on a cube certified in L-infinity (``register_noise_models``);
 - command ``art-some example-hello``: says hello and how many estimators are registered (``register_commands``).
 """
 import click
+import numpy as np
 import torch
 
 from art_some import hookimpl
-from art_some.core.noise import argmax_votes
+from art_some.core.noise import UniformNoise, argmax_votes
 from art_some.estimators import SmoothedClassifier
 
 
@@ -32,6 +34,26 @@ class ExampleMLP(torch.nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class UniformLinfNoise(UniformNoise):
+    """
+    Uniform noise on [-lambda, lambda]^d (lambda = sigma sqrt(3)) certified in L-infinity: shifting the cube by delta
+    moves a mass of at most 1 - (1 - ||delta||_inf / (2 lambda))^d out of it, so pA stays above 1/2 while
+    ||delta||_inf < 2 lambda (1 - (3/2 - pA)^(1/d)); for d = 1 this is the L1 radius 2 lambda (pA - 1/2).
+    """
+
+    name = "uniform_linf"
+    norms = ("linf",)
+
+    def _radius(self, p):
+        half_width = np.asarray(self.sigma, dtype=np.float64) * np.sqrt(3.0)
+        return 2.0 * half_width * (1.0 - (1.5 - p) ** (1.0 / self._need_dimension()))
+
+
+@hookimpl
+def register_noise_models(register):
+    register("uniform_linf", UniformLinfNoise, description="uniform noise on a cube, L-infinity radii (example)")
 
 
 @hookimpl
