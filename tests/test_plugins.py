@@ -2,6 +2,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import pluggy
 import pytest
 import torch
@@ -118,6 +119,26 @@ def test_example_plugin_arrives_through_its_entry_point(example_installed, digit
                                      resize=10, aggregation="median", patches={"layout": "corners", "size": 8})
     pred, _ = patched.certify(x[:3], n=50)
     assert pred.shape == (3,) and patched.certificate_info()["aggregation"] == "median"
+
+
+def test_the_example_plugins_noise_model_certifies_in_its_own_norm(example_installed, digits):
+    from art_some.core.noise import UniformNoise
+
+    entry = plugins.entries("noise_models")["uniform_linf"]
+    assert entry.plugin == "example"
+    model = plugins.get("models", "example_mlp")(num_classes=10)
+    clf = plugins.get("estimators", "smoothed")(model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, device_type="cpu",
+                                                scale=0.25, noise="uniform_linf")
+    assert clf.radius_norm == "linf"
+    _, (x, _) = digits
+    result = clf.certify_detailed(x[:3], n=200)
+    assert result.extra["noise"] == "uniform_linf" and result.extra["norm"] == "linf"
+    # In one dimension its L-infinity radius is uniform noise's L1 radius; in 64 it is far smaller.
+    p = np.array([0.6, 0.9])
+    np.testing.assert_allclose(entry.obj(0.25, dimension=1).radius(p), UniformNoise(0.25).radius(p))
+    assert (entry.obj(0.25, dimension=64).radius(p) < UniformNoise(0.25).radius(p) / 30).all()
+    listed = CliRunner().invoke(cli, ["plugins"])
+    assert "uniform_linf" in listed.output and "noise_models" in listed.output
 
 
 def test_entry_points_can_be_disabled(example_installed, monkeypatch):
