@@ -55,7 +55,7 @@ def load_classifier(ref: str, num_classes: int | None = None, device: str = "cpu
     :param interpolation: Of the resize to the model's input size (``"bicubic"`` as the DDS code).
     :param antialias: Antialias the resize (as the DDS code).
     :param kwargs: Passed to the library's constructor (e.g. timm's ``pretrained_cfg_overlay=dict(file=...)``).
-    :raises ImportError: in one line naming the extra to install.
+    :raises MissingExtraError: (an ImportError) in one line naming the extra to install.
     :raises FileNotFoundError: for a weights file or folder that does not exist.
     :raises ValueError: in one line for an unknown name or weights that do not fit.
     """
@@ -71,6 +71,10 @@ def load_classifier(ref: str, num_classes: int | None = None, device: str = "cpu
     return model.to(device).eval(), meta
 
 
+class MissingExtraError(ImportError, ValueError):
+    """An optional extra is not installed (a ValueError too, so commands print it as one line)."""
+
+
 def need(extra: str):
     """Import the module of an optional extra, or one line naming ``pip install "art-some[extra]"``."""
     import importlib
@@ -79,8 +83,8 @@ def need(extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{extra}: models need the optional package {module}: pip install \"art-some[{extra}]\"") \
-            from None
+        raise MissingExtraError(f"{extra}: models need the optional package {module}: "
+                                f"pip install \"art-some[{extra}]\"") from None
 
 
 def _timm(name, weights, num_classes, **kwargs):
