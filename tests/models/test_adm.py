@@ -169,7 +169,7 @@ def test_config_as_name_dict_json_and_file(tiny_file, tmp_path):
 def ref_forward(sd, cfg, x, t, y=None):
     """The research code's UNet written out over a state dict, loops over heads, by hand."""
     mc, nrb = cfg.num_channels, cfg.num_res_blocks
-    mults, levels = cfg.mults(), len(cfg.mults())
+    levels = len(cfg.mults())
     ssn = cfg.use_scale_shift_norm
 
     def gn(h, p):
@@ -334,7 +334,7 @@ def test_zero_weights_denoise_as_the_identity():
 
 
 def test_cascade_is_sound_through_the_adm_path_with_zero_weights():
-    from tests.estimators.test_denoised import A, B, SIGMAS, exact_cascade, true_radius
+    from tests.estimators.test_denoised import SIGMAS, A, B, exact_cascade, true_radius
 
     w = torch.zeros(64)
     w[0] = 1.0
