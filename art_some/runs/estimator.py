@@ -63,10 +63,16 @@ def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batc
     estimator's own keyword arguments (e.g. a patch layout for ``smooth_reduce``). A run's name for
     :func:`art_some.estimators.factory.create_estimator`.
     """
+    import warnings
+
     from art_some.estimators.factory import create_estimator
 
-    return create_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size,
-                            seed=seed, device=device, optimizer=optimizer, options=options)
+    with warnings.catch_warnings():
+        # ART's note that its noise comes after preprocessing defences (a named classifier's resize) is not true
+        # here: art-some adds the noise to the raw inputs, before every preprocessing step.
+        warnings.filterwarnings("ignore", message=r"\s*With the current backend \(Pytorch\) Gaussian noise")
+        return create_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size,
+                                seed=seed, device=device, optimizer=optimizer, options=options)
 
 
 def smoothed_estimator(config: SmoothingConfig, echo=note):
