@@ -139,6 +139,9 @@ def test_truncated_and_foreign_files_are_refused_in_one_line(tiny_file, tmp_path
     with pytest.raises(ValueError) as err:
         load_adm(path, {**cfg, "num_channels": 64})
     assert str(path) in one_line(err)
+    with pytest.raises(ValueError) as err:
+        load_adm(path)  # an ADM layout, but not a released one: heads do not show in shapes, so name the config
+    assert str(path) in one_line(err) and "name its config" in str(err.value)
     with pytest.raises(FileNotFoundError):
         load_adm(tmp_path / "nothing.pt")
     with pytest.raises(ValueError, match="neither a released config"):
