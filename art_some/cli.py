@@ -25,6 +25,7 @@ from art_some.runs.config import (
     parse_sigmas,
     write_resolved,
 )
+from art_some.runs.presets import pipeline_options, resolve_pipeline
 
 DEFAULT_RADII = "0,0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"
 
@@ -144,6 +145,7 @@ def cli():
               help="Certify only shard I of K (every K-th input from the I-th), e.g. one per SLURM array task; "
                    "`art-some merge` combines the shards' files. Under torchrun each rank takes its own shard and "
                    "rank 0 merges them into --output.")
+@pipeline_options
 @_fail_cleanly
 def certify(options, radii, **values):
     """
@@ -153,7 +155,8 @@ def certify(options, radii, **values):
     from art_some.runs.certify import CertifyConfig, config_path, run_certify
     from art_some.runs.metrics import summary_table
 
-    config = CertifyConfig(**values, options=parse_options(options),
+    values, implied = resolve_pipeline(click.get_current_context(), values)  # --preset, --denoiser (runs/presets.py)
+    config = CertifyConfig(**values, options={**implied, **parse_options(options)},
                            radii=None if radii is None else parse_radii(radii))
     records = run_certify(config, echo=_note)
     if records is None:  # a torchrun rank other than 0: the merged table is rank 0's to print

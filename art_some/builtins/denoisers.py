@@ -10,3 +10,6 @@ def register_denoisers(register):
     register("tiny_diffusion", diffusion._tiny_diffusion,
              description="DDPM denoiser on a small random UNet (tests, demos)")
     register("identity", diffusion.IdentityDenoiser, description="no denoising (plain Gaussian smoothing)")
+    register("adm", diffusion._adm,
+             description="one-shot denoising with an OpenAI ADM checkpoint (improved-/guided-diffusion layout)")
+    register("tiny_adm", diffusion._tiny_adm, description="ADM denoiser on a small random UNet (tests, demos)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from art_some.core.errors import NonFiniteError
 from art_some.models.cifar_resnet import CifarResNet
-from art_some.models.diffusion import DiffusionDenoiser, IdentityDenoiser, create_denoiser
+from art_some.models.diffusion import DiffusionDenoiser, IdentityDenoiser, create_denoiser, load_adm
 from art_some.models.multihead import (
     MultiHeadNet,
     cifar_resnet_multihead,
@@ -33,6 +33,7 @@ __all__ = [
     "DigitsCNN",
     "IdentityDenoiser",
     "create_denoiser",
+    "load_adm",
     "MultiHeadNet",
     "cifar_resnet_multihead",
     "cosine_loss",

@@ -457,6 +457,136 @@ def _tiny_diffusion(channels: int = 1, sample_size: int = 8, widths=(16, 32), sc
     return DiffusionDenoiser(unet, DDPMScheduler(**(scheduler or {})).alphas_cumprod, **kwargs)
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# OpenAI's ADM checkpoints (improved-diffusion, guided-diffusion), on art-some's own UNet (art_some.models.adm)
+# ------------------------------------------------------------------------------------------------------------------
+def load_adm(path: str | os.PathLike, config=None, **kwargs) -> DiffusionDenoiser:
+    """
+    A :class:`DiffusionDenoiser` over a released ADM checkpoint (improved-diffusion's ``cifar10_uncond_50M_500K.pt``,
+    guided-diffusion's ``256x256_diffusion_uncond.pt``, or a fine-tuned one in their layout), with the checkpoint's
+    schedule (linear T = 1000; cosine T = 4000) and timestep convention (improved-diffusion's
+    ``rescale_timesteps``: the UNet sees t* x 1000 / T). One-shot denoising at t* as for every
+    :class:`DiffusionDenoiser`; the learned-sigma half of the output is dropped. The file is read with
+    ``weights_only=True`` (or as safetensors); fp16 weights load as fp32 (the estimator's ``precision`` runs the vote
+    in bf16/fp16 under autocast).
+
+    | Paper link: https://arxiv.org/abs/2206.10550
+
+    :param path: The checkpoint file (a state dict; ``{"state_dict": ...}`` / ``{"model": ...}`` and a
+                 DistributedDataParallel ``module.`` prefix are unwrapped).
+    :param config: A released config's name (:data:`art_some.models.adm.RELEASED`: ``adm-cifar10-uncond-50m``,
+                   ``adm-imagenet256-uncond``), a dict of the research code's options (``family``, ``image_size``,
+                   ``num_channels``, ...; see :class:`~art_some.models.adm.ADMConfig`), JSON text of one, or a
+                   JSON/YAML file; None: detected from the file's keys and shapes (the released layouts).
+    :param kwargs: :class:`DiffusionDenoiser`'s keyword arguments (``input_range``, ``pad``, ``output_size``, ...).
+    :raises FileNotFoundError: for a missing file.
+    :raises ValueError: in one line naming the file: unreadable or truncated, not an ADM layout it can name, or
+                        missing/unexpected/misshapen keys for ``config`` (the first few named).
+    """
+    from art_some.models import adm
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"ADM checkpoint not found: {file}")
+    where = f"ADM checkpoint {file}"
+    state = _read_state(file)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if config is None:
+        config = adm.detect_config(state)
+        if config is None:
+            keys = list(state)
+            raise ValueError(f"{where} does not have the layout of a released ADM model ({', '.join(adm.RELEASED)}); "
+                             f"its first keys are {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}: if it is an "
+                             "ADM checkpoint, name its config (config=, --denoiser-config)")
+    cfg = adm_config(config)
+    with torch.device("meta"):  # no second copy of the weights: the file's tensors become the parameters
+        unet = adm.ADMUNet(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        result = unet.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as err:  # shape mismatches raise even when not strict
+        raise ValueError(f"{where} does not fit ADM config {_config_name(config)} ({_summary(err)})") from None
+    _refuse_key_mismatch(result.missing_keys, result.unexpected_keys, f"{where} (config {_config_name(config)})")
+    _check_finite(unet, where)
+    den = DiffusionDenoiser(unet.eval(), adm.adm_alphas_cumprod(cfg.noise_schedule, cfg.diffusion_steps),
+                            rescale_timesteps=cfg.rescale_timesteps, **kwargs)
+    den.adm_config = cfg.as_dict()
+    return den
+
+
+def adm_config(config):
+    """An :class:`~art_some.models.adm.ADMConfig` from a released name, a dict, JSON text or a JSON/YAML file."""
+    from art_some.models import adm
+
+    if isinstance(config, adm.ADMConfig):
+        return config
+    if isinstance(config, str):
+        text = config.strip()
+        if text in adm.RELEASED:
+            return adm.released_config(text)
+        if text.startswith("{"):
+            try:
+                config = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"ADM config is not valid JSON ({err})") from None
+        elif Path(text).is_file():
+            import yaml
+
+            config = yaml.safe_load(Path(text).read_text())
+        else:
+            raise ValueError(f"ADM config {text!r} is neither a released config ({', '.join(adm.RELEASED)}), JSON, "
+                             "nor a file")
+    if not isinstance(config, dict):
+        raise ValueError(f"ADM config must be a released name, a dict of options, JSON or a file, got {config!r}")
+    return adm.ADMConfig.from_options(config)
+
+
+def _config_name(config) -> str:
+    return config if isinstance(config, str) and not config.lstrip().startswith("{") else "given"
+
+
+def _adm(path=None, config=None, **kwargs) -> DiffusionDenoiser:
+    """The ``adm`` denoiser: :func:`load_adm` of ``path`` (a released or fine-tuned ADM checkpoint)."""
+    if path is None:
+        raise ValueError("the 'adm' denoiser needs path= (an ADM checkpoint file, e.g. cifar10_uncond_50M_500K.pt)")
+    return load_adm(path, config, **kwargs)
+
+
+def tiny_adm_config(**options) -> dict:
+    """A small guided-diffusion config (32 channels, two resolutions, attention at the lower) for tests and demos."""
+    return {"family": "guided", "image_size": 8, "num_channels": 32, "num_res_blocks": 1, "channel_mult": (1, 2),
+            "attention_resolutions": "4", "num_heads": 2, "learn_sigma": True, "in_channels": 1,
+            "use_scale_shift_norm": True, "diffusion_steps": 1000, "noise_schedule": "linear", **options}
+
+
+def _tiny_adm(channels: int = 1, sample_size: int = 8, seed: int | None = 0, **kwargs) -> DiffusionDenoiser:
+    """A :class:`DiffusionDenoiser` over a small ADM UNet; random weights from ``seed`` (None: ADM's init, eps = 0)."""
+    from art_some.models import adm
+
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in {f for f in adm.ADMConfig.__dataclass_fields__}}
+    cfg = adm.ADMConfig.from_options(tiny_adm_config(in_channels=channels, image_size=sample_size, **options))
+    unet = adm.ADMUNet(cfg)
+    if seed is not None:
+        randomize(unet, seed)
+    return DiffusionDenoiser(unet.eval(), adm.adm_alphas_cumprod(cfg.noise_schedule, cfg.diffusion_steps),
+                             rescale_timesteps=cfg.rescale_timesteps, **kwargs)
+
+
+def randomize(module: nn.Module, seed: int = 0, scale: float = 0.1) -> nn.Module:
+    """
+    Fill every parameter from N(0, scale^2), norms' weights around 1 (tests, benchmarks): the zero-initialised
+    output convolutions of a fresh ADM UNet come alive.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in module.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                one = isinstance(mod, nn.GroupNorm) and name == "weight"
+                p.copy_(torch.randn(p.shape, generator=gen) * scale + (1.0 if one else 0.0))
+    return module
+
+
 def register_builtin_denoisers(register) -> None:
     register("diffusion", _diffusion, description="one-shot DDPM denoising with a local diffusers UNet")
     register("tiny_diffusion", _tiny_diffusion, description="DDPM denoiser on a small random UNet (tests, demos)")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from art_some.runs.checkpoints import check_dataset, is_checkpoint, preprocessing, recorded_options
-from art_some.runs.loader import check_registered, default_estimator, load_model
+from art_some.runs.loader import check_registered, default_estimator, is_named, load_model, named_preprocessing
 
 # Inputs the training split may hold to be the kNN reference by default: the reference is held in memory and its
 # offset (the median kNN distance) takes N^2 distances.
@@ -65,10 +65,16 @@ def build_estimator(estimator: str, model, info: dict, *, sigma, n0, alpha, batc
     estimator's own keyword arguments (e.g. a patch layout for ``smooth_reduce``). A run's name for
     :func:`art_some.estimators.factory.create_estimator`.
     """
+    import warnings
+
     from art_some.estimators.factory import create_estimator
 
-    return create_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size,
-                            seed=seed, device=device, optimizer=optimizer, options=options)
+    with warnings.catch_warnings():
+        # ART's note that its noise comes after preprocessing defences (a named classifier's resize) is not true
+        # here: art-some adds the noise to the raw inputs, before every preprocessing step.
+        warnings.filterwarnings("ignore", message=r"\s*With the current backend \(Pytorch\) Gaussian noise")
+        return create_estimator(estimator, model, info, sigma=sigma, n0=n0, alpha=alpha, batch_size=batch_size,
+                                seed=seed, device=device, optimizer=optimizer, options=options)
 
 
 def smoothed_estimator(config: SmoothingConfig, echo=note):
@@ -80,12 +86,15 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
     """
     from art_some.data import load_dataset
 
-    checkpoint = is_checkpoint(config.model)
+    named = is_named(config.model)  # timm:, hf:, torchvision: (runs/loader.py)
+    checkpoint = not named and is_checkpoint(config.model)
     sigma, estimator = config.sigma, config.estimator
     if config.arch is not None and not Path(config.model).is_file():
         raise ValueError(f"--arch {config.arch} names a published checkpoint's architecture, but --model "
                          f"{config.model!r} is not a file")
-    if not checkpoint:
+    if named and sigma is None:
+        raise ValueError(f"--model {config.model} is a classifier by name: give --sigma (or a --preset)")
+    if not checkpoint and not named:
         check_registered(config.model)
         if sigma is None:
             raise ValueError(f"--model {config.model!r} is a registered model name, randomly initialised, so it needs "
@@ -93,7 +102,15 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
     device = resolve_device(config.device)
     data, info = load_dataset(config.dataset, root=config.data_root, split=config.split)
     defaults = {}
-    if checkpoint:
+    if named:
+        import torch
+
+        torch.manual_seed(config.seed)  # the head of a timm/torchvision model made for the data set's classes
+        model, meta = load_model(config.model, num_classes=info["num_classes"], device=device)
+        if meta.get("pretrained") is None and meta.get("source") != "hf":
+            echo(f"Warning: {config.model!r} is randomly initialised from --seed (give NAME@FILE for weights)")
+        info, defaults = named_preprocessing(meta, info, device)
+    elif checkpoint:
         model, meta = load_model(config.model, arch=config.arch, device=device)
         info = preprocessing(meta, info)
         check_dataset(meta, info, config.dataset)
@@ -108,6 +125,8 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
         echo(f"Warning: {config.model!r} is randomly initialised from --seed (no checkpoint given)")
         torch.manual_seed(config.seed)
         model, meta = load_model(config.model, num_classes=info["num_classes"])
+    if estimator is None and "denoiser" in config.options:
+        estimator = "denoised_multiscale"
     estimator = estimator or default_estimator(model, meta, config.model)
     speed = {k: v for k, v in (("precision", config.precision), ("channels_last", config.channels_last),
                                ("compile", config.compile)) if v not in (None, False, "fp32")}

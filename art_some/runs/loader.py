@@ -10,13 +10,16 @@ from pathlib import Path
 
 from art_some.runs.checkpoints import is_checkpoint
 
+NAMED_SOURCES = ("timm", "hf", "torchvision")  # art_some.models.classifiers.SOURCES, without importing torch here
+
 
 def load_model(name_or_path: str | os.PathLike, *, num_classes: int | None = None, arch: str | None = None,
                device: str = "cpu", published: bool = True, **kwargs):
     """
     The model that ``--model`` names: ``(model, meta)``, meta being the checkpoint's metadata ({} for a name).
 
-    :param name_or_path: A registered model name, or a checkpoint file.
+    :param name_or_path: A registered model name, a checkpoint file, or a library's classifier by name
+                         (``timm:NAME``, ``hf:FOLDER_OR_ID``, ``torchvision:NAME``; :func:`load_named`).
     :param num_classes: The classes of a model built by name.
     :param arch: A published checkpoint's architecture (see :func:`art_some.models.published_architectures`);
                  default: what the file says.
@@ -29,6 +32,8 @@ def load_model(name_or_path: str | os.PathLike, *, num_classes: int | None = Non
     from art_some.models.published import is_published
 
     ref = str(name_or_path)
+    if is_named(ref):
+        return load_named(ref, num_classes=num_classes, device=device, **kwargs)
     if arch is not None and not Path(ref).is_file():
         raise ValueError(f"--arch {arch} names a published checkpoint's architecture, but --model {ref!r} is not a "
                          "file")
@@ -61,3 +66,42 @@ def default_estimator(model, meta: dict | None = None, model_name: str | None = 
     if recorded:
         return recorded
     return declared((meta or {}).get("model") or model_name, model)
+
+
+def is_named(ref) -> bool:
+    """Whether ``--model`` names a library's classifier (``timm:``, ``hf:``, ``torchvision:``)."""
+    source, sep, name = str(ref).partition(":")
+    return bool(sep) and source in NAMED_SOURCES and bool(name)
+
+
+def load_named(ref: str, *, num_classes: int | None = None, device: str = "cpu", **kwargs):
+    """
+    A library's classifier by name (``timm:NAME[@FILE|@pretrained]``, ``hf:FOLDER_OR_ID``,
+    ``torchvision:NAME[@FILE|@pretrained]``; :func:`art_some.models.classifiers.load_classifier`): ``(model, meta)``,
+    ``meta`` holding its input size and normalisation, which :func:`named_preprocessing` makes the estimator's.
+    """
+    from art_some.models.classifiers import load_classifier
+
+    return load_classifier(ref, num_classes=num_classes, device=device, **kwargs)
+
+
+def named_preprocessing(meta: dict, info: dict, device: str = "cpu") -> tuple[dict, dict]:
+    """
+    The data conventions and estimator options of a named classifier on a data set (``info``): the model's mean
+    and std as the preprocessing, a resize to its input size (bicubic, antialiased) as a preprocessing defence;
+    both are estimator parameters, so the header records them.
+
+    :return: ``(info, options)``.
+    :raises ValueError: when the classifier's classes or channels are not the data set's.
+    """
+    from art_some.models.classifiers import classifier_preprocessing
+
+    if int(meta["num_classes"]) != int(info["num_classes"]):
+        raise ValueError(f"--model {meta['model']} has {meta['num_classes']} classes but the data set has "
+                         f"{info['num_classes']}")
+    if int(meta["model_input_size"][0]) != int(info["input_shape"][0]):
+        raise ValueError(f"--model {meta['model']} takes {meta['model_input_size'][0]} channels but the data set has "
+                         f"{info['input_shape'][0]}")
+    options = classifier_preprocessing(meta, info["input_shape"], "gpu" if str(device).startswith("cuda") else "cpu")
+    mean, std = options.pop("preprocessing")
+    return {**info, "mean": mean.ravel().tolist(), "std": std.ravel().tolist()}, options
