@@ -217,7 +217,7 @@ def _denoised_options(config: TrainConfig, info: dict, role: str | None) -> dict
 
 def _saves_denoiser(spec: dict | None, role: str | None) -> bool:
     """Whether the run writes its denoiser: a tuned one, or a random one (certify could not rebuild it)."""
-    return spec is not None and (role == "denoiser" or spec["name"] == "tiny_diffusion")
+    return spec is not None and (role == "denoiser" or spec["name"] in ("tiny_diffusion", "tiny_adm"))
 
 
 def _denoiser_settings(spec: dict) -> dict:
@@ -244,22 +244,49 @@ def _scheduler_of(spec: dict, denoiser):
 
 def save_denoiser(denoiser, spec: dict, folder: Path) -> dict:
     """
-    Write a DiffusionDenoiser as a diffusers pipeline folder (``unet/``, ``scheduler/``), replacing ``folder``
-    whole, and return the denoiser spec that loads it, with ``path`` relative to the folder's parent.
+    Write a DiffusionDenoiser, replacing ``folder`` whole, and return the denoiser spec that loads it, with ``path``
+    relative to the folder's parent: a diffusers pipeline folder (``unet/``, ``scheduler/``), or for an ADM UNet its
+    state dict in the released layout (``adm.safetensors``, which :func:`~art_some.models.diffusion.load_adm` reads)
+    with its config in the spec.
     """
-    scheduler = _scheduler_of(spec, denoiser)
+    from art_some.models.adm import ADMUNet
+
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     for path in (tmp, old):
         shutil.rmtree(path, ignore_errors=True)
+    if isinstance(denoiser.unet, ADMUNet):
+        from safetensors.torch import save_file
+
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in denoiser.unet.state_dict().items()},
+                  str(tmp / "adm.safetensors"))
+        _replace_folder(tmp, folder, old)
+        settings = {k: v for k, v in spec.items() if k in ("input_range", "pad", "output_size", "output_mode",
+                                                          "clip_denoised")}
+        return {"name": "adm", "path": f"{folder.name}/adm.safetensors", "config": denoiser.unet.config.as_dict(),
+                **settings}
+    scheduler = _scheduler_of(spec, denoiser)
     denoiser.unet.save_pretrained(str(tmp / "unet"))
     scheduler.save_config(str(tmp / "scheduler"))
+    _replace_folder(tmp, folder, old)
+    return {"name": "diffusion", "path": folder.name, **_denoiser_settings(spec)}
+
+
+def _savable(denoiser) -> bool:
+    """Whether :func:`save_denoiser` can write ``denoiser``: a diffusers UNet or an ADM UNet inside."""
+    from art_some.models.adm import ADMUNet
+
+    unet = getattr(denoiser, "unet", None)
+    return isinstance(unet, ADMUNet) or callable(getattr(unet, "save_pretrained", None))
+
+
+def _replace_folder(tmp: Path, folder: Path, old: Path) -> None:
     # A folder cannot be replaced in one rename: a crash between these two leaves no folder, which the next run
     # sees as stale exports and rewrites.
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
-    return {"name": "diffusion", "path": folder.name, **_denoiser_settings(spec)}
 
 
 def _build_model(config: TrainConfig, info: dict, device: str):
@@ -346,9 +373,9 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
                            seed=config.seed, device="cuda" if "cuda" in str(device) else "cpu", optimizer=optimizer,
                            options=estimator_options)
     saves_denoiser = _saves_denoiser(estimator_options.get("denoiser"), role)
-    if saves_denoiser and not callable(getattr(getattr(clf.denoiser, "unet", None), "save_pretrained", None)):
-        raise ValueError(f"--method {config.method} saves its tuned denoiser as a diffusers folder: --denoiser must "
-                         "be diffusion or tiny_diffusion")
+    if saves_denoiser and not _savable(clf.denoiser):
+        raise ValueError(f"--method {config.method} saves its tuned denoiser as a diffusers folder or an ADM file: "
+                         "--denoiser must be diffusion, tiny_diffusion, adm or tiny_adm")
     extra = {}
     if role == "denoiser":
         optimizer = extra["optimizer"] = _make_optimizer(config, clf.denoiser.parameters())

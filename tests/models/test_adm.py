@@ -381,3 +381,33 @@ def test_diffusion_calibration_tunes_the_adm_unet():
     assert len(changed) > len(before) // 2
     assert all(torch.equal(v, frozen[k]) for k, v in clf_net.state_dict().items())
     assert not den.training and all(p.requires_grad for p in den.parameters())
+
+
+def test_art_some_train_tunes_an_adm_denoiser_and_certify_loads_it(tmp_path):
+    # diffusion_calibration on a tiny ADM UNet: the tuned UNet is saved in the released layout (adm.safetensors,
+    # which load_adm reads) and certify rebuilds the cascade from the checkpoint alone.
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from art_some.cli import cli
+    from art_some.runs.records import read_jsonl
+
+    def run(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    cpu = ["--device", "cpu"]
+    classifier = tmp_path / "classifier"
+    assert run("train", "--method", "gaussian", "--model", "digits_cnn", "--epochs", 1, *cpu, "--output-dir",
+               classifier).exit_code == 0
+    out = tmp_path / "calibrated"
+    result = run("train", "--method", "diffusion_calibration", "--model", classifier / "model.safetensors",
+                 "--denoiser", "tiny_adm", "--optimizer", "adam", "--lr", "1e-3", "--option", "num_noise_vec=1",
+                 "--epochs", 1, *cpu, "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    tuned = load_file(out / "denoiser" / "adm.safetensors")
+    assert "input_blocks.0.0.weight" in tuned and "out.2.weight" in tuned  # the released layout's names
+    records = tmp_path / "r.jsonl"
+    result = run("certify", "--model", out / "model.safetensors", "--n0", 10, "--n", 100, "--max-inputs", 2, *cpu,
+                 "--output", records)
+    assert result.exit_code == 0, result.output
+    assert read_jsonl(records)[0]["method"] == "denoised_multiscale"
