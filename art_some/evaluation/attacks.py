@@ -33,7 +33,7 @@ def apgd(estimator, eps: float, max_iter: int = 20, nb_random_init: int = 1, bat
 
 
 def square(estimator, eps: float, max_iter: int = 100, nb_restarts: int = 1, batch_size: int = 32):
-    """L2 Square attack on the smoothed vote counts (the scores ``predict`` returns)."""
+    """L2 Square attack on the smoothed vote counts (the scores the audit's attack view's ``predict`` returns)."""
     from art.attacks.evasion import SquareAttack
 
     return SquareAttack(estimator, norm=2, eps=eps, max_iter=max_iter, nb_restarts=nb_restarts,

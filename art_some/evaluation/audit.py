@@ -32,10 +32,10 @@ from art_some.core.noise import seed_for
 from art_some.core.stats import binomial_test_two_sided
 from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LIMIT, attack_run_key, audit_key
 from art_some.estimators.protocol import check_estimator
-from art_some.runs.header import RunMismatchError, input_hash, mismatch_message, run_header
+from art_some.runs.header import RunMismatchError, data_fingerprint, input_hash, mismatch_message, run_header
 from art_some.runs.metrics import certified_accuracy
 from art_some.runs.records import NOT_COMPARED, RecordWriter, bar_interval, certificate_fields, resume_note
-from art_some.runs.shards import Layout, merge_shards, merged_before, shard_plan
+from art_some.runs.shards import Layout, check_shard_count, merge_shards, merged_before, shard_plan
 
 # Verification noise is keyed far above any data-set index (art_some.core.streams.audit_key), so it is fresh:
 # independent of the certification and prediction draws of every input, and different for every verification call.
@@ -175,6 +175,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     plan = {}
     if shard is not None:
         plan = shard_plan(indices.tolist(), shard)
+        check_shard_count(plan["shard"][1], len(mine), f"chunks of {batch_size} inputs")
         mine = mine[plan["shard"][0]::plan["shard"][1]]
         plan["shard_inputs"] = sum(map(len, mine))
     mine = [j for chunk in mine for j in chunk]
@@ -184,7 +185,9 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
             estimator, "audit", attacks=list(attacks), eps=eps, budgets=budgets, n=n, n0=n0, alpha=alpha,
             verify_n=int(verify_n), verify_alpha=float(verify_alpha),
             certificate={k: str(v) for k, v in estimator.certificate_info().items()},
-            run_info=run_info, plan={"chunk": int(batch_size), **plan} if plan else None)
+            # The chunk decides the attacks' batches, so the records: part of every audit's header.
+            run_info=run_info, plan={"chunk": int(batch_size), **plan},
+            extra={"data_sha256": data_fingerprint({int(i): input_hash(x_i) for i, x_i in zip(indices, x)})})
         writer = _open_records(out, header, x, indices)
     state = _Audit(estimator, list(attacks), registry, budgets, eps, int(verify_n), float(verify_alpha), out)
     wanted = {int(indices[j]) for j in mine}
@@ -210,6 +213,10 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
         result = _result(records, list(attacks), eps, radii)
         if out is not None:
             write_reports(result, out)  # still under the records' lock: one audit writes this folder at a time
+    except BaseException:
+        if writer is not None:
+            writer.discard_if_empty()  # a header without records would block the corrected rerun
+        raise
     finally:
         if writer is not None:
             writer.close()
@@ -244,13 +251,13 @@ def merge_audits(folders: Sequence[str | os.PathLike], output_dir: str | os.Path
 
     out, results = Path(output_dir), []
 
-    def finish(header, records):
+    def finish(header, records, where):  # into the staged folder, which then becomes output_dir in one step
         for folder in map(Path, folders):
             for saved in sorted((folder / "violations").glob("*.npz")):
-                (out / "violations").mkdir(exist_ok=True)
-                shutil.copy2(saved, out / "violations" / saved.name)
+                (where / "violations").mkdir(exist_ok=True)
+                shutil.copy2(saved, where / "violations" / saved.name)
         results.append(_result(records, header["attacks"], header["eps"]))
-        write_reports(results[0], out)
+        write_reports(results[0], where)
 
     merge_shards(folders, out, AUDIT_FOLDER, finish=finish)
     return results[0]
@@ -293,13 +300,15 @@ def _check_budgets(estimator, registry, attacks, budgets, eps) -> None:
 def attack_view(estimator):
     """
     The estimator as the attacks see it, leaving the caller's untouched: a shallow copy (the same model, rule and
-    noise) whose ``predict`` never abstains (an all-zero abstain row would read as class 0), with gradient noise of
+    noise) whose ``predict`` never abstains (an all-zero abstain row would read as class 0) and returns the vote
+    counts (a signal for score-based attacks such as Square, where one-hot rows are flat), with gradient noise of
     its own (see ``reseed_gradients``).
     """
     import copy
 
     view = copy.copy(check_estimator(estimator, "the audit"))
     view.predict_abstains = False
+    view.predict_output = "counts"
     view.reseed_gradients(0)
     return view
 

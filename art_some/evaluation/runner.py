@@ -10,9 +10,9 @@ merges and torchrun are :mod:`art_some.runs`'; the command's policy (which model
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -20,12 +20,13 @@ from tqdm.auto import tqdm
 
 from art_some.core.validate import positive_int, probability
 from art_some.estimators.protocol import check_estimator
-from art_some.runs.header import DEFAULT_HINT, RunMismatchError, input_hash, run_header
+from art_some.runs.header import DEFAULT_HINT, RunMismatchError, data_fingerprint, input_hash, run_header
 from art_some.runs.records import (
     RecordWriter,
     bar_interval,
     records_from_result,
     resume_note,
+    tsv_path,
     write_atomically,
     write_tsv,
 )
@@ -97,6 +98,8 @@ def certify_dataset(
     plan = {}
     if shard is not None:
         plan = shard_plan(indices, shard)
+    fingerprint = data_fingerprint({i: _input_hash(dataset, i) for i in indices})  # the whole run's, every shard
+    if shard is not None:
         i, k = plan["shard"]
         indices = indices[i::k]
     header = run_header(
@@ -108,10 +111,11 @@ def certify_dataset(
         alpha=float(estimator.alpha if alpha is None else alpha),
         run_info=run_info,
         plan=plan,
-        extra=None if checked is None else {"sequential": checked},
+        extra={"data_sha256": fingerprint, **({} if checked is None else {"sequential": checked})},
     )
     with RecordWriter(output, header=header, hint=hint,
-                      check=lambda writer: _check_recorded_inputs(writer, dataset, hint)) as writer:
+                      check=lambda writer: _check_recorded_inputs(writer, dataset, hint)) as writer, \
+            _discarded_if_empty(writer):
         todo = [int(i) for i in indices if int(i) not in writer.done]
         if writer.records:
             resume_note(echo, progress, output, len(indices) - len(todo), len(indices), "certified")
@@ -133,8 +137,25 @@ def certify_dataset(
                 bar.update(len(chunk))
         records = sorted(writer.records, key=lambda r: r["idx"])
         # Under the writer's lock, so that two runs cannot interleave their logs either.
-        write_atomically(Path(output).with_suffix(".tsv"), lambda tmp: write_tsv(records, tmp))
+        write_atomically(tsv_path(output), lambda tmp: write_tsv(records, tmp))
     return records
+
+
+def _input_hash(dataset, idx: int) -> str:
+    """The :func:`~art_some.runs.header.input_hash` of ``dataset[idx]``, or a clear error for an index it lacks."""
+    if not 0 <= idx < len(dataset):
+        raise ValueError(f"index {idx} is not in the data set ({len(dataset)} inputs)")
+    return input_hash(np.asarray(dataset[idx][0], dtype=np.float32))
+
+
+@contextlib.contextmanager
+def _discarded_if_empty(writer: RecordWriter):
+    """On any failure before the first record, remove the file this run created (its header would block a rerun)."""
+    try:
+        yield
+    except BaseException:
+        writer.discard_if_empty()
+        raise
 
 
 def inputs_per_call(estimator, n: int, n0: int | None, batch_size: int | None, sequential: dict | None = None) -> int:
