@@ -32,7 +32,7 @@ from art_some.core.noise import seed_for
 from art_some.core.stats import binomial_test_two_sided
 from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LIMIT, attack_run_key, audit_key
 from art_some.estimators.protocol import check_estimator
-from art_some.runs.header import RunMismatchError, data_fingerprint, input_hash, mismatch_message, run_header
+from art_some.runs.header import RunMismatchError, input_hash, mismatch_message, run_header
 from art_some.runs.metrics import certified_accuracy
 from art_some.runs.records import NOT_COMPARED, RecordWriter, bar_interval, certificate_fields, resume_note
 from art_some.runs.shards import Layout, check_shard_count, merge_shards, merged_before, shard_plan
@@ -174,7 +174,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     mine = [list(range(s, min(s + batch_size, len(x)))) for s in range(0, len(x), batch_size)]  # the chunks
     plan = {}
     if shard is not None:
-        plan = shard_plan(indices.tolist(), shard)
+        plan = shard_plan(indices.tolist(), shard, {int(i): input_hash(x_i) for i, x_i in zip(indices, x)})
         check_shard_count(plan["shard"][1], len(mine), f"chunks of {batch_size} inputs")
         mine = mine[plan["shard"][0]::plan["shard"][1]]
         plan["shard_inputs"] = sum(map(len, mine))
@@ -186,8 +186,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
             verify_n=int(verify_n), verify_alpha=float(verify_alpha),
             certificate={k: str(v) for k, v in estimator.certificate_info().items()},
             # The chunk decides the attacks' batches, so the records: part of every audit's header.
-            run_info=run_info, plan={"chunk": int(batch_size), **plan},
-            extra={"data_sha256": data_fingerprint({int(i): input_hash(x_i) for i, x_i in zip(indices, x)})})
+            run_info=run_info, plan={"chunk": int(batch_size), **plan})
         writer = _open_records(out, header, x, indices)
     state = _Audit(estimator, list(attacks), registry, budgets, eps, int(verify_n), float(verify_alpha), out)
     wanted = {int(indices[j]) for j in mine}

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from art_some.core.validate import positive_int, probability
 from art_some.estimators.protocol import check_estimator
-from art_some.runs.header import DEFAULT_HINT, RunMismatchError, data_fingerprint, input_hash, run_header
+from art_some.runs.header import DEFAULT_HINT, RunMismatchError, input_hash, run_header
 from art_some.runs.records import (
     RecordWriter,
     bar_interval,
@@ -31,8 +31,6 @@ from art_some.runs.records import (
     write_tsv,
 )
 from art_some.runs.shards import shard_plan
-
-CHECKED_INPUTS = 8  # recorded inputs compared with the data set on resume (a cheap check that it is the same data)
 
 
 def certify_dataset(
@@ -97,9 +95,8 @@ def certify_dataset(
     checked = None if sequential is None else _sequential_options(sequential)
     plan = {}
     if shard is not None:
-        plan = shard_plan(indices, shard)
-    fingerprint = data_fingerprint({i: _input_hash(dataset, i) for i in indices})  # the whole run's, every shard
-    if shard is not None:
+        # Every shard fingerprints the whole run's inputs, so that shards of two copies of a data set do not merge.
+        plan = shard_plan(indices, shard, {i: _input_hash(dataset, i) for i in indices})
         i, k = plan["shard"]
         indices = indices[i::k]
     header = run_header(
@@ -111,7 +108,7 @@ def certify_dataset(
         alpha=float(estimator.alpha if alpha is None else alpha),
         run_info=run_info,
         plan=plan,
-        extra={"data_sha256": fingerprint, **({} if checked is None else {"sequential": checked})},
+        extra=None if checked is None else {"sequential": checked},
     )
     with RecordWriter(output, header=header, hint=hint,
                       check=lambda writer: _check_recorded_inputs(writer, dataset, hint)) as writer, \
@@ -198,13 +195,13 @@ def _sequential_options(options: dict) -> dict:
 
 
 def _check_recorded_inputs(writer: RecordWriter, dataset, hint: str) -> None:
-    """Compare the first recorded inputs with the data set's, so records of other data are not extended."""
+    """Compare every recorded input with the data set's, so records of other data are not extended."""
     def hash_now(idx):
         if not 0 <= idx < len(dataset):
             return None  # an index this data set does not have: other data
         return input_hash(np.asarray(dataset[idx][0], dtype=np.float32))
 
-    changed = writer.changed_input(hash_now, limit=CHECKED_INPUTS)
+    changed = writer.changed_input(hash_now)
     if changed is not None:
         idx, recorded, now = changed
         raise RunMismatchError(writer.path, {f"input {idx} (sha256)": (recorded, now)}, hint)

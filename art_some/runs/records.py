@@ -589,11 +589,17 @@ def read_tsv(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """Read records from a ``.jsonl`` file or a community ``.tsv`` log (chosen by content, not name)."""
+def read_records(path: str | os.PathLike, check: bool = False) -> list[dict]:
+    """
+    Read records from a ``.jsonl`` file or a community ``.tsv`` log (chosen by content, not name).
+
+    :param check: Check JSONL records against themselves and their header (:func:`read_checked`).
+    """
     with open(path, encoding="utf-8") as f:
         first = f.readline().lstrip()
-    return read_jsonl(path) if first.startswith("{") else read_tsv(path)
+    if not first.startswith("{"):
+        return read_tsv(path)
+    return read_checked(path)[1] if check else read_jsonl(path)
 
 
 def bar_interval() -> float:

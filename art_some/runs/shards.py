@@ -77,14 +77,19 @@ def _indices_hash(indices) -> str:
     return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
 
 
-def shard_plan(indices: Sequence[int], shard) -> dict:
+def shard_plan(indices: Sequence[int], shard, hashes: dict | None = None) -> dict:
     """
     The header entries of shard ``(i, k)`` of a run over ``indices``: the shard, and the run's whole index list
-    (its length and the hash of the sorted list, which the merged records must match).
+    (its length and the hash of the sorted list, which the merged records must match) and data (``data_sha256``,
+    the :func:`~art_some.runs.header.data_fingerprint` of ``hashes``, every input's hash, which the records' hashes
+    must match).
     """
     i, k = check_shard(shard)
     check_shard_count(k, len(indices), "inputs")
-    return {"shard": [i, k], "plan": {"count": len(indices), "sha256": _indices_hash(sorted(int(j) for j in indices))}}
+    plan = {"count": len(indices), "sha256": _indices_hash(sorted(int(j) for j in indices))}
+    if hashes is not None:
+        plan["data_sha256"] = data_fingerprint(hashes)
+    return {"shard": [i, k], "plan": plan}
 
 
 def check_shard_count(k: int, units: int, what: str) -> None:
@@ -156,13 +161,14 @@ def check_shards(paths, headers, parts) -> tuple[dict, list[dict]]:
 
 
 def check_fingerprint(paths, header: dict, records: list[dict]) -> None:
-    """The inputs the records say they certified must be the data the header fingerprints (``data_sha256``)."""
-    if "data_sha256" not in header:
+    """The inputs the records say they certified must be the data the header fingerprints (``plan.data_sha256``)."""
+    expected = (header.get("plan") or {}).get("data_sha256")
+    if expected is None:
         return
     hashes = {r["idx"]: r.get("input_sha256") for r in records}
-    if data_fingerprint(hashes) != header["data_sha256"]:
+    if data_fingerprint(hashes) != expected:
         raise ValueError(f"the inputs recorded in {', '.join(map(str, paths))} (input_sha256) are not the data "
-                         "their headers fingerprint (data_sha256)")
+                         "their headers fingerprint (plan.data_sha256)")
 
 
 def merge_shards(sources: Sequence[str | os.PathLike], output: str | os.PathLike, layout: Layout = RECORD_FILE,

@@ -35,7 +35,6 @@ except ImportError:  # not on Windows: runs are then not locked
     fcntl = None
 
 STATE_FILE = "train_state.pt"
-LOCK_FILE = "train.lock"
 HISTORY_FILE = "history.jsonl"
 CONFIG_FILE = "train.config.yaml"  # the resolved configuration of a run started from a config file
 # Below this many epochs the default schedule keeps the learning rate constant: a third of a short run is an
@@ -292,12 +291,15 @@ def _check_outputs(config: TrainConfig, out: Path, model_path: Path, state, rest
 
 @contextlib.contextmanager
 def _output_lock(out: Path, rank: int):
-    """Rank 0 holds ``out/train.lock`` (flock) for the run: a second run on the folder is refused, not mixed in."""
+    """
+    Rank 0 holds a lock (flock) on the folder itself for the run, leaving no file behind: a second run on the folder
+    is refused, not mixed in.
+    """
     if rank != 0:
         yield
         return
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(out, os.O_RDONLY)
     try:
         if fcntl is not None:
             try:
@@ -342,7 +344,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     from art_some.models import save_checkpoint
     from art_some.models.multihead import unwrap
     from art_some.plugins import get, meta
-    from art_some.runs.loader import default_estimator
+    from art_some.runs.loader import default_estimator, folder_note
 
     config.check()
     trainer_cls = get("trainers", config.method)
@@ -395,6 +397,8 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     owns_schedule = getattr(trainer, "owns_lr_schedule", False)
 
     _check_outputs(config, out, model_path, state, restart)
+    if rank == 0 and folder_note(config.model):
+        echo(f"Note: {folder_note(config.model)}")
     # Everything is checked: only now are files created (or, with --restart, the old run removed), under the
     # folder's lock: a second run on the same --output-dir would silently replace this one's files.
     with _output_lock(out, rank):
