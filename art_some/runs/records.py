@@ -479,11 +479,30 @@ def _check_radius(where: str, record: dict, header: dict) -> None:
     if ("pA_lower" not in record or not isinstance(sigma, (int, float)) or "sigmas" in keys or not gaussian
             or not in_input_space or (not plain and "sigma" not in record)):
         return
+    if plain:
+        _check_p_lower(where, record)
     bound = float(gaussian_radius(record["pA_lower"], sigma))
     slack = RADIUS_TOLERANCE * max(1.0, bound)
     if record["radius"] > bound + slack or (plain and abs(record["radius"] - bound) > slack):
         raise ValueError(f"{where}: field radius is {record['radius']!r}, but pA_lower {record['pA_lower']!r} and "
                          f"sigma {sigma!r} certify {bound!r}")
+
+
+def _check_p_lower(where: str, record: dict) -> None:
+    """Fixed-n CERTIFY's pA_lower is Clopper-Pearson's bound on the predicted class's count out of n, at alpha."""
+    from art_some.core.stats import clopper_pearson_lower
+
+    counts = record.get("counts")
+    if "draws" in record or not isinstance(counts, dict) or not {"n", "alpha"} <= record.keys():
+        return  # sequential CERTIFY spends alpha over rounds; older records keep no counts
+    count = counts.get(str(record["predict"]))
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= record["n"]:
+        raise ValueError(f"{where}: field counts holds no count of the predicted class {record['predict']} out of n "
+                         f"{record['n']}: {counts}")
+    bound = float(clopper_pearson_lower(count, record["n"], record["alpha"]))
+    if abs(bound - record["pA_lower"]) > RADIUS_TOLERANCE:
+        raise ValueError(f"{where}: field pA_lower is {record['pA_lower']!r}, but {count} of {record['n']} votes at "
+                         f"alpha {record['alpha']} give {bound!r}")
 
 
 def read_checked(path: str | os.PathLike, header: dict | None = None) -> tuple[dict | None, list[dict]]:
