@@ -58,7 +58,8 @@ def certify_dataset(
     The file's header records this run (estimator, its parameters and weights hash, n, n0, alpha, method and
     ``run_info``); resuming a file with another header raises
     :class:`~art_some.runs.header.RunMismatchError` naming the fields, and so does a recorded input that differs
-    from the data set's (the first few are compared). Each record stores its input's hash (``input_sha256``).
+    from the data set's (every recorded input is compared). Each record stores its input's hash (``input_sha256``);
+    a shard's header also fingerprints the whole run's inputs (``plan.data_sha256``).
     A second writer of the same file is refused (:class:`~art_some.runs.records.FileInUseError`).
 
     :param estimator: A smoothed estimator with ``certify_detailed``.
