@@ -252,6 +252,9 @@ def test_outputs_without_an_extension_get_distinct_tsvs(tmp_path):
         assert result.exit_code == 0 and f"res_s{sigma}.tsv" in result.output, result.output
     assert (tmp_path / "res_s0.25.tsv").is_file() and (tmp_path / "res_s0.5.tsv").is_file()
     assert tsv_path("r.jsonl").name == "r.tsv"
+    from art_some.runs.certify import config_path
+
+    assert config_path("res_s0.25").name == "res_s0.25.config.yaml" and config_path("r.jsonl").name == "r.config.yaml"
 
 
 def test_write_atomically_never_follows_a_planted_link(tmp_path):
