@@ -113,7 +113,7 @@ def _read_checkpoint(path: Path, device: str) -> tuple[dict | None, dict]:
     """The state dict (None for safetensors, which loads into the model directly) and the metadata of ``path``."""
     try:
         if path.suffix in (".pt", ".pth"):
-            blob = torch_load(path, map_location=device)
+            blob = torch_load(path, map_location=device, unreadable="is corrupt or not a safetensors/torch file")
             if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
                 raise KeyError("a torch checkpoint must be a dict with 'state_dict' and 'meta'")
             state, meta = blob["state_dict"], blob["meta"]

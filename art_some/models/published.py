@@ -167,10 +167,12 @@ REFUSED_GLOBAL = re.compile(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", re
 PICKLED = "which weights_only=True refuses to unpickle"  # what is_published looks for
 
 
-def torch_load(path: Path, map_location="cpu"):
+def torch_load(path: Path, map_location="cpu", unreadable: str = "is not a readable torch file"):
     """
     ``torch.load(path, weights_only=True)`` after :func:`check_declared_sizes`, every refusal one line naming the
     file (and the pickled object that weights_only refuses, in any of torch's wordings).
+
+    :param unreadable: What the message says of a file torch cannot read at all.
     """
     import torch
 
@@ -185,7 +187,7 @@ def torch_load(path: Path, map_location="cpu"):
                              "tensors only (torch.save({'arch': ..., 'state_dict': ...}))") from None
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # torch's reason, not its advice
         first = detail.group(1) if detail else (text.strip().splitlines()[0] if text.strip() else "")
-        raise ValueError(f"checkpoint {path} is not a readable torch file ({type(err).__name__}"
+        raise ValueError(f"checkpoint {path} {unreadable} ({type(err).__name__}"
                          f"{': ' + first if first else ''})") from None
 
 

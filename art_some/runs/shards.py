@@ -135,6 +135,8 @@ def check_shards(paths, headers, parts) -> tuple[dict, list[dict]]:
         i = header["shard"][0]
         if header["shard"][1] != k:
             raise ValueError(f"{path} is shard {i}/{header['shard'][1]}, but {paths[0]} is one of {k} shards")
+        if not isinstance(i, int) or not 0 <= i < k:
+            raise ValueError(f"{path}: field shard says shard {i!r} of {k}")
         if i in seen:
             raise ValueError(f"shard {i}/{k} is given twice: {seen[i]} and {path}")
         seen[i] = str(path)
@@ -172,7 +174,7 @@ def check_fingerprint(paths, header: dict, records: list[dict]) -> None:
 
 
 def merge_shards(sources: Sequence[str | os.PathLike], output: str | os.PathLike, layout: Layout = RECORD_FILE,
-                 finish: Callable[[dict, list[dict]], None] | None = None) -> tuple[dict, list[dict]]:
+                 finish: Callable[[dict, list[dict], Path], None] | None = None) -> tuple[dict, list[dict]]:
     """
     Merge the shards of a run (``--shard I/K``, or the ranks of a ``torchrun`` run) into ``output`` after the checks
     of :func:`check_shards`; every refusal names the file and the field or index. The merged header is the shards'
