@@ -16,7 +16,7 @@ def vote_counts(estimator):
     that sum to one as probabilities; Square, Carlini-Wagner and DeepFool need scores that move). A shallow copy
     when the estimator gives one-hot rows (the caller's is left as it is); the audit's attack view already counts.
     """
-    if getattr(estimator, "predict_output", "counts") == "counts":
+    if estimator.predict_output == "counts":
         return estimator
     # Not copy.copy: ART's __getstate__ would save the network to files and load a second one.
     view = object.__new__(type(estimator))
