@@ -26,6 +26,7 @@ from art_some.runs.config import (
     write_resolved,
 )
 from art_some.runs.presets import pipeline_options, resolve_pipeline
+from art_some.runs.records import tsv_path
 
 DEFAULT_RADII = "0,0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"
 
@@ -164,7 +165,7 @@ def certify(options, radii, **values):
     write_resolved(click.get_current_context(), config_path(config.output))
     click.echo(summary_table(records, parse_radii(radii or DEFAULT_RADII)))
     shard = values["shard"]
-    click.echo(f"records: {config.output} and {Path(config.output).with_suffix('.tsv')}"
+    click.echo(f"records: {config.output} and {tsv_path(config.output)}"
                + (f" (shard {shard}; combine the shards with art-some merge)" if shard else ""))
 
 
@@ -196,7 +197,7 @@ def merge(files, output, radii):
                          "not both")
     records = merge_records(list(files), output)
     click.echo(summary_table(records, radii))
-    click.echo(f"records: {output} and {Path(output).with_suffix('.tsv')} ({len(files)} shards)")
+    click.echo(f"records: {output} and {tsv_path(output)} ({len(files)} shards)")
 
 
 @cli.command()
@@ -334,7 +335,7 @@ def demo(**values):
 
     records, paths = run_demo(**values, echo=click.echo)
     click.echo(summary_table(records, parse_radii(DEFAULT_RADII)))
-    click.echo(f"records: {paths['records']}, {paths['records'].with_suffix('.tsv')}; plot: {paths['plot']}; "
+    click.echo(f"records: {paths['records']}, {tsv_path(paths['records'])}; plot: {paths['plot']}; "
                f"model: {paths['model']}")
 
 
@@ -356,7 +357,7 @@ def report(files, radii):
     for path in files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no such file: {path}")
-        records = read_records(path)
+        records = read_records(path, check=True)  # JSONL records against themselves and their header, as merge
         loaded.append((Path(path).name, records))
         click.echo(f"== {path}")
         click.echo(describe_header(read_header(path)))

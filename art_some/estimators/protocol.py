@@ -18,7 +18,7 @@ MEMBERS = (
     "nb_classes", "input_shape", "clip_values", "sample_size", "alpha", "seed", "scale", "noise_batch_size",
     "precision", "radii_in_input_space", "model", "device", "get_params", "set_params", "predict", "certify",
     "certify_detailed", "certify_sequential", "audit_counts", "certificate_info", "loss_gradient",
-    "predict_abstains", "reseed_gradients", "radius_norm",
+    "predict_abstains", "predict_output", "reseed_gradients", "radius_norm",
 )
 
 
@@ -36,7 +36,8 @@ class SmoothedEstimator(Protocol):
     Procedures: ART's ``predict`` and ``certify``; ``certify_detailed`` and ``certify_sequential`` returning a
     :class:`~art_some.core.certify.CertifyResult`; ``audit_counts`` (the fresh votes an attack point is checked with);
     ``certificate_info`` (what each record says of the certificate); ``loss_gradient`` (what ART's attacks call);
-    ``predict_abstains`` (``predict``'s default, which the audit's attack view turns off) and ``reseed_gradients``
+    ``predict_abstains`` and ``predict_output`` (``predict``'s defaults: abstain, ART's one-hot rows; the audit's
+    attack view never abstains and returns the vote counts) and ``reseed_gradients``
     (restart the EOT gradient noise, so that each attack run sees the same).
     """
 
@@ -52,6 +53,7 @@ class SmoothedEstimator(Protocol):
     radii_in_input_space: bool
     radius_norm: str
     predict_abstains: bool
+    predict_output: str
 
     def reseed_gradients(self, stream: int = 0) -> None: ...
 

@@ -41,9 +41,9 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
     - noise is added in raw input space, before ``preprocessing``, in ``fit``, ``predict`` and ``certify``
       alike (ART adds it after preprocessing in ``fit``, so it trains and certifies different sigmas);
     - ``certify`` streams noise batches on the device and only counts leave it (ART materialises n copies);
-    - ``predict`` returns, per row, the vote counts out of ``sample_size`` draws (all zeros = abstain). The
-      argmax and the abstain rows are exactly ART's one-hot convention (``output="onehot"`` gives that
-      form); counts also give score-based attacks a signal and are not mistaken for probabilities by APGD;
+    - ``predict`` returns ART's rows (one-hot of the smoothed prediction, all zeros = abstain), so code written for
+      ``PyTorchRandomizedSmoothing`` works unchanged; ``output="counts"`` gives the vote counts out of
+      ``sample_size`` draws instead (the same argmax and abstain rows), which give score-based attacks a signal;
     - ``loss_gradient``, ``compute_loss`` and ``class_gradient`` are Monte-Carlo (EOT) estimates over
       ``gradient_samples`` noise draws of the soft smoothed classifier G(x) = E[softmax f(x + delta)]
       (Salman et al. 2019): the loss is -log G_y(x), and ``class_gradient`` is the gradient of
@@ -60,6 +60,8 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
     # the attack audit runs attacks on a shallow copy with this off (evaluation.audit.attack_view), so that they see
     # the smoothed classifier's top class while the caller's estimator stays as it was.
     predict_abstains = True
+    # ``predict``'s default ``output``: ART's one-hot rows. The audit's attack view asks for the vote counts.
+    predict_output = "onehot"
 
     # How the factory (create_estimator) passes one noise level: as ART's scale here, as one of sigmas in a cascade.
     sigma_parameter = "scale"
@@ -485,13 +487,13 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
         :param x: Inputs ``(N, *input_shape)``.
         :param batch_size: Kept for ART compatibility; noisy batches use ``noise_batch_size``.
         :param verbose: Unused; kept for ART compatibility.
-        :param is_abstain: If False, never abstain (rows always hold the votes); default ``predict_abstains``.
-        :param output: ``"counts"`` (default): each row holds the vote counts, all zeros where it abstains;
-                       ``"onehot"``: ART's exact form, a one-hot row of the predicted class or all zeros.
+        :param is_abstain: If False, never abstain (rows always hold the top class); default ``predict_abstains``.
+        :param output: ``"onehot"`` (default, ``predict_output``): ART's form, a one-hot row of the predicted class
+                       or all zeros; ``"counts"``: each row holds the vote counts, all zeros where it abstains.
         :return: float32 array ``(N, nb_classes)``.
         """
         is_abstain = kwargs.get("is_abstain", self.predict_abstains)
-        output = kwargs.get("output", "counts")
+        output = kwargs.get("output", self.predict_output)
         if output not in ("counts", "onehot"):
             raise ValueError(f"output must be 'counts' or 'onehot', got {output!r}")
         x_t = self._as_input_tensor(x)

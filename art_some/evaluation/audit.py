@@ -35,7 +35,7 @@ from art_some.estimators.protocol import check_estimator
 from art_some.runs.header import RunMismatchError, input_hash, mismatch_message, run_header
 from art_some.runs.metrics import certified_accuracy
 from art_some.runs.records import NOT_COMPARED, RecordWriter, bar_interval, certificate_fields, resume_note
-from art_some.runs.shards import Layout, merge_shards, merged_before, shard_plan
+from art_some.runs.shards import Layout, check_shard_count, merge_shards, merged_before, shard_plan
 
 # Verification noise is keyed far above any data-set index (art_some.core.streams.audit_key), so it is fresh:
 # independent of the certification and prediction draws of every input, and different for every verification call.
@@ -181,7 +181,8 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     mine = [list(range(s, min(s + batch_size, len(x)))) for s in range(0, len(x), batch_size)]  # the chunks
     plan = {}
     if shard is not None:
-        plan = shard_plan(indices.tolist(), shard)
+        plan = shard_plan(indices.tolist(), shard, {int(i): input_hash(x_i) for i, x_i in zip(indices, x)})
+        check_shard_count(plan["shard"][1], len(mine), f"chunks of {batch_size} inputs")
         mine = mine[plan["shard"][0]::plan["shard"][1]]
         plan["shard_inputs"] = sum(map(len, mine))
     mine = [j for chunk in mine for j in chunk]
@@ -192,7 +193,8 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
             verify_n=int(verify_n), verify_alpha=float(verify_alpha),
             certificate={k: str(v) for k, v in estimator.certificate_info().items()},
             **({} if norm == "l2" else {"norm": norm}),
-            run_info=run_info, plan={"chunk": int(batch_size), **plan} if plan else None)
+            # The chunk decides the attacks' batches, so the records: part of every audit's header.
+            run_info=run_info, plan={"chunk": int(batch_size), **plan})
         writer = _open_records(out, header, x, indices)
     state = _Audit(estimator, list(attacks), registry, budgets, eps, int(verify_n), float(verify_alpha), out)
     wanted = {int(indices[j]) for j in mine}
@@ -218,6 +220,10 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
         result = _result(records, list(attacks), eps, radii, norm)
         if out is not None:
             write_reports(result, out)  # still under the records' lock: one audit writes this folder at a time
+    except BaseException:
+        if writer is not None:
+            writer.discard_if_empty()  # a header without records would block the corrected rerun
+        raise
     finally:
         if writer is not None:
             writer.close()
@@ -252,13 +258,13 @@ def merge_audits(folders: Sequence[str | os.PathLike], output_dir: str | os.Path
 
     out, results = Path(output_dir), []
 
-    def finish(header, records):
+    def finish(header, records, where):  # into the staged folder, which then becomes output_dir in one step
         for folder in map(Path, folders):
             for saved in sorted((folder / "violations").glob("*.npz")):
-                (out / "violations").mkdir(exist_ok=True)
-                shutil.copy2(saved, out / "violations" / saved.name)
+                (where / "violations").mkdir(exist_ok=True)
+                shutil.copy2(saved, where / "violations" / saved.name)
         results.append(_result(records, header["attacks"], header["eps"], norm=header.get("norm", "l2")))
-        write_reports(results[0], out)
+        write_reports(results[0], where)
 
     merge_shards(folders, out, AUDIT_FOLDER, finish=finish)
     return results[0]
@@ -313,13 +319,15 @@ def _check_budgets(estimator, registry, attacks, budgets, eps, norm) -> None:
 def attack_view(estimator):
     """
     The estimator as the attacks see it, leaving the caller's untouched: a shallow copy (the same model, rule and
-    noise) whose ``predict`` never abstains (an all-zero abstain row would read as class 0), with gradient noise of
+    noise) whose ``predict`` never abstains (an all-zero abstain row would read as class 0) and returns the vote
+    counts (a signal for score-based attacks such as Square, where one-hot rows are flat), with gradient noise of
     its own (see ``reseed_gradients``).
     """
     import copy
 
     view = copy.copy(check_estimator(estimator, "the audit"))
     view.predict_abstains = False
+    view.predict_output = "counts"
     view.reseed_gradients(0)
     return view
 

@@ -10,9 +10,9 @@ merges and torchrun are :mod:`art_some.runs`'; the command's policy (which model
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -26,12 +26,11 @@ from art_some.runs.records import (
     bar_interval,
     records_from_result,
     resume_note,
+    tsv_path,
     write_atomically,
     write_tsv,
 )
 from art_some.runs.shards import shard_plan
-
-CHECKED_INPUTS = 8  # recorded inputs compared with the data set on resume (a cheap check that it is the same data)
 
 
 def certify_dataset(
@@ -59,7 +58,8 @@ def certify_dataset(
     The file's header records this run (estimator, its parameters and weights hash, n, n0, alpha, method and
     ``run_info``); resuming a file with another header raises
     :class:`~art_some.runs.header.RunMismatchError` naming the fields, and so does a recorded input that differs
-    from the data set's (the first few are compared). Each record stores its input's hash (``input_sha256``).
+    from the data set's (every recorded input is compared). Each record stores its input's hash (``input_sha256``);
+    a shard's header also fingerprints the whole run's inputs (``plan.data_sha256``).
     A second writer of the same file is refused (:class:`~art_some.runs.records.FileInUseError`).
 
     :param estimator: A smoothed estimator with ``certify_detailed``.
@@ -96,7 +96,8 @@ def certify_dataset(
     checked = None if sequential is None else _sequential_options(sequential)
     plan = {}
     if shard is not None:
-        plan = shard_plan(indices, shard)
+        # Every shard fingerprints the whole run's inputs, so that shards of two copies of a data set do not merge.
+        plan = shard_plan(indices, shard, {i: _input_hash(dataset, i) for i in indices})
         i, k = plan["shard"]
         indices = indices[i::k]
     header = run_header(
@@ -111,7 +112,8 @@ def certify_dataset(
         extra=None if checked is None else {"sequential": checked},
     )
     with RecordWriter(output, header=header, hint=hint,
-                      check=lambda writer: _check_recorded_inputs(writer, dataset, hint)) as writer:
+                      check=lambda writer: _check_recorded_inputs(writer, dataset, hint)) as writer, \
+            _discarded_if_empty(writer):
         todo = [int(i) for i in indices if int(i) not in writer.done]
         if writer.records:
             resume_note(echo, progress, output, len(indices) - len(todo), len(indices), "certified")
@@ -133,8 +135,25 @@ def certify_dataset(
                 bar.update(len(chunk))
         records = sorted(writer.records, key=lambda r: r["idx"])
         # Under the writer's lock, so that two runs cannot interleave their logs either.
-        write_atomically(Path(output).with_suffix(".tsv"), lambda tmp: write_tsv(records, tmp))
+        write_atomically(tsv_path(output), lambda tmp: write_tsv(records, tmp))
     return records
+
+
+def _input_hash(dataset, idx: int) -> str:
+    """The :func:`~art_some.runs.header.input_hash` of ``dataset[idx]``, or a clear error for an index it lacks."""
+    if not 0 <= idx < len(dataset):
+        raise ValueError(f"index {idx} is not in the data set ({len(dataset)} inputs)")
+    return input_hash(np.asarray(dataset[idx][0], dtype=np.float32))
+
+
+@contextlib.contextmanager
+def _discarded_if_empty(writer: RecordWriter):
+    """On any failure before the first record, remove the file this run created (its header would block a rerun)."""
+    try:
+        yield
+    except BaseException:
+        writer.discard_if_empty()
+        raise
 
 
 def inputs_per_call(estimator, n: int, n0: int | None, batch_size: int | None, sequential: dict | None = None) -> int:
@@ -177,13 +196,13 @@ def _sequential_options(options: dict) -> dict:
 
 
 def _check_recorded_inputs(writer: RecordWriter, dataset, hint: str) -> None:
-    """Compare the first recorded inputs with the data set's, so records of other data are not extended."""
+    """Compare every recorded input with the data set's, so records of other data are not extended."""
     def hash_now(idx):
         if not 0 <= idx < len(dataset):
             return None  # an index this data set does not have: other data
         return input_hash(np.asarray(dataset[idx][0], dtype=np.float32))
 
-    changed = writer.changed_input(hash_now, limit=CHECKED_INPUTS)
+    changed = writer.changed_input(hash_now)
     if changed is not None:
         idx, recorded, now = changed
         raise RunMismatchError(writer.path, {f"input {idx} (sha256)": (recorded, now)}, hint)

@@ -22,7 +22,7 @@ from art_some.models.multihead import (
     digits_cnn_multihead,
     resnet50_multihead,
 )
-from art_some.models.published import load_published
+from art_some.models.published import load_published, torch_load
 from art_some.models.small import DigitsCNN
 from art_some.models.video import ChunkAveragedClip, TinyVideoCNN
 
@@ -112,11 +112,9 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
 
 def _read_checkpoint(path: Path, device: str) -> tuple[dict | None, dict]:
     """The state dict (None for safetensors, which loads into the model directly) and the metadata of ``path``."""
-    import torch
-
     try:
         if path.suffix in (".pt", ".pth"):
-            blob = torch.load(path, map_location=device, weights_only=True)
+            blob = torch_load(path, map_location=device, unreadable="is corrupt or not a safetensors/torch file")
             if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
                 raise KeyError("a torch checkpoint must be a dict with 'state_dict' and 'meta'")
             state, meta = blob["state_dict"], blob["meta"]
@@ -133,11 +131,20 @@ def _read_checkpoint(path: Path, device: str) -> tuple[dict | None, dict]:
         raise ValueError(f"checkpoint {path} has no art-some metadata ({err.args[0]})") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"checkpoint {path}: metadata field {METADATA_KEY!r} is not valid JSON ({err})") from None
+    except ValueError as err:
+        if str(err).startswith(f"checkpoint {path}"):  # torch_load's own one line
+            raise
+        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors/torch file ({_first_line(err)})") from None
     except Exception as err:
-        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors/torch file ({err})") from None
+        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors/torch file ({_first_line(err)})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"checkpoint {path}: its metadata must be a JSON object, got {type(meta).__name__}")
     return state, dict(meta)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _model_spec(path: Path, meta: dict):

@@ -32,7 +32,10 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
+
+from art_some.core.errors import NonFiniteError
 
 # Channel statistics of the normalize layers (get_normalize_layer in each repository's datasets.py / utils.py).
 NORMALIZATION = {
@@ -109,6 +112,7 @@ def load_published(path: str | os.PathLike, arch: str | None = None, device: str
     state = blob.get(field)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {path}: field {field!r} must be a state dict of tensors for arch {arch!r}")
+    _check_finite_tensors(path, field, state)  # every tensor, the normalize layer's buffers included
     if fmt == "macer":
         network = _strip(state, "module.")
     else:
@@ -117,6 +121,7 @@ def load_published(path: str | os.PathLike, arch: str | None = None, device: str
             mean, std = buffers
             std = std if std is not None else (1.0,) * len(mean)
         network = _strip(network, "module.")
+    _check_normalisation(path, mean, std)
     mapped = _map_keys(network, fmt, model_name)
     num_classes, kwargs = _shape_kwargs(path, arch, fmt, mapped)
     model = create_model(model_name, num_classes=num_classes, **kwargs)
@@ -144,32 +149,119 @@ def is_published(path: str | os.PathLike) -> bool:
     try:
         blob = _read(path)
     except ValueError as err:
-        return "refuses to unpickle" in str(err)
+        return PICKLED in str(err) or "refusing to load it" in str(err)  # torch files refused for what they hold
     return "meta" not in blob and ("state_dict" in blob or "net" in blob)
 
 
 def _read(path: Path) -> dict:
-    import torch
-
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        text = str(err)
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if isinstance(err, pickle.UnpicklingError) and found:
-            what = f"a pickled {found.group(1)} object"
-            raise ValueError(f"checkpoint {path} holds {what}, which weights_only=True refuses to unpickle; "
-                             "re-save its tensors only (torch.save({'arch': ..., 'state_dict': ...}))") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # torch's reason, not its advice
-        first = detail.group(1) if detail else (text.strip().splitlines()[0] if text.strip() else "")
-        raise ValueError(f"checkpoint {path} is not a readable torch file ({type(err).__name__}"
-                         f"{': ' + first if first else ''})") from None
+    blob = torch_load(path)
     if not isinstance(blob, dict):
         raise ValueError(f"checkpoint {path} holds a {type(blob).__name__}, not a dict with a 'state_dict' "
                          "(or MACER's 'net')")
     return blob
 
 
+# Every wording torch has used for a global that weights_only refuses ("Unsupported global: GLOBAL x.y" before 2.6,
+# "unsupported GLOBAL x.y whose module x is blocked" since).
+REFUSED_GLOBAL = re.compile(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
+PICKLED = "which weights_only=True refuses to unpickle"  # what is_published looks for
+
+
+def torch_load(path: Path, map_location="cpu", unreadable: str = "is not a readable torch file"):
+    """
+    ``torch.load(path, weights_only=True)`` after :func:`check_declared_sizes`, every refusal one line naming the
+    file (and the pickled object that weights_only refuses, in any of torch's wordings).
+
+    :param unreadable: What the message says of a file torch cannot read at all.
+    """
+    import torch
+
+    check_declared_sizes(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        text = str(err)
+        found = REFUSED_GLOBAL.search(text)
+        if isinstance(err, pickle.UnpicklingError) and found:
+            raise ValueError(f"checkpoint {path} holds a pickled {found.group(1)} object, {PICKLED}; re-save its "
+                             "tensors only (torch.save({'arch': ..., 'state_dict': ...}))") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # torch's reason, not its advice
+        first = detail.group(1) if detail else (text.strip().splitlines()[0] if text.strip() else "")
+        raise ValueError(f"checkpoint {path} {unreadable} ({type(err).__name__}"
+                         f"{': ' + first if first else ''})") from None
+
+
+def check_declared_sizes(path: Path) -> None:
+    """
+    Refuse a torch file whose entries declare more bytes than the file holds, before anything is inflated or
+    allocated: torch writes its zip entries stored, so a larger entry is compressed (a zip bomb) or forged; a legacy
+    (pre-1.6) file declares its storages' sizes in its pickle, and a 4 TB storage in a small file is forged too.
+    """
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for entry in archive.infolist():
+                if entry.file_size > size:
+                    raise ValueError(f"checkpoint {path}: entry {entry.filename} declares {entry.file_size} bytes in "
+                                     f"a file of {size} (compressed or forged; torch stores its entries "
+                                     "uncompressed); refusing to load it")
+        return
+    declared = _legacy_storage_bytes(path)
+    if declared > size:
+        raise ValueError(f"checkpoint {path} declares tensors of {declared} bytes in a file of {size} (forged); "
+                         "refusing to load it")
+
+
+# Bytes per element of the legacy storage types (torch.FloatStorage, ...); others count 8.
+_ELEMENT_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+                  "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _legacy_storage_bytes(path: Path) -> int:
+    """The bytes a legacy torch file's pickle declares for its storages (0 where it is not one): read, not run."""
+
+    class Anything:  # what every global and call of the scanned pickle becomes
+        def __init__(self, name=""):
+            self.name = name
+
+        def __call__(self, *args, **kwargs):
+            return Anything()
+
+        def __setitem__(self, key, value):
+            pass
+
+        def __setstate__(self, state):
+            pass
+
+        def append(self, value):
+            pass
+
+        def extend(self, values):
+            pass
+
+    storages = {}
+
+    class Scan(pickle.Unpickler):
+        def find_class(self, module, name):
+            return Anything(name)
+
+        def persistent_load(self, pid):
+            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[4], int):
+                kind = getattr(pid[1], "name", "").replace("Storage", "")
+                storages[pid[2]] = pid[4] * _ELEMENT_BYTES.get(kind, 8)
+            return Anything()
+
+    try:
+        with open(path, "rb") as f:
+            if Scan(f).load() != _LEGACY_MAGIC:
+                return 0
+            Scan(f).load()  # protocol version
+            Scan(f).load()  # system info
+            Scan(f).load()  # the object, whose storages are persistent ids
+    except Exception:
+        return sum(storages.values())  # not a legacy file, or a broken one: torch.load says what it is
+    return sum(storages.values())
 def _architecture(path: Path, blob: dict, arch: str | None) -> str:
     given = arch if arch is not None else blob.get("arch")
     if given is None:
@@ -222,6 +314,26 @@ def _split_normalize(path: Path, state: dict):
         if set(head) == {mean_key}:  # a center layer
             return network, (head[mean_key].reshape(-1).tolist(), None)
     raise ValueError(f"checkpoint {path}: unexpected normalize-layer keys {_few(['0.' + k for k in head])}")
+
+
+def _check_finite_tensors(path: Path, field: str, state: dict) -> None:
+    """Refuse NaN or inf in any floating tensor of the file, naming the first few keys."""
+    import torch
+
+    bad = [key for key, tensor in state.items()
+           if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise NonFiniteError(f"checkpoint {path}: field {field!r} has non-finite values in {_few(bad)}; refusing to "
+                             "load it")
+
+
+def _check_normalisation(path: Path, mean, std) -> None:
+    """The normalize layer's statistics must be finite, and its standard deviations positive (they divide)."""
+    import math
+
+    if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+        raise ValueError(f"checkpoint {path}: its normalize layer has mean {list(mean)} and std {list(std)}; the "
+                         "means must be finite and the standard deviations finite and > 0")
 
 
 def _strip(state: dict, prefix: str) -> dict:

@@ -66,5 +66,10 @@ def run_certify(config: CertifyConfig, echo=note, progress: bool = True) -> list
 
 
 def config_path(output) -> Path:
-    """Where a certify run's resolved configuration goes: beside its records, ``r.jsonl`` -> ``r.config.yaml``."""
-    return Path(output).with_suffix(".config.yaml")
+    """
+    Where a certify run's resolved configuration goes: beside its records, ``r.jsonl`` -> ``r.config.yaml``; a name
+    without ``.jsonl`` keeps its whole name (``res_s0.25`` -> ``res_s0.25.config.yaml``), as its TSV does.
+    """
+    output = Path(output)
+    return output.with_suffix(".config.yaml") if output.suffix == ".jsonl" else output.with_name(
+        output.name + ".config.yaml")

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 # Ranks of a sharded run wait at the merge for the slowest shard, which may take hours longer than the others.
 SHARD_WAIT = timedelta(days=2)
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets besides WORLD_SIZE
 
 
 class Rank(NamedTuple):
@@ -41,6 +42,7 @@ def init(device: str = "cpu", timeout: timedelta | None = None) -> Rank | None:
     """
     if world_size() <= 1:
         return None
+    check_launch()
     import torch
     import torch.distributed as dist
 
@@ -52,6 +54,14 @@ def init(device: str = "cpu", timeout: timedelta | None = None) -> Rank | None:
         options = {} if timeout is None else {"timeout": timeout}
         dist.init_process_group("nccl" if cuda else "gloo", **options)
     return Rank(dist.get_rank(), dist.get_world_size(), local)
+
+
+def check_launch() -> None:
+    """Refuse a WORLD_SIZE above 1 without the rest of torchrun's environment (a variable left in a shell)."""
+    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(missing)} not: launch with "
+                         "torchrun, or unset WORLD_SIZE for one process")
 
 
 def barrier(world: int) -> None:
@@ -89,6 +99,8 @@ def on_rank_zero_after_all(rank: Rank | tuple[int, int], work):
     """
     world = rank[1]
     barrier(world)
-    result = work() if rank[0] == 0 else None
-    barrier(world)
+    try:
+        result = work() if rank[0] == 0 else None
+    finally:
+        barrier(world)  # a refusal on rank 0 must not leave the others waiting for it
     return result

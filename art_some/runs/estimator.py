@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from art_some.runs.checkpoints import check_dataset, is_checkpoint, preprocessing, recorded_options
-from art_some.runs.loader import check_registered, default_estimator, is_named, load_model, named_preprocessing
+from art_some.runs.loader import (
+    check_registered,
+    default_estimator,
+    folder_note,
+    is_named,
+    load_model,
+    named_preprocessing,
+)
 
 # Inputs the training split may hold to be the kNN reference by default: the reference is held in memory and its
 # offset (the median kNN distance) takes N^2 distances.
@@ -123,6 +130,8 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
         import torch
 
         echo(f"Warning: {config.model!r} is randomly initialised from --seed (no checkpoint given)")
+        if folder_note(config.model):
+            echo(f"Note: {folder_note(config.model)}")
         torch.manual_seed(config.seed)
         model, meta = load_model(config.model, num_classes=info["num_classes"])
     if estimator is None and "denoiser" in config.options:
@@ -135,7 +144,26 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
                             config.data_root, echo)
     clf = build_estimator(estimator, model, info, sigma=sigma, n0=config.n0, alpha=config.alpha,
                           batch_size=config.batch_size, seed=config.seed, device=device, options=options)
+    if config.compile and len(data):
+        check_compiles(clf, data[0][0])
     return clf, data, estimator
+
+
+def check_compiles(clf, x) -> None:
+    """
+    Vote once on ``x`` (a few draws of the PREDICT stream; records do not depend on it), so that a ``--compile`` that
+    cannot work here (no C++ compiler, an unsupported layer) fails in one line before any file is written, not with
+    a traceback after the header records ``compile: true``.
+    """
+    import numpy as np
+
+    try:
+        clf.predict_counts(np.asarray(x, dtype=np.float32)[None], n=1)
+    except Exception as err:
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else ""
+        raise ValueError(f"--compile: torch.compile cannot compile the network here ({type(err).__name__}"
+                         f"{': ' + first[:200] if first else ''}); run without --compile") from None
 
 
 def knn_reference(estimator: str, options: dict, dataset: str, data_root, echo=note) -> dict:

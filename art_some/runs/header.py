@@ -48,6 +48,19 @@ def input_hash(x) -> str:
     return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
+def data_fingerprint(hashes: dict) -> str:
+    """
+    The header's ``data_sha256``: SHA-256 over the run's index list with each input's :func:`input_hash` (what its
+    record carries), so that two copies of a data set that differ anywhere in the run are two runs.
+
+    :param hashes: ``{index: input_hash}`` over the run's whole index list.
+    """
+    digest = hashlib.sha256()
+    for idx in sorted(hashes):
+        digest.update(f"{int(idx)}:{hashes[idx]}\n".encode())
+    return digest.hexdigest()
+
+
 def _qualname(obj) -> str:
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"

@@ -54,6 +54,19 @@ def check_registered(name: str) -> None:
         raise ValueError(f"--model {name!r} is neither a checkpoint file nor a registered model ({known})")
 
 
+def folder_note(name: str) -> str | None:
+    """
+    What to say when ``--model`` names a registered model and also a folder here (an earlier ``--output-dir``):
+    every command takes the registered model, and the note says which file holds the folder's weights.
+    """
+    folder = Path(name)
+    if is_checkpoint(name) or not folder.is_dir():
+        return None
+    inside = folder / "model.safetensors"
+    where = f"; for the weights trained there give --model {inside}" if inside.is_file() else ""
+    return f"--model {name}: the registered model {name!r}, not the folder {name}/ here{where}"
+
+
 def default_estimator(model, meta: dict | None = None, model_name: str | None = None) -> str:
     """
     The estimator a model is smoothed with by default: its checkpoint's, else what the model's registration declares

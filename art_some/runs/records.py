@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -140,6 +141,7 @@ class RecordWriter:
         self.header_file = None if header_file is None else Path(header_file)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         existed = self.path.exists()
+        self.created = not existed
         self._fd = _os_call(os.open, self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         locked = False
         try:
@@ -161,14 +163,28 @@ class RecordWriter:
             raise
 
     def _resume(self) -> tuple[dict | None, list[dict]]:
-        """Read the header and complete records; cut a torn final line (an interrupted write) so appends stay valid."""
+        """
+        Read the header and complete records; cut a torn final line (an interrupted write) so appends stay valid.
+        Everything is read before anything is cut: a file that is not a record file (a checkpoint, notes, a link to
+        one) is refused untouched.
+        """
         with open(self.path, "rb") as f:
             data = f.read()
         keep = data.rfind(b"\n") + 1
+        if keep == 0 and data:  # not one complete line: a torn first line is a record file's only if it looks it
+            if not data.startswith(b'{"'):
+                raise ValueError(f"{self.path} is not an art-some record file (no JSON lines); refusing to write "
+                                 "into it: give another --output")
+        try:
+            text = data[:keep].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.path} is not an art-some record file (binary data); refusing to write into it: "
+                             "give another --output") from None
+        parsed = _parse_jsonl(text.splitlines(), self.path)
         if keep < len(data):
             os.ftruncate(self._fd, keep)
         self._size = keep
-        return _parse_jsonl(data[:keep].decode("utf-8").splitlines(), self.path)
+        return parsed
 
     def _compare(self, header: dict, hint: str) -> None:
         """Refuse to extend records that another run wrote (a file without records takes any header)."""
@@ -224,6 +240,17 @@ class RecordWriter:
                 return int(record["idx"]), record["input_sha256"], now
         return None
 
+    def discard_if_empty(self) -> None:
+        """
+        Close, and remove the file if it holds no record and this writer created it (a run refused after its header
+        was written must not leave a file that blocks the corrected run).
+        """
+        if self._fd is not None and self.created and not self.records:
+            self.path.unlink(missing_ok=True)
+            if self.header_file is not None:
+                self.header_file.unlink(missing_ok=True)
+        self.close()
+
     def append(self, record: dict) -> None:
         """Write one record and flush it to disk."""
         if record["idx"] in self.done:
@@ -252,33 +279,70 @@ class RecordWriter:
 
 def write_atomically(path: str | os.PathLike, content) -> None:
     """
-    Write a whole file through a temporary sibling and a rename, so that readers never see half of it; on failure
-    (a full disk) the temporary file is removed and the OSError names ``path``.
+    Write a whole file through a fresh temporary sibling (``mkstemp``: never a fixed name, which a planted link
+    could redirect) and a rename, so that readers never see half of it; on failure (a full disk) the temporary file
+    is removed and the OSError names ``path``. A writer's own error for a failed write (torch's "file write
+    failed", safetensors') is an OSError too.
 
     :param path: The file to write.
     :param content: Its text or bytes, or a function ``write(tmp_path)`` that writes it (``torch.save``, ...).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    fd, name = _os_call(lambda folder: tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder),
+                        path.parent)
+    tmp = Path(name)
     try:
         if callable(content):
+            os.close(fd)
+            fd = None
             content(tmp)
         else:
             data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise OSError(err.errno, err.strerror, str(path)) from None
+    except Exception as err:
+        tmp.unlink(missing_ok=True)
+        failed = _write_failure(err)
+        if failed is None:
+            raise
+        raise OSError(failed, os.strerror(failed), str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _write_failure(err: Exception) -> int | None:
+    """The errno of a library's failed write (torch's and safetensors' errors are not OSErrors), else None."""
+    text = str(err).lower()
+    if "no space" in text or "file write failed" in text or "unexpected pos" in text:
+        return errno.ENOSPC
+    if type(err).__name__ == "SafetensorError" and ("write" in text or "i/o" in text or "os error" in text):
+        return errno.EIO
+    return None
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def tsv_path(output: str | os.PathLike) -> Path:
+    """
+    The community TSV beside a JSONL record file: ``r.jsonl`` -> ``r.tsv``; a name without the ``.jsonl`` suffix
+    keeps its whole name (``res_s0.25`` -> ``res_s0.25.tsv``, not ``res_s0.tsv``, which ``res_s0.5`` would share).
+    """
+    output = Path(output)
+    return output.with_suffix(".tsv") if output.suffix == ".jsonl" else output.with_name(output.name + ".tsv")
 
 
 def _os_call(function, path, *args):
@@ -302,6 +366,33 @@ def _lock(fd: int, path: Path) -> None:
                              "another output") from None
 
 
+class ReadLock:
+    """
+    A shared lock on a record file while it is read whole (a merge): refused with :class:`FileInUseError` while a
+    writer holds the file (a shard still being certified), and keeping writers out until released.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = "record file"):
+        self.path = Path(path)
+        self._fd = _os_call(os.open, self.path, os.O_RDONLY)
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(self._fd)
+            self._fd = None
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise FileInUseError(f"{self.path}: this {what} is still being written by an art-some run; merge once "
+                                 "it has finished") from None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def _parse_jsonl(lines: Iterable[str], path) -> tuple[dict | None, list[dict]]:
     """(header or None, records) from the lines of a JSONL file, with a clear error naming the first bad line."""
     header, records, seen = None, [], set()
@@ -323,6 +414,124 @@ def _parse_jsonl(lines: Iterable[str], path) -> tuple[dict | None, list[dict]]:
             raise ValueError(f"{path}: line {number} repeats idx {record['idx']}; the file is corrupt")
         seen.add(record["idx"])
         records.append(record)
+    return header, records
+
+
+# Record keys that say the radius is not the noise's own (sigma * Phi^-1(pA_lower) for Gaussian noise): another
+# certificate, a cascade's levels, a patch radius divided down. Such records get the bound, not the equality.
+NOT_PLAIN = frozenset({"certificate", "sigmas", "radius_divisor", "sigma_rule"})
+RADIUS_TOLERANCE = 1e-9  # relative: what float64 arithmetic may move a recomputed radius
+# Fields a record shares with its header, which must agree.
+SHARED_FIELDS = ("n", "n0", "alpha", "method")
+
+
+def check_record(path, number: int, record: dict, header: dict | None) -> None:
+    """
+    Refuse a record that contradicts itself or its header, naming the file, line and field: mistyped or non-finite
+    fields, ``correct`` that is not ``predict == label``, a radius that ``pA_lower`` and sigma do not give (plain
+    Cohen records: exactly; other Gaussian certificates: at most sigma * Phi^-1(pA_lower)), settings that are not
+    the header's (n, n0, alpha, method, sigma).
+
+    :param path: The file, for the message.
+    :param number: The record's line.
+    :param record: The record.
+    :param header: The file's header (None: the record is checked on its own).
+    """
+    where = f"{path}: line {number}"
+    for key in ("idx", "label", "predict", "correct"):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: field {key} is {value!r}, not an integer")
+    if record["idx"] < 0 or record["predict"] < -1 or record["correct"] not in (0, 1):
+        raise ValueError(f"{where}: idx must be >= 0, predict >= -1 and correct 0 or 1, got idx {record['idx']}, "
+                         f"predict {record['predict']}, correct {record['correct']}")
+    for key in ("radius", "pA_lower", "sigma", "seconds"):
+        if key in record or key == "radius":
+            value = record.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{where}: field {key} is {value!r}, not a finite number >= 0")
+    if record["correct"] != int(record["predict"] == record["label"]):
+        raise ValueError(f"{where}: field correct is {record['correct']} but predict {record['predict']} and label "
+                         f"{record['label']} say {int(record['predict'] == record['label'])}")
+    header = header or {}
+    for key in SHARED_FIELDS:
+        if key in record and header.get(key) is not None and record[key] != header[key]:
+            raise ValueError(f"{where}: field {key} is {record[key]!r}, but the file's header says {header[key]!r}")
+    _check_radius(where, record, header)
+
+
+def _check_radius(where: str, record: dict, header: dict) -> None:
+    """The radius against what ``pA_lower`` and sigma certify (see :func:`check_record`)."""
+    keys = set(record) | set(header.get("certificate") or {})
+    norm = record.get("norm", header.get("norm", "l2"))
+    family = record.get("noise", "gaussian" if norm == "l2" else None)
+    radius_of = _noise_radius(family, norm)
+    plain = not keys & NOT_PLAIN and radius_of is not None
+    sigma = record.get("sigma", header.get("sigma"))
+    if plain and "sigma" in record and isinstance(header.get("sigma"), (int, float)) and sigma != header["sigma"]:
+        raise ValueError(f"{where}: field sigma is {sigma!r}, but the file's header says {header['sigma']!r}")
+    if record["predict"] < 0:
+        if record["radius"] != 0:
+            raise ValueError(f"{where}: field radius is {record['radius']!r} for an abstention (predict -1); it must "
+                             "be 0")
+        return
+    in_input_space = record.get("radius_space", "input") == "input"
+    if ("pA_lower" not in record or not isinstance(sigma, (int, float)) or "sigmas" in keys or radius_of is None
+            or not in_input_space or (not plain and "sigma" not in record)):
+        return
+    if plain:
+        _check_p_lower(where, record)
+    bound = float(radius_of(record["pA_lower"], sigma))
+    slack = RADIUS_TOLERANCE * max(1.0, bound)
+    if record["radius"] > bound + slack or (plain and abs(record["radius"] - bound) > slack):
+        raise ValueError(f"{where}: field radius is {record['radius']!r}, but pA_lower {record['pA_lower']!r} and "
+                         f"sigma {sigma!r} certify {bound!r}")
+
+
+def _noise_radius(family, norm):
+    """
+    ``radius(p_lower, sigma)`` of a built-in noise family in ``norm``, or None where the record does not say enough
+    to recompute it (another family; L-infinity, whose radius needs the input dimension).
+    """
+    from art_some.core.noise import GaussianNoise, LaplaceNoise, UniformNoise
+
+    families = {"gaussian": GaussianNoise, "laplace": LaplaceNoise, "uniform": UniformNoise}
+    if family not in families or norm not in families[family].norms or norm == "linf":
+        return None
+    return lambda p_lower, sigma: families[family](sigma, norm=norm).radius(p_lower)
+
+
+def _check_p_lower(where: str, record: dict) -> None:
+    """Fixed-n CERTIFY's pA_lower is Clopper-Pearson's bound on the predicted class's count out of n, at alpha."""
+    from art_some.core.stats import clopper_pearson_lower
+
+    counts = record.get("counts")
+    if "draws" in record or not isinstance(counts, dict) or not {"n", "alpha"} <= record.keys():
+        return  # sequential CERTIFY spends alpha over rounds; older records keep no counts
+    count = counts.get(str(record["predict"]))
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= record["n"]:
+        raise ValueError(f"{where}: field counts holds no count of the predicted class {record['predict']} out of n "
+                         f"{record['n']}: {counts}")
+    bound = float(clopper_pearson_lower(count, record["n"], record["alpha"]))
+    if abs(bound - record["pA_lower"]) > RADIUS_TOLERANCE:
+        raise ValueError(f"{where}: field pA_lower is {record['pA_lower']!r}, but {count} of {record['n']} votes at "
+                         f"alpha {record['alpha']} give {bound!r}")
+
+
+def read_checked(path: str | os.PathLike, header: dict | None = None) -> tuple[dict | None, list[dict]]:
+    """
+    The header and records of a JSONL record file, every record checked against itself and the header
+    (:func:`check_record`): what merge and report read.
+
+    :param header: The header to check against when the file keeps it beside it (the audit's); default the file's.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    first, records = _parse_jsonl(lines, path)
+    header = first if header is None else header
+    numbers = [number for number, line in enumerate(lines, 1) if line.strip()][first is not None:]
+    for number, record in zip(numbers, records):
+        check_record(path, number, record, header)
     return header, records
 
 
@@ -412,11 +621,17 @@ def read_tsv(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """Read records from a ``.jsonl`` file or a community ``.tsv`` log (chosen by content, not name)."""
+def read_records(path: str | os.PathLike, check: bool = False) -> list[dict]:
+    """
+    Read records from a ``.jsonl`` file or a community ``.tsv`` log (chosen by content, not name).
+
+    :param check: Check JSONL records against themselves and their header (:func:`read_checked`).
+    """
     with open(path, encoding="utf-8") as f:
         first = f.readline().lstrip()
-    return read_jsonl(path) if first.startswith("{") else read_tsv(path)
+    if not first.startswith("{"):
+        return read_tsv(path)
+    return read_checked(path)[1] if check else read_jsonl(path)
 
 
 def bar_interval() -> float:

@@ -7,6 +7,7 @@ launched with ``torchrun`` (one process per device; rank 0 writes the files). Th
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -27,6 +28,11 @@ from art_some.runs.checkpoints import (
     training_meta,
 )
 from art_some.runs.records import write_atomically
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs are then not locked
+    fcntl = None
 
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.jsonl"
@@ -308,6 +314,39 @@ def _build_model(config: TrainConfig, info: dict, device: str):
     return model, config.model, dict(config.model_kwargs)
 
 
+def _check_outputs(config: TrainConfig, out: Path, model_path: Path, state, restart: bool) -> None:
+    """Refuse to write over a checkpoint that no run in ``out`` wrote: the run's source, or a copied file."""
+    if is_checkpoint(config.model) and model_path.exists() and Path(config.model).resolve() == model_path.resolve():
+        raise ValueError(f"--model {config.model} is the checkpoint this run writes into --output-dir {out}; copy it "
+                         "elsewhere or give another --output-dir")
+    if state is None and not restart and model_path.exists():
+        raise ValueError(f"{model_path} was not written by a run in {out} (there is no {STATE_FILE}); give another "
+                         "--output-dir, or --restart to replace it")
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path, rank: int):
+    """
+    Rank 0 holds a lock (flock) on the folder itself for the run, leaving no file behind: a second run on the folder
+    is refused, not mixed in.
+    """
+    if rank != 0:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(f"{out} is being trained by another art-some run; wait for it to finish or give "
+                                 "another --output-dir") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _make_optimizer(config: TrainConfig, params):
     import torch
 
@@ -340,7 +379,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     from art_some.models import save_checkpoint
     from art_some.models.multihead import unwrap
     from art_some.plugins import get, meta
-    from art_some.runs.loader import default_estimator
+    from art_some.runs.loader import default_estimator, folder_note
 
     config.check()
     trainer_cls = get("trainers", config.method)
@@ -392,77 +431,83 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
         raise ValueError(f"trainer {config.method!r} rejected its options {sorted(kwargs)}: {err}") from None
     owns_schedule = getattr(trainer, "owns_lr_schedule", False)
 
-    # Everything is checked: only now are files created (or, with --restart, the old run removed).
-    if rank == 0:
-        if restart:
-            for path in (state_path, model_path, history_path):
-                path.unlink(missing_ok=True)
-            shutil.rmtree(denoiser_dir, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-    distributed.barrier(world)  # no rank looks for the folder before rank 0 has made it
-    history = []
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scheduler.step_size = step  # a longer --epochs stretches the default schedule (and lambda's, below)
-        mine = state["ranks"][rank]
-        trainer.load_state_dict(mine["trainer"])
-        if "total_epochs" in kwargs:
-            trainer.total_epochs = kwargs["total_epochs"]
-        torch.set_rng_state(mine["torch_rng"])  # data augmentation draws from the global generator
-        history = list(state["history"])
+    _check_outputs(config, out, model_path, state, restart)
+    if rank == 0 and folder_note(config.model):
+        echo(f"Note: {folder_note(config.model)}")
+    # Everything is checked: only now are files created (or, with --restart, the old run removed), under the
+    # folder's lock: a second run on the same --output-dir would silently replace this one's files.
+    with _output_lock(out, rank):
         if rank == 0:
-            echo(f"Resuming {out} after epoch {trainer.epoch}")
-    elif rank == 0 and config.lr_step is None and step > config.epochs and not owns_schedule:
-        echo(f"Learning rate {config.lr:g} for all {config.epochs} epochs (runs under {MIN_DECAY_EPOCHS} epochs keep "
-             "it constant; --lr-step sets the epochs between drops)")
+            if restart:
+                for path in (state_path, model_path, history_path):
+                    path.unlink(missing_ok=True)
+                shutil.rmtree(denoiser_dir, ignore_errors=True)
+            out.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(world)  # no rank looks for the folder before rank 0 has made it
+        history = []
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scheduler.step_size = step  # a longer --epochs stretches the default schedule (and lambda's, below)
+            mine = state["ranks"][rank]
+            trainer.load_state_dict(mine["trainer"])
+            if "total_epochs" in kwargs:
+                trainer.total_epochs = kwargs["total_epochs"]
+            torch.set_rng_state(mine["torch_rng"])  # data augmentation draws from the global generator
+            history = list(state["history"])
+            if rank == 0:
+                echo(f"Resuming {out} after epoch {trainer.epoch}")
+        elif rank == 0 and config.lr_step is None and step > config.epochs and not owns_schedule:
+            echo(f"Learning rate {config.lr:g} for all {config.epochs} epochs (runs under {MIN_DECAY_EPOCHS} epochs "
+                 "keep it constant; --lr-step sets the epochs between drops)")
 
-    def export() -> None:
-        """The denoiser folder, model.safetensors (what certify reads) and history.jsonl, in that order."""
-        options = dict(estimator_options)
-        if saves_denoiser:
-            options["denoiser"] = save_denoiser(clf.denoiser, options["denoiser"], denoiser_dir)
-        elif "denoiser" in options:
-            options["denoiser"] = absolute_denoiser(options["denoiser"])
-        save = training_meta(sigma=config.sigma, dataset=config.dataset, info=info, estimator=estimator,
-                             method=config.method, epoch=trainer.epoch, trainer_kwargs=kwargs,
-                             estimator_options=options)
-        write_atomically(model_path, lambda p: save_checkpoint(
-            p, unwrap(net), model_name, {**model_kwargs, "num_classes": info["num_classes"]}, **save))
-        write_atomically(history_path, _history_lines(history))
+        def export() -> None:
+            """The denoiser folder, model.safetensors (what certify reads) and history.jsonl, in that order."""
+            options = dict(estimator_options)
+            if saves_denoiser:
+                options["denoiser"] = save_denoiser(clf.denoiser, options["denoiser"], denoiser_dir)
+            elif "denoiser" in options:
+                options["denoiser"] = absolute_denoiser(options["denoiser"])
+            save = training_meta(sigma=config.sigma, dataset=config.dataset, info=info, estimator=estimator,
+                                 method=config.method, epoch=trainer.epoch, trainer_kwargs=kwargs,
+                                 estimator_options=options)
+            write_atomically(model_path, lambda p: save_checkpoint(
+                p, unwrap(net), model_name, {**model_kwargs, "num_classes": info["num_classes"]}, **save))
+            write_atomically(history_path, _history_lines(history))
 
-    # The state is written first each epoch, so a crash before the exports leaves them an epoch behind: rewrite
-    # them from the state before anything else (else a finished run would report a stale model as final).
-    if state is not None and rank == 0 and _exports_stale(model_path, history_path, trainer.epoch, history,
-                                                          denoiser_dir if saves_denoiser else None):
-        echo(f"Re-exporting {model_path.name} and {history_path.name} from the resume state (epoch {trainer.epoch})")
-        export()
-    sampler = DistributedSampler(data, seed=config.seed) if world > 1 else None
-    while trainer.epoch < config.epochs:
-        shuffle = torch.Generator().manual_seed(seed_for(config.seed, TRAINING, epoch_shuffle_key(trainer.epoch)))
-        loader = DataLoader(data, batch_size=config.batch_size // world, shuffle=sampler is None, sampler=sampler,
-                            generator=shuffle, num_workers=workers, drop_last=False)
-        lr = optimizer.param_groups[0]["lr"]  # the rate of this epoch: the epoch scheduler steps at its end
-        # A trainer with its own per-iteration schedule (CRT's milestones) must not also get the epoch scheduler.
-        loss = trainer.fit(loader, nb_epochs=1, scheduler=None if owns_schedule else scheduler, verbose=False)[0]
-        if owns_schedule:  # it sets the rate before each step: report the rate of the epoch's last step
-            lr = optimizer.param_groups[0]["lr"]
-        ranks = distributed.gather({"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "loss": loss},
-                                   world)
-        history.append(sum(r["loss"] for r in ranks) / world)
-        if rank == 0:
-            echo(f"epoch {trainer.epoch}/{config.epochs}  loss {history[-1]:.4f}  lr {lr:.4g}")
-            # The resume state holds its own copy of the weights, so it is consistent whatever the moment of a
-            # crash; model.safetensors is the export that certify reads.
-            blob = {"config": json.dumps(asdict(config)), "world": world, "device": torch.device(device).type,
-                    "model": unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "ranks": ranks, "history": history}
-            if role == "denoiser":
-                blob["denoiser"] = clf.denoiser.state_dict()
-            write_atomically(state_path, lambda p: torch.save(blob, p))
+        # The state is written first each epoch, so a crash before the exports leaves them an epoch behind: rewrite
+        # them from the state before anything else (else a finished run would report a stale model as final).
+        if state is not None and rank == 0 and _exports_stale(model_path, history_path, trainer.epoch, history,
+                                                              denoiser_dir if saves_denoiser else None):
+            echo(f"Re-exporting {model_path.name} and {history_path.name} from the resume state "
+                 f"(epoch {trainer.epoch})")
             export()
-    distributed.barrier(world)
-    distributed.close(world)
+        sampler = DistributedSampler(data, seed=config.seed) if world > 1 else None
+        while trainer.epoch < config.epochs:
+            shuffle = torch.Generator().manual_seed(seed_for(config.seed, TRAINING, epoch_shuffle_key(trainer.epoch)))
+            loader = DataLoader(data, batch_size=config.batch_size // world, shuffle=sampler is None, sampler=sampler,
+                                generator=shuffle, num_workers=workers, drop_last=False)
+            lr = optimizer.param_groups[0]["lr"]  # the rate of this epoch: the epoch scheduler steps at its end
+            # A trainer with its own per-iteration schedule (CRT's milestones) must not also get the epoch scheduler.
+            loss = trainer.fit(loader, nb_epochs=1, scheduler=None if owns_schedule else scheduler, verbose=False)[0]
+            if owns_schedule:  # it sets the rate before each step: report the rate of the epoch's last step
+                lr = optimizer.param_groups[0]["lr"]
+            snapshot = {"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "loss": loss}
+            ranks = distributed.gather(snapshot, world)
+            history.append(sum(r["loss"] for r in ranks) / world)
+            if rank == 0:
+                echo(f"epoch {trainer.epoch}/{config.epochs}  loss {history[-1]:.4f}  lr {lr:.4g}")
+                # The resume state holds its own copy of the weights, so it is consistent whatever the moment of a
+                # crash; model.safetensors is the export that certify reads.
+                blob = {"config": json.dumps(asdict(config)), "world": world, "device": torch.device(device).type,
+                        "model": unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "ranks": ranks, "history": history}
+                if role == "denoiser":
+                    blob["denoiser"] = clf.denoiser.state_dict()
+                write_atomically(state_path, lambda p: torch.save(blob, p))
+                export()
+        distributed.barrier(world)
+        distributed.close(world)
     chance = math.log(info["num_classes"])
     if rank == 0 and history and declared["cross_entropy"] and history[-1] > 0.97 * chance:
         steps = config.epochs * math.ceil(len(data) / config.batch_size)

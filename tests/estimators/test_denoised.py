@@ -483,12 +483,12 @@ def test_estimator_predict_rules():
     torch.manual_seed(0)
     est = dms(Constant(4, 10), IdentityDenoiser(), sample_size=60)
     x = np.zeros((3, 1, 8, 8), np.float32)
-    out = est.predict(x)
+    out = est.predict(x, output="counts")
     assert out.shape == (3, 10) and np.all(out.argmax(axis=1) == 4) and np.all(out[:, 4] == 60)
     classes, _, sigma = est.predict_levels(x)
     assert list(classes) == [4] * 3 and np.all(sigma == 1.0)
     est.set_params(predict_rule="hybrid")
-    out = est.predict(x)
+    out = est.predict(x, output="counts")
     assert np.all(out.argmax(axis=1) == 4) and np.allclose(out.sum(axis=1), 60)
 
 

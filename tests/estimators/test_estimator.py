@@ -64,15 +64,17 @@ def test_noise_is_added_before_preprocessing_in_fit_and_predict():
     assert probe.seen[-1] == pytest.approx(2.0, rel=0.05)
 
 
-def test_predict_returns_vote_counts_and_abstains_with_zero_rows():
+def test_predict_returns_arts_one_hot_rows_and_vote_counts_on_request():
     w = np.ones(4)
     clf = make_classifier(Linear2(w, 0.0), (4,), 2, scale=1.0, sample_size=200, clip_values=None)
     x = np.array([[3, 3, 3, 3], [0, 0, 0, 0]], dtype=np.float32)  # far from / on the boundary
     scores = clf.predict(x)
-    assert scores[0].tolist() == [0.0, 200.0]
-    assert scores[1].tolist() == [0.0, 0.0]  # a tie at the boundary: abstain
-    assert clf.predict(x, output="onehot")[0].tolist() == [0.0, 1.0]
-    assert clf.predict(x, is_abstain=False)[1].sum() == 200
+    assert scores.tolist() == [[0.0, 1.0], [0.0, 0.0]]  # a tie at the boundary: abstain, an all-zero row
+    counts = clf.predict(x, output="counts")
+    assert counts[0].tolist() == [0.0, 200.0] and counts[1].tolist() == [0.0, 0.0]
+    assert clf.predict(x, output="onehot").tolist() == scores.tolist()
+    assert clf.predict(x, is_abstain=False)[1].sum() == 1
+    assert clf.predict(x, output="counts", is_abstain=False)[1].sum() == 200
     with pytest.raises(ValueError, match="output"):
         clf.predict(x, output="probabilities")
 

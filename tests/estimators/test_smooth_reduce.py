@@ -553,7 +553,7 @@ def test_vote_average_predict_rows_are_vote_fractions():
     clf = reducer(Linear2(np.zeros(4), 5.0), (1, 4, 4), 2, scale=0.5, sample_size=100,
                   patches=grid_layout((4, 4), 2, 1), certificate="vote_average")
     assert clf.num_patches == 9
-    np.testing.assert_allclose(clf.predict(np.zeros((2, 1, 4, 4), np.float32)), [[0, 100], [0, 100]])
+    np.testing.assert_allclose(clf.predict(np.zeros((2, 1, 4, 4), np.float32), output="counts"), [[0, 100], [0, 100]])
 
 
 def test_aggregations_are_registered_and_a_plugin_rule_is_usable_by_name(monkeypatch):

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from art_some import SmoothReduceClassifier
 from art_some.estimators import UnsoundCertificateWarning
 from art_some.evaluation import audit, replay_violation
+from art_some.evaluation.attacks import vote_counts
+from art_some.evaluation.audit import attack_view
 from art_some.patches import grid_layout
 from tests.conftest import Linear2
 
@@ -158,9 +160,15 @@ def test_attack_recipes_are_registered_plugins_and_accept_the_estimator(trained_
     for name, entry in registry.items():
         attack = entry.obj(trained_digits_classifier, eps=0.5)
         assert isinstance(attack, EvasionAttack), name  # ART accepted the estimator's capabilities
-        # ... and attacks the smoothed classifier itself (APGD with a named loss would swap in the base network).
+        # ... and attacks the smoothed classifier itself (APGD with a named loss would swap in the base network),
+        # through a view whose predict gives the vote counts (ART's one-hot rows read as probabilities to APGD).
         inner = attack._attack if isinstance(getattr(attack, "_attack", None), EvasionAttack) else attack
-        assert inner.estimator is trained_digits_classifier, name
+        assert type(inner.estimator) is type(trained_digits_classifier), name
+        assert inner.estimator._model is trained_digits_classifier._model, name  # the same network, a shallow copy
+        assert inner.estimator.predict_output == "counts", name
+    view = attack_view(trained_digits_classifier)
+    assert vote_counts(view) is view  # the audit's view already gives the counts: attacked as it is
+    assert trained_digits_classifier.predict_output == "onehot"  # the caller's estimator is left as it was
 
 
 def test_all_recipes_run_through_the_audit_and_abstentions_do_not_read_as_class_zero(trained_digits_classifier,
