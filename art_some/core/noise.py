@@ -197,7 +197,8 @@ class GaussianNoise(NoiseModel):
 
 class LaplaceNoise(NoiseModel):
     """
-    Laplace noise of scale b = sigma / sqrt(2) per coordinate (variance sigma^2), density exp(-|x|_1 / b) / (2b)^d.
+    Laplace noise of scale b = sigma / sqrt(2) per coordinate (variance sigma^2), density
+    ``exp(-||x||_1 / b) / (2 b)^d``.
 
     Radius (Teng et al., ICLR 2020, Theorem 1 with the bound pB <= 1 - pA): L1, R = -b ln(2 (1 - pA)) for pA > 1/2.
     On a linear classifier along one coordinate at distance t, pA = 1 - exp(-t / b) / 2, and R = t: tight.

@@ -132,6 +132,6 @@ def test_report_shows_several_logs_side_by_side():
     result = CliRunner().invoke(cli, ["report", *logs, "--radii", "0,0.25,0.5"])
     assert result.exit_code == 0, result.output
     table = result.output.split("== side by side\n")[1].splitlines()
-    assert table[0].split() == ["records", "r=0", "r=0.25", "r=0.5", "ACR", "abstain", "%", "inputs"]
+    assert table[0].split() == ["records", "(L2", "radii)", "r=0", "r=0.25", "r=0.5", "ACR", "abstain", "%", "inputs"]
     assert table[1].split()[:5] == ["Gaussian_noise-0.25.tsv", "83.4", "71.6", "54.4", "0.537"]
     assert table[2].split()[0] == "SmoothMix_noise-0.25.tsv" and table[2].split()[4] == "0.589"
