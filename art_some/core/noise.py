@@ -12,6 +12,7 @@ depends only on ``num`` and the input size), so cutting the stream into batches 
 """
 from __future__ import annotations
 
+import abc
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
@@ -19,7 +20,6 @@ from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from art_some.core.errors import NonFiniteError, name_indices
-from art_some.core.stats import gaussian_radius
 
 # Stages keep the selection (n0) and estimation (n) draws of CERTIFY independent of each other and of PREDICT;
 # every stage and key of the package is listed in art_some.core.streams.
@@ -85,7 +85,7 @@ NORMS = ("l1", "l2", "linf")
 NORM_LABELS = {"l1": "L1", "l2": "L2", "linf": "L-inf"}  # how tables and plots name them
 
 
-class NoiseModel:
+class NoiseModel(abc.ABC):
     """
     A noise family: its distribution and its geometry. Draws are ``x + sigma * eps`` with ``eps`` of zero mean and
     unit variance per coordinate (:meth:`unit`, from the engine's keyed generators), so ``sigma`` is the noise's
@@ -116,9 +116,9 @@ class NoiseModel:
             raise ValueError(f"dimension must be an integer >= 1, got {dimension!r}")
         self.dimension = None if dimension is None else int(dimension)
 
+    @abc.abstractmethod
     def unit(self, shape, generator: "torch.Generator", device) -> "torch.Tensor":
         """Draws of zero mean and unit variance per coordinate, shape ``shape``, from ``generator``."""
-        raise NotImplementedError
 
     def perturb(self, x_rows: "torch.Tensor", eps: "torch.Tensor", owner: "torch.Tensor") -> "torch.Tensor":
         """Noisy rows ``x_rows + sigma * eps``; ``owner[j]`` is the input position of row ``j``."""
@@ -136,9 +136,9 @@ class NoiseModel:
         radius = self._radius(np.where(sure, p_lower, 0.75))  # any p in (1/2, 1] keeps the formula finite there
         return np.where(sure, radius, 0.0)
 
+    @abc.abstractmethod
     def _radius(self, p: np.ndarray) -> np.ndarray:
         """The radius for ``p`` in (1/2, 1] (the family's formula)."""
-        raise NotImplementedError
 
     def subset(self, positions) -> "NoiseModel":
         """The noise of the inputs at ``positions`` (their own sigmas when there is one per input)."""
@@ -178,8 +178,8 @@ class GaussianNoise(NoiseModel):
 
         return torch.randn(shape, generator=generator, device=device)
 
-    def radius(self, p_lower) -> np.ndarray:
-        radius = gaussian_radius(p_lower, self.sigma)  # sigma Phi^-1(p), 0 at or below 1/2
+    def _radius(self, p):
+        radius = np.asarray(self.sigma, dtype=np.float64) * norm.ppf(p)  # Cohen et al.'s sigma Phi^-1(p)
         if self.norm == "linf":
             return radius / np.sqrt(self._need_dimension())
         return radius
