@@ -202,10 +202,11 @@ def merge(files, output, radii):
 
 @cli.command()
 @smoothing_options(n_default=2000, max_inputs_default=50, verb="Audit")
-@click.option("--attack", "attacks", multiple=True, default=("pgd", "deepfool"), show_default=True,
-              help="A registered attack recipe, repeatable (art-some plugins lists them).")
+@click.option("--attack", "attacks", multiple=True,
+              help="A registered attack recipe, repeatable (art-some plugins lists them); default: pgd and deepfool "
+                   "for L2 certificates, pgd and apgd for L1, pgd and square for L-inf.")
 @click.option("--eps", default="0.125,0.25,0.5,1,2", show_default=True,
-              help="L2 budgets of the bounded attacks (art-some plugins marks them), comma-separated.")
+              help="Budgets of the bounded attacks in the certificate's norm, comma-separated.")
 @click.option("--budget", "budgets", multiple=True,
               help="Attack option attack.name=value (JSON values), repeatable, e.g. pgd.max_iter=50.")
 @click.option("--verify-n", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -228,8 +229,8 @@ def evaluate(options, attacks, eps, budgets, **values):
     """
     from art_some.runs.evaluate import EvaluateConfig, config_path, run_evaluate
 
-    config = EvaluateConfig(**values, options=parse_options(options), attacks=list(attacks), eps=parse_radii(eps),
-                            budgets=parse_budgets(budgets))
+    config = EvaluateConfig(**values, options=parse_options(options), attacks=list(attacks) or None,
+                            eps=parse_radii(eps), budgets=parse_budgets(budgets))
     result = run_evaluate(config, echo=_note)
     if result is None:  # a torchrun rank other than 0: the merged reports are rank 0's to print
         return

@@ -97,7 +97,16 @@ def _broken_at(record: dict, attack: str | None) -> float:
     return min(distances) if distances else np.inf
 
 
-def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: int = 1000, n0: int | None = None,
+# The attacks an audit runs when none are named, by the norm of the certificates it checks.
+DEFAULT_ATTACKS = {"l2": ("pgd", "deepfool"), "l1": ("pgd", "apgd"), "linf": ("pgd", "square")}
+
+
+def default_attacks(norm: str) -> list[str]:
+    """The attacks an audit of certificates in ``norm`` runs by default (:data:`DEFAULT_ATTACKS`)."""
+    return list(DEFAULT_ATTACKS[norm])
+
+
+def audit(estimator, x, y, attacks: Sequence[str] | None = None, *, n: int = 1000, n0: int | None = None,
           alpha: float | None = None, eps: Sequence[float] = DEFAULT_EPS, budgets: dict | None = None,
           verify_n: int = 1000, verify_alpha: float = 0.001, indices=None, radii=None, output_dir=None,
           batch_size: int = 16, progress: bool = True, run_info: dict | None = None, echo=None,
@@ -112,7 +121,8 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
 
     :param estimator: A smoothed estimator (any registered one) with ``certify_detailed`` and ``predict_counts``.
     :param x: Inputs ``(N, *input_shape)``; ``y``: labels.
-    :param attacks: Registered attack recipe names (``art-some plugins`` lists them).
+    :param attacks: Registered attack recipe names (``art-some plugins`` lists them); default
+                    :func:`default_attacks` of the certificates' norm.
     :param n: Estimation draws of CERTIFY; ``n0``, ``alpha`` default to the estimator's.
     :param eps: L2 budgets of the bounded attacks.
     :param budgets: Per attack, keyword arguments of its recipe (e.g. ``{"pgd": {"max_iter": 50}}``).
@@ -139,6 +149,7 @@ def audit(estimator, x, y, attacks: Sequence[str] = ("pgd", "deepfool"), *, n: i
     from art_some.plugins import entries
 
     check_estimator(estimator, "the audit")
+    attacks = default_attacks(estimator.radius_norm) if attacks is None else list(attacks)
     registry = entries("attacks")
     unknown = [a for a in attacks if a not in registry]
     if unknown:

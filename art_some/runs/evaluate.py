@@ -19,7 +19,7 @@ class EvaluateConfig(SmoothingConfig):
     output_dir: str  # audit.jsonl (resumed if present), its header, the reports and violations/ go here
     n: int = 2000
     max_inputs: int | None = 50
-    attacks: list = field(default_factory=lambda: ["pgd", "deepfool"])
+    attacks: list | None = None  # default: the attacks of the certificate's norm (evaluation.audit.default_attacks)
     eps: list = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0, 2.0])
     budgets: dict = field(default_factory=dict)  # per attack, its recipe's options: {"pgd": {"max_iter": 50}}
     verify_n: int = 1000
@@ -37,7 +37,7 @@ def run_evaluate(config: EvaluateConfig, echo=note, progress: bool = True):
     """
     import numpy as np
 
-    from art_some.evaluation.audit import AUDIT_FOLDER, audit, merge_audits, merged_audit_before
+    from art_some.evaluation.audit import AUDIT_FOLDER, audit, default_attacks, merge_audits, merged_audit_before
     from art_some.runs.shards import merge_ranks
 
     shard, ranked = shard_of_run(config.shard, config.device)
@@ -48,7 +48,8 @@ def run_evaluate(config: EvaluateConfig, echo=note, progress: bool = True):
     x = np.stack([np.asarray(data[i][0], dtype=np.float32) for i in indices])
     y = np.array([int(data[i][1]) for i in indices])
     folder = config.output_dir if ranked is None else AUDIT_FOLDER.shard_path(config.output_dir, ranked)
-    result = audit(clf, x, y, attacks=list(config.attacks), n=config.n, n0=config.n0, alpha=config.alpha,
+    attacks = list(config.attacks) if config.attacks else default_attacks(clf.radius_norm)
+    result = audit(clf, x, y, attacks=attacks, n=config.n, n0=config.n0, alpha=config.alpha,
                    eps=config.eps, budgets=config.budgets, verify_n=config.verify_n, verify_alpha=config.verify_alpha,
                    indices=indices, output_dir=folder, batch_size=config.chunk, run_info=header_info, echo=echo,
                    progress=progress, shard=shard or ranked)

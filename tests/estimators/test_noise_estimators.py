@@ -160,3 +160,19 @@ def test_an_l1_audit_never_breaks_uniform_noise_certificates_and_catches_an_infl
         audit(estimator(), x, y, attacks=["square"], progress=False)
     config = json.loads((tmp_path / "sound" / "audit_config.json").read_text())
     assert config["norm"] == "l1" and config["estimator_params"]["noise"] == "uniform"
+
+
+def test_an_audit_without_named_attacks_runs_those_of_the_certificates_norm(tmp_path):
+    from art_some.evaluation.audit import DEFAULT_ATTACKS, default_attacks
+    from art_some.plugins import meta
+
+    for norm, names in DEFAULT_ATTACKS.items():
+        assert all(norm in meta("attacks", name)["norms"] for name in names)
+    assert default_attacks("l1") == ["pgd", "apgd"]
+    model = _checkpoint(tmp_path)
+    result = _cli("evaluate", "--model", model, "--n0", 20, "--n", 60, "--max-inputs", 2, "--device", "cpu",
+                  "--noise", "uniform", "--verify-n", 50, "--eps", "1", "--budget", "pgd.max_iter=2",
+                  "--budget", "apgd.max_iter=2", "--output-dir", tmp_path / "audit")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "audit" / "audit_config.json").read_text())
+    assert config["attacks"] == ["pgd", "apgd"] and config["norm"] == "l1"
