@@ -52,6 +52,7 @@ def run_certify(config: CertifyConfig, echo=note, progress: bool = True) -> list
     from art_some.runs.shards import merge_ranks, shard_path
 
     plan = config.sequential_plan()
+    check_output(config.output)
     shard, ranked = shard_of_run(config.shard, config.device)
     clf, data, estimator = smoothed_estimator(config, echo)
     warn_small_n(config.n, config.n0, clf.scale, config.alpha, echo)
@@ -63,6 +64,17 @@ def run_certify(config: CertifyConfig, echo=note, progress: bool = True) -> list
     if ranked is not None:
         return merge_ranks(config.output, ranked)
     return records
+
+
+def check_output(output) -> None:
+    """
+    ``--output`` names the JSONL records, whose community TSV goes beside them: a ``.tsv`` name (what Cohen et al.'s
+    scripts write) would put records where a reader of TSV logs expects a table, so it is refused in one line.
+    """
+    if Path(output).suffix.lower() == ".tsv":
+        stem = Path(output).with_suffix("")
+        raise ValueError(f"--output {output} names the JSONL records; give {stem}.jsonl and the community TSV is "
+                         f"written beside it as {stem}.tsv")
 
 
 def config_path(output) -> Path:

@@ -76,3 +76,13 @@ def test_checkpoint_metadata_written_by_train_is_read_by_certify(tmp_path):
         check_dataset(meta, {"num_classes": 100, "input_shape": (1, 8, 8)}, "cifar10")
     options = recorded_options(meta, tmp_path / "model.safetensors", sigma_given=True)
     assert options == {"denoiser": {"name": "diffusion", "path": str(tmp_path / "denoiser")}}
+
+
+def test_a_tsv_output_is_refused_before_any_file_is_written(tmp_path):
+    # Cohen's scripts name their output .tsv; art-some's --output is the JSONL, its TSV goes beside it.
+    from tests.runs.test_runner import CERTIFY, _checkpoint, _cli
+
+    model = _checkpoint(tmp_path)
+    result = _cli("certify", "--model", model, *CERTIFY, "--output", tmp_path / "run.tsv")
+    assert result.exit_code == 2 and "give " in result.output and "run.jsonl" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
