@@ -431,15 +431,16 @@ def test_monte_carlo_failure_rate_stays_below_alpha():
     assert wrong / total <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / total)
 
 
+class Threshold(torch.nn.Module):
+    """The 3-class toy in 64 dimensions: class 0 below A, 2 above B, 1 between, along the first coordinate."""
+
+    def forward(self, x):
+        u = x.flatten(1)[:, 0]
+        return torch.stack([(A - u) * 100, torch.zeros_like(u), (u - B) * 100], dim=1)
+
+
 def test_estimator_cascade_is_sound_on_a_linear_threshold_model():
     """The real engine and estimator with the identity denoiser on the same 3-class toy in 64 dimensions."""
-    w = torch.zeros(64)
-    w[0] = 1.0
-
-    class Threshold(torch.nn.Module):
-        def forward(self, x):
-            u = x.flatten(1) @ w
-            return torch.stack([(A - u) * 100, torch.zeros_like(u), (u - B) * 100], dim=1)
 
     u = np.array([-1.2, -0.2, 0.05, 0.35, 0.7, 1.4])
     x = np.zeros((len(u), 1, 8, 8), np.float32)

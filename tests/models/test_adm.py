@@ -337,15 +337,7 @@ def test_zero_weights_denoise_as_the_identity():
 
 
 def test_cascade_is_sound_through_the_adm_path_with_zero_weights():
-    from tests.estimators.test_denoised import SIGMAS, A, B, exact_cascade, true_radius
-
-    w = torch.zeros(64)
-    w[0] = 1.0
-
-    class Threshold(torch.nn.Module):
-        def forward(self, x):
-            u = x.flatten(1) @ w
-            return torch.stack([(A - u) * 100, torch.zeros_like(u), (u - B) * 100], dim=1)
+    from tests.estimators.test_denoised import SIGMAS, Threshold, exact_cascade, true_radius
 
     u = np.array([-1.2, 0.05, 1.4])
     x = np.zeros((len(u), 1, 8, 8), np.float32)
