@@ -9,7 +9,11 @@ n's estimate).
         --plot docs/sequential_draws.png
     python benchmarks/sequential_digits.py --quick          # a smoke run (2 epochs, n = 2,000, 30 test digits)
 
-Every run uses the same seed, so fixed n and the sequential modes see the same selection draws (n0 = 100).
+Every run uses the same seed, so fixed n and the sequential modes see the same selection draws (n0 = 100). Each
+sequential mode runs once per bound of ``--bounds``; ``--fixed-from FILE`` takes fixed n's rows from an earlier run's
+JSON with the same settings instead of rerunning them (fixed n's records depend only on the model, the seed and the
+inputs; the script checks that the first inputs' fixed-n estimates of pA agree). Every row reports its forward
+passes per second.
 """
 from __future__ import annotations
 
@@ -51,6 +55,18 @@ def trained(method: str, sigma: float, args):
     return model.eval()
 
 
+def _earlier_fixed_n(path, method, sigma, clf, x, check=3):
+    """Fixed n's row from an earlier run, after checking that its first inputs' pA estimates are reproduced."""
+    earlier = json.loads(Path(path).read_text())
+    row = next(r for r in earlier["results"] if (r["method"], r["sigma"], r["procedure"]) == (method, sigma, "fixed n"))
+    points = next(p for p in earlier["points"] if (p["method"], p["sigma"]) == (method, sigma))
+    now = clf.certify_detailed(x[:check], n=earlier["settings"]["n"])
+    p_hat = now.counts_estimation[np.arange(check), now.counts_selection.argmax(1)] / now.n
+    if not np.array_equal(p_hat, np.asarray(points["pA"][:check])):
+        raise SystemExit(f"{path}: fixed n's estimates differ for {method} sigma {sigma}: rerun fixed n")
+    return {**row, "reused_from": str(path)}
+
+
 def summarise(result, labels, seconds):
     correct = (result.predict == labels) & (result.predict >= 0)
     draws = result.n + np.zeros(len(labels)) if result.draws is None else result.draws
@@ -61,6 +77,7 @@ def summarise(result, labels, seconds):
         "abstained": round(100 * float(np.mean(result.predict < 0)), 2),
         "forward_passes_per_input": round(float(np.mean(result.n0 + draws)), 1),
         "seconds": round(seconds, 1),
+        "forward_passes_per_second": round(float(np.sum(result.n0 + draws)) / max(seconds, 1e-9)),
         "stopped_by": None if result.stopped_by is None else
         {k: int(v) for k, v in zip(*np.unique(result.stopped_by, return_counts=True))},
     }
@@ -75,9 +92,12 @@ def main():
     parser.add_argument("--methods", default="gaussian,smoothmix")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--tolerances", default="0.02,0.1", help="radius mode's tolerances, one run each")
-    parser.add_argument("--growth", type=float, default=2.0, help="growth of the rounds' cumulative draws")
-    parser.add_argument("--procedures", default="fixed n,fixed-radius mode,radius mode",
-                        help="which procedures to run (comma-separated)")
+    parser.add_argument("--growth", type=float, default=None,
+                        help="growth of the rounds' cumulative draws (default: each bound's own)")
+    parser.add_argument("--bounds", default="mixture,union-cp,betting", help="sequential bounds, one run each")
+    parser.add_argument("--fixed-from", default=None, help="fixed n's rows from this earlier output (see above)")
+    parser.add_argument("--procedures", default="fixed n;fixed-radius mode;radius mode",
+                        help="which procedures to run (semicolon-separated name prefixes)")
     parser.add_argument("--skip", type=int, default=1, help="certify every skip-th test digit")
     parser.add_argument("--max-inputs", type=int, default=None, help="at most this many test digits (default: all)")
     parser.add_argument("--cache", default="benchmarks/results/cache", help="trained models are kept here")
@@ -100,16 +120,19 @@ def main():
             clf = SmoothedClassifier(model, torch.nn.CrossEntropyLoss(), (1, 8, 8), 10, clip_values=(0.0, 1.0),
                                      device_type="cpu", scale=sigma, sample_size=args.n0, alpha=args.alpha,
                                      noise_batch_size=10_000)
-            runs = {
-                "fixed n": lambda: clf.certify_detailed(x, n=args.n),
-                "fixed-radius mode": lambda: clf.certify_sequential(x, n=args.n, radii=RADII, growth=args.growth),
-                **{f"radius mode, tolerance {t:g}": (lambda t=t: clf.certify_sequential(x, n=args.n, tolerance=t,
-                                                                                         growth=args.growth))
-                   for t in (float(v) for v in args.tolerances.split(","))},
-            }
-            wanted = args.procedures.split(",")
+            runs = {"fixed n": lambda: clf.certify_detailed(x, n=args.n)}
+            for bound in args.bounds.split(","):
+                options = dict(n=args.n, growth=args.growth, bound=bound)
+                runs[f"fixed-radius mode, {bound}"] = lambda o=options: clf.certify_sequential(x, radii=RADII, **o)
+                for t in (float(v) for v in args.tolerances.split(",")):
+                    runs[f"radius mode, tolerance {t:g}, {bound}"] = \
+                        lambda o=options, t=t: clf.certify_sequential(x, tolerance=t, **o)
+            wanted = args.procedures.split(";")
             runs = {name: run for name, run in runs.items() if any(name.startswith(w) for w in wanted)}
             outcome = {}
+            if args.fixed_from and "fixed n" in runs:
+                runs.pop("fixed n")
+                results.append(_earlier_fixed_n(args.fixed_from, method, sigma, clf, x))
             for name, run in runs.items():
                 start = time.perf_counter()
                 result = run()
@@ -117,8 +140,13 @@ def main():
                 print(method, sigma, name, json.dumps(outcome[name][1]), flush=True)
             if "fixed n" in outcome:
                 fixed = outcome["fixed n"][0]
-                p_hat = fixed.counts_estimation[np.arange(len(y)), fixed.counts_selection.argmax(1)] / fixed.n
-                points.append({"method": method, "sigma": sigma, "pA": p_hat.tolist(),
+                top = fixed.counts_estimation[np.arange(len(y)), fixed.counts_selection.argmax(1)]
+                p_hat = (top / fixed.n).tolist()
+            else:
+                earlier = json.loads(Path(args.fixed_from).read_text())["points"] if args.fixed_from else []
+                p_hat = next((p["pA"] for p in earlier if (p["method"], p["sigma"]) == (method, sigma)), None)
+            if p_hat is not None:
+                points.append({"method": method, "sigma": sigma, "pA": p_hat,
                                **{name: (outcome[name][0].n0 + outcome[name][0].draws).tolist()
                                   for name in outcome if name != "fixed n"}})
             fixed_passes = args.n0 + args.n
@@ -153,7 +181,7 @@ def plot(points, path):
 
     fig, axes = plt.subplots(1, len(points), figsize=(4 * len(points), 3.6), sharey=True, squeeze=False)
     for ax, run in zip(axes[0], points):
-        for name, marker in zip([k for k in run if "mode" in k], "ox+^"):
+        for name, marker in zip([k for k in run if "mode" in k], "ox+^sv*dph"):
             ax.scatter(run["pA"], run[name], s=10, marker=marker, label=name, alpha=0.6)
         ax.set_yscale("log")
         ax.set_xlabel("pA (fixed-n estimate)")

@@ -140,6 +140,23 @@ class NoiseModel(abc.ABC):
     def _radius(self, p: np.ndarray) -> np.ndarray:
         """The radius for ``p`` in (1/2, 1] (the family's formula)."""
 
+    def threshold(self, radius) -> np.ndarray:
+        """
+        The smallest pA whose :meth:`radius` reaches ``radius`` (>= 0; 1/2 for 0), per input: the formula's inverse,
+        nudged up by rounding so that ``radius(threshold(r)) >= r`` holds exactly; 1.0 where no pA below 1 reaches it.
+        """
+        radius = np.asarray(radius, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            p = np.clip(np.nan_to_num(self._threshold(radius), nan=1.0), 0.5, 1.0)
+        for _ in range(8):
+            short = (p < 1.0) & (self.radius(p) < radius)
+            p = np.where(short, np.nextafter(p, 2.0), p)
+        return np.where(self.radius(np.minimum(p, np.nextafter(1.0, 0.0))) >= radius, np.minimum(p, 1.0), 1.0)
+
+    @abc.abstractmethod
+    def _threshold(self, radius: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`_radius` (the family's formula solved for p)."""
+
     def subset(self, positions) -> "NoiseModel":
         """The noise of the inputs at ``positions`` (their own sigmas when there is one per input)."""
         if isinstance(self.sigma, float):
@@ -184,6 +201,10 @@ class GaussianNoise(NoiseModel):
             return radius / np.sqrt(self._need_dimension())
         return radius
 
+    def _threshold(self, radius):
+        scale = np.sqrt(self._need_dimension()) if self.norm == "linf" else 1.0
+        return norm.cdf(radius * scale / np.asarray(self.sigma, dtype=np.float64))
+
     def margin(self, p_high, p_low) -> np.ndarray:
         """
         sigma * (Phi^-1(p_high) - Phi^-1(p_low)): how far (L2) the input can move before a class probability at
@@ -222,6 +243,9 @@ class LaplaceNoise(NoiseModel):
         with np.errstate(divide="ignore"):  # p = 1 (no bound the engine gives): an infinite radius
             return -scale * (np.log(2.0) + np.log1p(-p))
 
+    def _threshold(self, radius):
+        return 1.0 - np.exp(-radius * np.sqrt(2.0) / np.asarray(self.sigma, dtype=np.float64)) / 2.0
+
 
 class UniformNoise(NoiseModel):
     """
@@ -246,6 +270,9 @@ class UniformNoise(NoiseModel):
     def _radius(self, p):
         half_width = np.asarray(self.sigma, dtype=np.float64) * np.sqrt(3.0)
         return 2.0 * half_width * (p - 0.5)
+
+    def _threshold(self, radius):
+        return 0.5 + radius / (2.0 * np.asarray(self.sigma, dtype=np.float64) * np.sqrt(3.0))
 
 
 def lp_norm(delta, norm: str) -> float:
@@ -311,11 +338,11 @@ def block_size(num: int, input_numel: int) -> int:
     return int(max(1, min(num, NOISE_BLOCK_ELEMENTS // max(1, input_numel))))
 
 
-def _plan_batches(num_inputs: int, num: int, batch_size: int) -> Iterator[list[tuple[int, int]]]:
+def _plan_batches(nums: np.ndarray, batch_size: int) -> Iterator[list[tuple[int, int]]]:
     """Cut the flat sequence of (input, draw) pairs into batches: lists of (input position, draws)."""
     batch, room = [], batch_size
-    for i in range(num_inputs):
-        left = num
+    for i, num in enumerate(nums):
+        left = int(num)
         while left > 0:
             k = min(left, room)
             batch.append((i, k))
@@ -392,7 +419,8 @@ def count_votes(
     :param vote_fn: Maps a batch of noisy inputs ``(B, *input_shape)`` to class indices ``(B,)`` (long), or to
                     integer tallies ``(B, C)`` when one noisy input casts several votes (patches).
     :param x: Inputs ``(N, *input_shape)`` (tensor or array), in raw input space.
-    :param num: Noisy draws per input.
+    :param num: Noisy draws per input: one number, or one per input (sequential CERTIFY packs inputs at different
+                rounds into one call).
     :param noise: A noise model with ``perturb(x_rows, eps, owner)`` (e.g. :class:`GaussianNoise`).
     :param num_classes: Number of classes C.
     :param batch_size: Noisy inputs per forward pass; inputs are packed together when ``num`` is small.
@@ -408,13 +436,14 @@ def count_votes(
                     rows are then all zeros (so PREDICT on them abstains; ``predict`` turns them into NaN rows).
     :param verbose: A progress bar over the draws (labelled ``desc``): True, False, or None for "when standard error is
                     a terminal". It appears only once a call has run for a second, so short calls stay quiet.
-    :return: int64 array ``(N, C)`` of vote counts (each row sums to ``num`` for class-index votes), and with
+    :return: int64 array ``(N, C)`` of vote counts (row i sums to its ``num`` for class-index votes), and with
              ``squares`` the ``(N, C)`` sums of squared tallies too.
     """
     import torch
 
-    if isinstance(num, bool) or int(num) != num or num < 1:
-        raise ValueError(f"the number of noise draws must be an integer >= 1, got {num!r}")
+    nums = np.asarray(num)
+    if nums.dtype == bool or nums.ndim > 1 or not np.all(np.mod(nums, 1) == 0) or np.any(nums < 1):
+        raise ValueError(f"the number of noise draws must be an integer >= 1 (or one per input), got {num!r}")
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if invalid is not None and (invalid.dtype != bool or invalid.shape != (len(x),)):
@@ -424,19 +453,22 @@ def count_votes(
     x = x.to(device=device, dtype=torch.float32)
     n_inputs = x.shape[0]
     indices = check_indices(indices, n_inputs)
-
-    block = block_size(num, int(np.prod(x.shape[1:])))
+    if nums.ndim == 1 and len(nums) != n_inputs:
+        raise ValueError(f"num must be one number or one per input ({n_inputs}), got {len(nums)}")
+    nums = np.broadcast_to(nums.astype(np.int64), (n_inputs,))
+    numel = int(np.prod(x.shape[1:]))
     streams: dict[int, NoiseStream] = {}
     counts = torch.zeros((n_inputs, num_classes), dtype=torch.long, device=device)
     squared = torch.zeros_like(counts) if squares else None
-    bar = tqdm(total=n_inputs * num, desc=desc, unit="draw", unit_scale=True, disable=_quiet(verbose), delay=1.0,
+    bar = tqdm(total=int(nums.sum()), desc=desc, unit="draw", unit_scale=True, disable=_quiet(verbose), delay=1.0,
                leave=False)
     with torch.inference_mode(), bar:
-        for batch in _plan_batches(n_inputs, num, batch_size):
+        for batch in _plan_batches(nums, batch_size):
             eps, owner = [], []
             for i, k in batch:
                 if i not in streams:
-                    streams[i] = NoiseStream(x.shape[1:], seed_for(seed, stage, indices[i]), block, device, noise)
+                    streams[i] = NoiseStream(x.shape[1:], seed_for(seed, stage, indices[i]),
+                                             block_size(int(nums[i]), numel), device, noise)
                 eps.append(streams[i].take(k))
                 owner.append(torch.full((k,), i, dtype=torch.long, device=device))
             eps_t = torch.cat(eps) if len(eps) > 1 else eps[0]

@@ -68,6 +68,8 @@ class CertificateRule:
     # The noise families and norms the certificate holds for; None: whatever the noise model's radius is for.
     noises: tuple[str, ...] | None = None
     norms: tuple[str, ...] | None = None
+    # The bounds sequential CERTIFY may use (art_some.core.confseq): the anytime ones need one Bernoulli vote per draw.
+    sequence_bounds: tuple[str, ...] = ("mixture", "betting", "union-cp")
 
     def check_noise(self, noise) -> None:
         """Refuse a noise model this rule's certificate does not hold for, in one line naming both."""
@@ -92,6 +94,10 @@ class CertificateRule:
         """
         rows = np.arange(len(tally))
         return clopper_pearson_lower(tally.counts[rows, classes], tally.draws, alpha)
+
+    def successes(self, tally: Tally, classes: np.ndarray) -> np.ndarray:
+        """The votes for ``classes[i]`` per row: the Bernoulli count the anytime bounds of sequential CERTIFY test."""
+        return tally.counts[np.arange(len(tally)), classes]
 
     def upper_bound(self, tally: Tally, classes: np.ndarray, alpha: float) -> np.ndarray:
         """One-sided (1 - alpha) upper confidence bounds on the probability of ``classes[i]`` (Clopper-Pearson)."""
@@ -123,6 +129,17 @@ class CertificateRule:
     def radius(self, p_lower: np.ndarray, noise) -> np.ndarray:
         """The radius certified by lower bounds ``p_lower`` on pA: the noise model's (sigma Phi^-1(p) for Gaussian)."""
         return noise.radius(p_lower)
+
+    def threshold(self, radius, noise, num_inputs: int) -> np.ndarray:
+        """
+        Per input ``(num_inputs,)``, the smallest pA whose :meth:`radius` reaches ``radius`` (1.0 where none below 1
+        does): what sequential CERTIFY tests to decide "certified at r". The noise's inverse formula where the
+        radius is the noise's; a bisection on :meth:`radius` otherwise, so a rule with its own radius needs nothing
+        more (a threshold too low or too high only costs draws: every claim is checked against :meth:`radius`).
+        """
+        if type(self).radius is CertificateRule.radius:
+            return np.broadcast_to(noise.threshold(radius), (num_inputs,)).astype(np.float64)
+        return bisect_threshold(lambda p: self.radius(p, noise), radius, num_inputs)
 
     # ------------------------------------------------------------------------------------------------------------
     # The one decision
@@ -191,7 +208,7 @@ class ScaledRule(CertificateRule):
 
     def __init__(self, base: CertificateRule, divisor: float, *, sound: bool = True, warning: str | None = None):
         self.base, self.divisor = base, float(divisor)
-        self.needs_squares = base.needs_squares
+        self.needs_squares, self.sequence_bounds = base.needs_squares, base.sequence_bounds
         self.sound, self.warning = sound, warning
         # A divisor is an operator norm between L2 spaces: the scaled radius is an L2 radius.
         self.noises, self.norms = base.noises, base.norms if self.divisor == 1.0 else ("l2",)
@@ -205,11 +222,17 @@ class ScaledRule(CertificateRule):
     def upper_bound(self, tally, classes, alpha):
         return self.base.upper_bound(tally, classes, alpha)
 
+    def successes(self, tally, classes):
+        return self.base.successes(tally, classes)
+
     def projected_lower_bound(self, tally, classes, n, alpha_now, alpha_final):
         return self.base.projected_lower_bound(tally, classes, n, alpha_now, alpha_final)
 
     def radius(self, p_lower, noise):
         return self.base.radius(p_lower, noise) / self.divisor
+
+    def threshold(self, radius, noise, num_inputs):
+        return self.base.threshold(np.asarray(radius) * self.divisor, noise, num_inputs)
 
     def predict(self, tally, alpha):
         return self.base.predict(tally, alpha)
@@ -221,4 +244,19 @@ class ScaledRule(CertificateRule):
         return self.base.info()
 
 
-__all__ = ["ABSTAIN", "CertificateRule", "CohenRule", "ScaledRule", "Tally", "certifies"]
+def bisect_threshold(radius_of, radius, num_inputs: int, steps: int = 30) -> np.ndarray:
+    """
+    The smallest p in [1/2, 1) with ``radius_of(p) >= radius`` per input, by bisection on a radius that grows with p
+    (one call per step for all inputs); the upper end, so the returned p always reaches the radius; 1.0 where even
+    p just below 1 does not.
+    """
+    low, high = np.full(num_inputs, 0.5), np.full(num_inputs, np.nextafter(1.0, 0.0))
+    reachable = radius_of(high) >= radius
+    for _ in range(steps):
+        middle = (low + high) / 2
+        up = radius_of(middle) >= radius
+        high, low = np.where(up, middle, high), np.where(up, low, middle)
+    return np.where(reachable, high, 1.0)
+
+
+__all__ = ["ABSTAIN", "CertificateRule", "CohenRule", "ScaledRule", "Tally", "bisect_threshold", "certifies"]

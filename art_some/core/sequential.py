@@ -3,29 +3,37 @@ Sequential CERTIFY: the estimation draws come in rounds of growing size, and eac
 answer is settled, instead of spending the full n on every input.
 
 After ``n0`` selection draws pick the class c_A (as in CERTIFY), estimation rounds draw until the cumulative counts
-reach ``N_1 < N_2 < ... < N_R = n`` (geometric, :func:`draw_schedule`). After round j, the rule's lower bound on pA
-(Clopper-Pearson for Cohen's rule, Bernstein for the vote-average rule) at level ``alpha / R`` (the failure
-probability spent evenly over the R rounds
-that the schedule fixes in advance: :func:`round_alphas`), so by the union bound every round's bound holds at once
-with probability at least 1 - alpha: a confidence sequence. The certificate uses the largest bound seen so far.
-An input stops when
+reach ``N_1 < N_2 < ... < N_R = n`` (geometric from ``start``, :func:`draw_schedule`). After each round the votes
+for c_A so far give a lower bound on pA from a confidence sequence (:mod:`art_some.core.confseq`), chosen by
+``bound``:
 
-- **abstain**: even if its remaining draws voted for c_A at the rate of the upper confidence bound on pA, the bound
-  at n could not reach 1/2;
-- **radii** (fixed-radius mode): every requested radius is decided, certified (the rule's radius for the bound
-  already reaches it) or out of reach at n (in the sense above);
+- ``"mixture"`` (the default) or ``"betting"``: an anytime-valid bound (a one-sided beta-binomial mixture test, or
+  a betting test, per threshold) at ``alpha * (1 - final_share)``, plus, for an input that runs to n, one
+  Clopper-Pearson bound at n at ``alpha * final_share``: clear-cut inputs stop on the first, inputs near a threshold
+  lose little against fixed n on the second;
+- ``"union-cp"``: the rule's own fixed-n bound (Clopper-Pearson for Cohen's rule, Bernstein for the vote-average
+  rule) at each round, with alpha spent over the rounds by ``spending`` (staged Clopper-Pearson, Horvath et al.,
+  ICLR 2022). Every rule has this one.
+
+The certificate uses the largest bound seen so far. An input stops when
+
+- **abstain**: even if its remaining draws voted for c_A at the rate of an upper confidence bound on pA at level
+  ``futility`` (a power loss, not a failure probability: stopping claims nothing), the bound at n would stay below
+  1/2, as the bound itself projects it;
+- **radii** (fixed-radius mode): every requested radius is decided, certified or out of reach at n in that sense;
 - **tolerance** (radius mode): the radius that the remaining draws could at best add is at most ``tolerance`` times
   the radius reachable at n;
 - **max_n**: it has used all n draws.
 
-Guarantee (for every rule whose ``lower_bound`` is valid at a fixed number of draws): for each input, the
-probability that any claim made about it is wrong (the returned class not the smoothed classifier's prediction
-within the returned radius, or "certified at r" for some requested r where it is not) is at most ``alpha``, over all
-rounds and radii together: every claim follows from one lower bound of the sequence, and the sequence fails with
-probability at most alpha. How and when an input stops does not enter the guarantee, only how many draws it costs.
+Guarantee (for every rule, given its bounds): for each input, the probability that any claim made about it is wrong
+(the returned class not the smoothed classifier's prediction within the returned radius, or "certified at r" for
+some requested r where it is not) is at most ``alpha``, over all rounds and radii together: every claim follows from
+one lower bound of the sequence, and the sequence fails with probability at most alpha. How and when an input stops
+does not enter the guarantee, only how many draws it costs.
 
 | Paper link: https://arxiv.org/abs/1902.02918 (CERTIFY); input-specific sample sizes: Chen et al., AAAI 2022;
-  confidence sequences for randomized smoothing: https://arxiv.org/abs/2406.17830
+  staged Clopper-Pearson: Horvath et al., ICLR 2022; confidence sequences for randomized smoothing:
+  https://arxiv.org/abs/2406.17830; betting: https://arxiv.org/abs/2010.09686
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from art_some.core.certify import CertifyResult, check_inputs, record_extra
+from art_some.core.confseq import BOUNDS, GRID, SPENDINGS, Staircase, spend  # noqa: F401 (BOUNDS: the choices)
 from art_some.core.noise import check_indices
 from art_some.core.rules import Tally
 from art_some.core.stats import certifies
@@ -46,17 +55,26 @@ if TYPE_CHECKING:
 
 # Why each input stopped (the records' ``stopped_by``).
 STOP_REASONS = ("abstain", "radii", "tolerance", "max_n")
-DEFAULT_START = 100  # draws of the first round: a clear-cut input is decided within a few hundred (see the issue)
-DEFAULT_GROWTH = 2.0
+DEFAULT_START = 40  # draws of the first round: 40-50 all-correct votes settle a clear-cut input at alpha 0.001
+DEFAULT_GROWTH = None  # the bound's own (GROWTH)
+# Union-CP pays alpha for every look, so it looks rarely; the anytime bounds look often at no cost.
+GROWTH = {"union-cp": 1.5, "mixture": 1.1, "betting": 1.1}
 DEFAULT_TOLERANCE = 0.02
+DEFAULT_BOUND = None  # the rule's first sequence bound: "mixture" for Bernoulli votes, else "union-cp"
+DEFAULT_SPENDING = "end"
+DEFAULT_FINAL_SHARE = 0.8  # of alpha, kept for one Clopper-Pearson bound at n (mixture and betting)
+DEFAULT_FUTILITY = 0.01  # the power an early abstention or "out of reach" may cost
 
 
-def draw_schedule(n: int, start: int = DEFAULT_START, growth: float = DEFAULT_GROWTH) -> list[int]:
+def draw_schedule(n: int, start: int = DEFAULT_START, growth: float | None = DEFAULT_GROWTH,
+                  bound: str = "union-cp") -> list[int]:
     """
-    The cumulative estimation draws after each round: ``start, start * growth, ...`` (rounded up), cut at and ending
-    with ``n``. Fixed before any draw, so the failure probability can be split over its rounds.
+    The cumulative estimation draws after each round: ``start, start * growth, ...`` (rounded up), ending with
+    ``n``; a last round smaller than half the one before is merged into it. Fixed before any draw, so the failure
+    probability can be split over its rounds. ``growth`` None takes the ``bound``'s (:data:`GROWTH`).
     """
     n, start = positive_int("n", n), positive_int("start", start)
+    growth = GROWTH[bound] if growth is None else growth
     if not is_number(growth) or not np.isfinite(growth) or growth <= 1:
         raise ValueError(f"growth must be a number > 1 (each round draws more than the last), got {growth!r}")
     schedule, size = [], float(start)
@@ -67,15 +85,103 @@ def draw_schedule(n: int, start: int = DEFAULT_START, growth: float = DEFAULT_GR
             raise ValueError(f"start {start} and growth {growth!r} give more than {MAX_ROUNDS} rounds up to n = {n}: "
                              "use a larger start or growth (each round spends a share of alpha)")
         size = max(size * float(growth), step + 1)
+    if len(schedule) >= 2 and n - schedule[-1] < (schedule[-1] - schedule[-2]) / 2:
+        schedule.pop()  # a tiny last round costs a look (and, for union-CP, a share of alpha) for little
     return [*schedule, n]
 
 
-def round_alphas(alpha: float, rounds: int) -> np.ndarray:
+def round_alphas(alpha: float, rounds: int, spending: str = DEFAULT_SPENDING) -> np.ndarray:
+    """The failure probability of each round of a union-CP schedule (:func:`art_some.core.confseq.spend`)."""
+    return spend(alpha, rounds, spending)
+
+
+class SequenceBounds:
     """
-    The failure probability of each round's bound: ``alpha / rounds`` each, so that they sum to alpha (the union
-    bound over the rounds is what makes the sequence of bounds hold at once).
+    The lower bounds of one sequential CERTIFY run for N inputs: what each look at a round's tally lets it claim,
+    and the optimistic projection to n that the stopping rules use.
+
+    :param rule: The certificate rule (its fixed-n bounds; ``sequence_bounds`` says which families it supports).
+    :param bound: One of :data:`~art_some.core.confseq.BOUNDS`.
+    :param alpha: Failure probability per input.
+    :param schedule: The cumulative draws per round.
+    :param thresholds: ``(N, G)`` increasing thresholds on pA that the tests of ``"mixture"``/``"betting"`` check
+                       (:func:`thresholds_for`; None for ``"union-cp"``).
+    :param spending: How ``"union-cp"`` spends alpha over the rounds.
+    :param final_share: The share of alpha kept for the Clopper-Pearson bound at n (``"mixture"``/``"betting"``).
+    :param futility: The level of the upper bound that the projections assume the remaining votes at.
+    :param peek: For tests only: the broken betting variant (:class:`~art_some.core.confseq.Staircase`).
     """
-    return np.full(int(rounds), float(alpha) / int(rounds))
+
+    def __init__(self, rule, bound: str, alpha: float, schedule: Sequence[int], thresholds: np.ndarray, *,
+                 spending: str = DEFAULT_SPENDING, final_share: float = DEFAULT_FINAL_SHARE,
+                 futility: float = DEFAULT_FUTILITY, peek: bool = False):
+        self.rule, self.bound, self.schedule, self.futility = rule, bound, list(schedule), futility
+        self.n = self.schedule[-1]
+        if bound == "union-cp":
+            self.alphas = round_alphas(alpha, len(self.schedule), spending)
+            self.final_alpha, self.staircase = None, None
+        else:
+            self.alphas = None
+            self.final_alpha = alpha * final_share if final_share > 0 else None
+            self.staircase = Staircase(bound, thresholds, len(thresholds), alpha * (1 - final_share), peek=peek)
+
+    def look(self, rounds: np.ndarray, rows: np.ndarray, tally: Tally, classes: np.ndarray) -> np.ndarray:
+        """The lower bounds on pA that the cumulative ``tally`` of the inputs ``rows``, each after its round, gives."""
+        bound = np.zeros(len(rows))
+        if self.staircase is None:
+            for j in np.unique(rounds):  # union-CP: each round at its own share of alpha
+                at = np.flatnonzero(rounds == j)
+                bound[at] = self.rule.lower_bound(tally.rows(at), classes[at], self.alphas[j])
+            return bound
+        bound = self.staircase.update(rows, self.rule.successes(tally, classes), tally.draws)
+        last = np.flatnonzero(np.broadcast_to(tally.draws, (len(rows),)) >= self.n)
+        if self.final_alpha is not None and len(last):
+            final = self.rule.lower_bound(tally.rows(last), classes[last], self.final_alpha)
+            bound[last] = np.maximum(bound[last], final)
+        return bound
+
+    def reach(self, rows: np.ndarray, tally: Tally, classes: np.ndarray) -> np.ndarray:
+        """
+        An optimistic guess of the bound at n: the remaining draws voting for ``classes`` at the rate of the upper
+        bound at level ``futility``, bounded as the last look would bound them. No claim rests on it.
+        """
+        if self.staircase is None:
+            return self.rule.projected_lower_bound(tally, classes, self.n, self.futility, self.alphas[-1])
+        k = self.rule.successes(tally, classes)
+        p_upper = self.rule.upper_bound(tally, classes, self.futility)
+        k_final = np.minimum(self.n, np.ceil(k + p_upper * (self.n - tally.draws)))
+        bound = self.staircase.projected(rows, k_final, self.n)
+        if self.final_alpha is not None:
+            final = self.rule.projected_lower_bound(tally, classes, self.n, self.futility, self.final_alpha)
+            bound = np.maximum(bound, final)
+        return bound
+
+
+def thresholds_for(rule, noise, radii: np.ndarray | None, num_inputs: int) -> np.ndarray:
+    """
+    The thresholds on pA that the tests check: in fixed-radius mode, per input, the smallest pA whose radius (the
+    rule's, for that input's noise) reaches each requested radius, in increasing order (1 where none does); in
+    radius mode the shared grid :data:`~art_some.core.confseq.GRID`.
+    """
+    if radii is None:
+        return GRID
+    out = np.stack([rule.threshold(r, noise, num_inputs) for r in np.sort(radii)], axis=1)
+    return np.maximum.accumulate(out, axis=1)
+
+
+def check_bound(bound: str | None, rule) -> str:
+    """
+    The sequential bound: one of :data:`~art_some.core.confseq.BOUNDS` that ``rule`` supports; None takes the
+    rule's first (``"mixture"`` for one Bernoulli vote per draw).
+    """
+    if bound is None:
+        return rule.sequence_bounds[0]
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
+    if bound not in rule.sequence_bounds:
+        raise ValueError(f"{type(rule).__name__} supports bound={' or '.join(map(repr, rule.sequence_bounds))} only "
+                         f"(its votes are not one Bernoulli draw each), not {bound!r}")
+    return bound
 
 
 def sequential_certify(
@@ -88,7 +194,12 @@ def sequential_certify(
     radii: Sequence[float] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     start: int = DEFAULT_START,
-    growth: float = DEFAULT_GROWTH,
+    growth: float | None = DEFAULT_GROWTH,
+    bound: str | None = DEFAULT_BOUND,
+    spending: str = DEFAULT_SPENDING,
+    final_share: float = DEFAULT_FINAL_SHARE,
+    futility: float = DEFAULT_FUTILITY,
+    pool: int | None = None,
     indices: Sequence[int] | None = None,
 ) -> CertifyResult:
     """
@@ -102,10 +213,16 @@ def sequential_certify(
     :param alpha: Failure probability per input, over all rounds and radii.
     :param radii: Fixed-radius mode: decide "certified at r" for each r (>= 0); None for radius mode.
     :param tolerance: Radius mode: stop once the remaining draws could add at most this fraction of the radius
-                      reachable at n (in [0, 1); 0 stops only to abstain or at n, and even then the bounds are at
-                      alpha / R, so radii are a little smaller than fixed-n CERTIFY's).
+                      reachable at n (in [0, 1); 0 stops only to abstain or at n).
     :param start: Estimation draws of the first round.
-    :param growth: Factor by which the cumulative draws grow per round (> 1).
+    :param growth: Factor by which the cumulative draws grow per round (> 1; None: the bound's, :data:`GROWTH`).
+    :param bound: ``"mixture"``, ``"betting"`` or ``"union-cp"`` (see the module docstring); None: the rule's
+                  first (``"mixture"``, or ``"union-cp"`` for the vote-average rule).
+    :param spending: ``"end"`` or ``"uniform"``: how union-CP spends alpha over the rounds.
+    :param final_share: Mixture and betting: the share of alpha kept for the Clopper-Pearson bound at n, in [0, 1).
+    :param futility: The level in (0, 1) of the upper bound behind the abstain and out-of-reach stops.
+    :param pool: The most inputs in flight at once, packed into the same forward batches at different rounds (None:
+                 all, round by round). Results do not depend on it, only how full the batches are.
     :param indices: Global input indices (key the noise; round j draws from its own stream).
     :return: a :class:`~art_some.core.certify.CertifyResult` whose ``draws`` (estimation draws per input),
              ``stopped_by`` and, in fixed-radius mode, ``radii`` and ``certified_at`` ``(N, len(radii))`` say how
@@ -119,39 +236,87 @@ def sequential_certify(
     check_inputs(x, "n", n, indices)
     tolerance = check_tolerance(tolerance)
     radii = None if radii is None else check_radii(radii)
-    schedule = draw_schedule(n, start, growth)
-    alphas = round_alphas(alpha, len(schedule))
+    bound = check_bound(bound, rule)
+    check_sequence_options(spending, final_share, futility)
+    schedule = draw_schedule(n, start, growth, bound)
     began = time.perf_counter()
     x_len = len(x)
     indices = check_indices(indices, x_len)
     sequential_round_key(len(schedule) - 1, indices)  # refuses indices beyond the key space before any draw
+    thresholds = None if bound == "union-cp" else thresholds_for(rule, smooth.noise, radii, x_len)
+    bounds = SequenceBounds(rule, bound, alpha, schedule, thresholds,
+                            spending=spending, final_share=final_share, futility=futility)
     selection = smooth.counts(x, int(n0), SELECTION, indices=indices, desc="CERTIFY selection")
     c_hat = rule.select(selection)
-    counts = np.zeros((x_len, smooth.num_classes), dtype=np.int64)
+
+    def draw(rounds: np.ndarray, active: np.ndarray, nums: np.ndarray) -> Tally:
+        rows = torch.as_tensor(active, device=x.device) if isinstance(x, torch.Tensor) else active
+        return smooth.subset(active).counts(x[rows], nums, ESTIMATION, squares=rule.needs_squares,
+                                            indices=sequential_round_key(rounds, indices[active]),
+                                            desc=f"CERTIFY rounds {rounds.min() + 1}-{rounds.max() + 1}")
+
+    counts, squares, best, draws, stopped = run_rounds(draw, bounds, c_hat, smooth.num_classes,
+                                                       lambda active: smooth.subset(active).noise, radii, tolerance,
+                                                       pool)
+    predict, radius = rule.decide(c_hat, best, smooth.noise)
+    seconds = np.full(x_len, (time.perf_counter() - began) / max(1, x_len))
+    result = CertifyResult(predict, radius, best, selection.counts, counts, int(n0), int(n), alpha,
+                           smooth.noise.sigma, seconds, squares, extra=record_extra(smooth))
+    result.draws, result.stopped_by = draws, stopped.astype(str)
+    result.extra.update(sequence_bound=bound, sequence_rounds=len(schedule))
+    if radii is not None:
+        result.radii = radii
+        result.certified_at = certifies(best)[:, None] & (radius[:, None] >= radii[None, :])
+    return result
+
+
+def run_rounds(draw, bounds: SequenceBounds, c_hat: np.ndarray, num_classes: int, noise_of, radii, tolerance: float,
+               pool: int | None = None):
+    """
+    The rounds of sequential CERTIFY over the estimation draws, apart from where the draws come from (the engine's
+    keyed streams; binomial counts in the simulations of ``benchmarks/``).
+
+    Inputs are packed: a pool of at most ``pool`` inputs is in flight, each at its own round, and every step draws
+    the next round of every input in the pool in one call; an input that stops frees its place for the next one
+    waiting. What an input draws and decides depends only on its own rounds, never on the pool's other inputs.
+
+    :param draw: ``draw(rounds, active, nums) -> Tally``: ``nums[i]`` more draws of round ``rounds[i]`` for each
+                 input of ``active``.
+    :param bounds: The run's :class:`SequenceBounds`.
+    :param c_hat: The selected class per input.
+    :param num_classes: C.
+    :param noise_of: ``noise_of(active)``: the noise model of those inputs (their radii's geometry).
+    :param radii: Fixed-radius mode's checked radii, or None.
+    :param tolerance: Radius mode's checked tolerance.
+    :param pool: The most inputs in flight at once (None: all of them, round by round).
+    :return: ``(counts, squares, best, draws, stopped_by)`` per input.
+    """
+    rule, n = bounds.rule, bounds.n
+    increments = np.diff([0, *bounds.schedule])
+    x_len = len(c_hat)
+    counts = np.zeros((x_len, num_classes), dtype=np.int64)
     squares = np.zeros_like(counts) if rule.needs_squares else None
     best = np.zeros(x_len)  # the largest lower bound so far: every one of the sequence holds at once
     draws = np.zeros(x_len, dtype=np.int64)
+    rounds = np.zeros(x_len, dtype=np.int64)  # each input's next round
     stopped = np.full(x_len, "", dtype=object)
-    active = np.arange(x_len)
-    previous = 0
-    for j, (total, round_alpha) in enumerate(zip(schedule, alphas)):
-        if not len(active):
-            break
-        rows = torch.as_tensor(active, device=x.device) if isinstance(x, torch.Tensor) else active
-        now_smooth = smooth.subset(active)
-        drawn = now_smooth.counts(x[rows], total - previous, ESTIMATION,
-                                  indices=sequential_round_key(j, indices[active]), squares=rule.needs_squares,
-                                  desc=f"CERTIFY round {j + 1}/{len(schedule)}")
+    waiting, active = np.arange(x_len), np.zeros(0, dtype=np.int64)
+    capacity = x_len if pool is None else positive_int("pool", pool)
+    while len(active) or len(waiting):
+        active, waiting = np.concatenate([active, waiting[: capacity - len(active)]]), waiting[capacity - len(active):]
+        nums = increments[rounds[active]]
+        drawn = draw(rounds[active], active, nums)
         counts[active] += drawn.counts
         if squares is not None:
             squares[active] += drawn.squares
-        previous = total
-        draws[active] = total
-        tally = Tally(counts[active], total, None if squares is None else squares[active])
-        best[active] = np.maximum(best[active], rule.lower_bound(tally, c_hat[active], round_alpha))
-        reach = _reachable(rule, tally, c_hat[active], n, alphas, j, best[active], now_smooth.noise)
-        now = np.where(certifies(best[active]), rule.radius(best[active], now_smooth.noise), -np.inf)
-        done = np.full(len(active), total >= n)
+        draws[active] += nums
+        tally = Tally(counts[active], draws[active], None if squares is None else squares[active])
+        best[active] = np.maximum(best[active], bounds.look(rounds[active], active, tally, c_hat[active]))
+        done = draws[active] >= n
+        p_reach = np.where(done, best[active], np.maximum(best[active], bounds.reach(active, tally, c_hat[active])))
+        noise = noise_of(active)
+        reach = np.where(certifies(p_reach), rule.radius(p_reach, noise), -1.0)
+        now = np.where(certifies(best[active]), rule.radius(best[active], noise), -np.inf)
         reason = np.where(done, "max_n", "").astype(object)
         hopeless = reach < 0  # even the best case at n stays below 1/2
         if radii is None:
@@ -164,29 +329,18 @@ def sequential_certify(
         reason = np.where(~done & hopeless, "abstain", reason)
         finished = done | settled | hopeless
         stopped[active[finished]] = reason[finished]
+        rounds[active] += 1
         active = active[~finished]
-    predict, radius = rule.decide(c_hat, best, smooth.noise)
-    seconds = np.full(x_len, (time.perf_counter() - began) / max(1, x_len))
-    result = CertifyResult(predict, radius, best, selection.counts, counts, int(n0), int(n), alpha,
-                           smooth.noise.sigma, seconds, squares, extra=record_extra(smooth))
-    result.draws, result.stopped_by = draws, stopped.astype(str)
-    if radii is not None:
-        result.radii = radii
-        result.certified_at = certifies(best)[:, None] & (radius[:, None] >= radii[None, :])
-    return result
+    return counts, squares, best, draws, stopped
 
 
-def _reachable(rule, tally: Tally, classes, n, alphas, j, best, noise) -> np.ndarray:
-    """
-    The largest radius each input could still certify by the end (-1 where even that stays below 1/2), in the
-    rule's optimistic projection (:meth:`~art_some.core.rules.CertificateRule.projected_lower_bound`) to the last
-    round's bound at n; or what the best bound it already has gives. Only the cost depends on it: a wrong projection
-    stops an input too early (fewer certificates) or too late (more draws), never a wrong claim.
-    """
-    p_final = best
-    if tally.draws < n:
-        p_final = np.maximum(best, rule.projected_lower_bound(tally, classes, n, alphas[j], alphas[-1]))
-    return np.where(certifies(p_final), rule.radius(p_final, noise), -1.0)
+def check_sequence_options(spending: str, final_share: float, futility: float) -> None:
+    """The bound's options: a known spending, a final share in [0, 1), a futility level in (0, 1)."""
+    if spending not in SPENDINGS:
+        raise ValueError(f"spending must be one of {', '.join(SPENDINGS)}, got {spending!r}")
+    if not is_number(final_share) or not 0 <= float(final_share) < 1:
+        raise ValueError(f"final_share must be a number in [0, 1), got {final_share!r}")
+    probability("futility", futility)
 
 
 def check_radii(radii) -> np.ndarray:
@@ -207,4 +361,5 @@ def check_tolerance(tolerance) -> float:
     return float(tolerance)
 
 
-__all__ = ["STOP_REASONS", "check_radii", "check_tolerance", "draw_schedule", "round_alphas", "sequential_certify"]
+__all__ = ["DEFAULT_BOUND", "STOP_REASONS", "SequenceBounds", "check_bound", "check_radii", "check_sequence_options",
+           "check_tolerance", "draw_schedule", "round_alphas", "sequential_certify", "thresholds_for"]

@@ -30,7 +30,7 @@ from art_some.core.cascade import (
 from art_some.core.certify import CertifyResult, certify, predict
 from art_some.core.noise import check_indices, count_votes, non_finite_output_error
 from art_some.core.rules import CertificateRule, CohenRule, Tally
-from art_some.core.sequential import DEFAULT_GROWTH, DEFAULT_START, DEFAULT_TOLERANCE, sequential_certify
+from art_some.core.sequential import sequential_certify
 from art_some.core.streams import CHOICE, PREDICTION, level_stage
 
 if TYPE_CHECKING:
@@ -74,12 +74,13 @@ class Smooth:
         :func:`~art_some.core.noise.count_votes` for the guarantees (``invalid`` marks inputs with non-finite
         outputs instead of raising).
         """
-        out = count_votes(self.vote, x, int(num), self.noise, num_classes=self.num_classes,
+        num = int(num) if np.ndim(num) == 0 else np.asarray(num, dtype=np.int64)  # one per input: packed rounds
+        out = count_votes(self.vote, x, num, self.noise, num_classes=self.num_classes,
                           batch_size=self.batch_size, seed=self.seed, stage=level_stage(stage, self.level),
                           indices=indices, device=self.device, squares=squares, invalid=invalid,
                           verbose=self.verbose, desc=desc or f"{self.noise!r} draws")
         counts, squared = out if squares else (out, None)
-        return Tally(counts, int(num), squared)
+        return Tally(counts, num, squared)
 
     def subset(self, positions) -> "Smooth":
         """The same smoothed classifier for the inputs at ``positions`` (their own noise scales, if per input)."""
@@ -110,12 +111,12 @@ class Smooth:
         """CERTIFY with fixed n; see :func:`art_some.core.certify.certify` for the guarantee."""
         return certify(self, x, n0=n0, n=n, alpha=alpha, indices=indices)
 
-    def certify_sequential(self, x, *, n0: int, n: int, alpha: float, indices=None, radii=None,
-                           tolerance: float = DEFAULT_TOLERANCE, start: int = DEFAULT_START,
-                           growth: float = DEFAULT_GROWTH) -> CertifyResult:
-        """Sequential CERTIFY; see :func:`art_some.core.sequential.sequential_certify` for the guarantee."""
-        return sequential_certify(self, x, n0=n0, n=n, alpha=alpha, indices=indices, radii=radii,
-                                  tolerance=tolerance, start=start, growth=growth)
+    def certify_sequential(self, x, *, n0: int, n: int, alpha: float, indices=None, **options) -> CertifyResult:
+        """
+        Sequential CERTIFY; see :func:`art_some.core.sequential.sequential_certify` for the guarantee and the
+        ``options`` (radii, tolerance, start, growth, bound, spending, final_share, futility).
+        """
+        return sequential_certify(self, x, n0=n0, n=n, alpha=alpha, indices=indices, **options)
 
     def predict(self, x, *, n: int, alpha: float, indices=None, invalid=None, abstain: bool = True):
         """

@@ -72,13 +72,17 @@ def attack_run_key(attack: int, budget: int, index) -> np.ndarray:
 MAX_ROUNDS = AUDIT_KEY_BASE // INDEX_LIMIT  # rounds of sequential CERTIFY that keys leave room for
 
 
-def sequential_round_key(round_number: int, index) -> np.ndarray:
-    """The ESTIMATION key of round ``round_number`` (from 0) of sequential CERTIFY for inputs ``index``."""
+def sequential_round_key(round_number, index) -> np.ndarray:
+    """
+    The ESTIMATION key of round ``round_number`` (from 0; one for all, or one per input) of sequential CERTIFY for
+    inputs ``index``.
+    """
     index = np.asarray(index, dtype=np.int64)
-    if np.any(index < 0) or np.any(index >= INDEX_LIMIT) or not 0 <= round_number < MAX_ROUNDS:
+    rounds = np.asarray(round_number, dtype=np.int64)
+    if np.any(index < 0) or np.any(index >= INDEX_LIMIT) or np.any(rounds < 0) or np.any(rounds >= MAX_ROUNDS):
         raise ValueError(f"sequential certification needs input indices in [0, 2**30) and fewer than {MAX_ROUNDS} "
                          "rounds")
-    return int(round_number) * INDEX_LIMIT + index
+    return rounds * INDEX_LIMIT + index
 
 
 def audit_key(run_key) -> np.ndarray:

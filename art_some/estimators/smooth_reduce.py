@@ -358,6 +358,7 @@ class VoteAverageRule(CertificateRule):
     """
 
     needs_squares = True
+    sequence_bounds = ("union-cp",)  # a draw's vote is a fraction of patches, not one Bernoulli vote
     # Its radius is an L2 radius in the patches' space, divided by an L2 operator norm; and Gaussian (Salman et al.).
     noises, norms = ("gaussian",), ("l2",)
 

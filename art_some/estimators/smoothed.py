@@ -18,7 +18,7 @@ from art_some.core.certify import ABSTAIN, CertifyResult, check_finite_inputs
 from art_some.core.errors import name_indices, user_stacklevel, warn_unsound
 from art_some.core.noise import PREDICTION, NoiseModel, argmax_votes, check_indices
 from art_some.core.rules import CohenRule
-from art_some.core.sequential import DEFAULT_GROWTH, DEFAULT_START, DEFAULT_TOLERANCE
+from art_some.core.sequential import DEFAULT_BOUND, DEFAULT_GROWTH, DEFAULT_START, DEFAULT_TOLERANCE
 from art_some.core.smoothing import Cascade, Smooth
 from art_some.core.speed import check_speed_options, with_speed_options
 from art_some.core.validate import positive_int, probability
@@ -554,13 +554,15 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
         radii=None,
         tolerance: float = DEFAULT_TOLERANCE,
         start: int = DEFAULT_START,
-        growth: float = DEFAULT_GROWTH,
+        growth: float | None = DEFAULT_GROWTH,
+        bound: str | None = DEFAULT_BOUND,
+        **options,
     ) -> CertifyResult:
         """
         Sequential CERTIFY (:mod:`art_some.core.sequential`): estimation draws in geometric rounds up to ``n``,
-        the rule's bounds (Clopper-Pearson for Cohen's) with alpha spent evenly over the rounds, and each input
-        stopped once decided: early abstention, every radius of ``radii`` decided (fixed-radius mode), or (radius
-        mode) when the rest of the draws could add at most ``tolerance`` of the radius reachable at n.
+        lower bounds from a confidence sequence (``bound``), and each input stopped once decided: early abstention,
+        every radius of ``radii`` decided (fixed-radius mode), or (radius mode) when the rest of the draws could add
+        at most ``tolerance`` of the radius reachable at n.
 
         Guarantee: for each input, the probability that any claim about it is wrong (the class within the returned
         radius, or "certified at r" for any r of ``radii``) is at most ``alpha``, over all rounds and radii together.
@@ -574,17 +576,21 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
         :param radii: Fixed-radius mode: the radii to decide; None for radius mode.
         :param tolerance: Radius mode's stopping tolerance, a fraction in [0, 1).
         :param start: Estimation draws of the first round.
-        :param growth: Growth factor of the cumulative draws per round.
+        :param growth: Growth factor of the cumulative draws per round (None: the bound's own).
+        :param bound: ``"mixture"``, ``"betting"`` or ``"union-cp"`` (None: the rule's first, ``"mixture"`` for
+                      one vote per draw)
+                      (:func:`~art_some.core.sequential.sequential_certify`).
+        :param options: ``spending``, ``final_share``, ``futility`` (the same function's).
         :return: a :class:`~art_some.core.certify.CertifyResult` with ``draws`` and ``stopped_by`` per input (and
                  ``radii``, ``certified_at`` in fixed-radius mode).
         """
-        options = dict(radii=radii, tolerance=tolerance, start=start, growth=growth)
+        options = dict(radii=radii, tolerance=tolerance, start=start, growth=growth, bound=bound, **options)
         return self._certify_with(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices,
                                   sequential=options)
 
     def certify_at(self, x, radii, n: int, n0: int | None = None, alpha: float | None = None,
                    batch_size: int | None = None, indices=None, start: int = DEFAULT_START,
-                   growth: float = DEFAULT_GROWTH) -> np.ndarray:
+                   growth: float | None = DEFAULT_GROWTH, bound: str | None = DEFAULT_BOUND) -> np.ndarray:
         """
         Is each input certified at each radius of ``radii``? Sequential CERTIFY in fixed-radius mode: every input
         draws (in rounds, up to ``n``) until each radius is decided.
@@ -599,7 +605,7 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
         :return: bool array ``(N, len(radii))``; :meth:`certify_sequential` with ``radii`` gives the full outcome.
         """
         result = self.certify_sequential(x, n, n0=n0, alpha=alpha, batch_size=batch_size, indices=indices,
-                                         radii=radii, start=start, growth=growth)
+                                         radii=radii, start=start, growth=growth, bound=bound)
         return result.certified_at
 
 

@@ -128,7 +128,8 @@ def certify_dataset(
                 x = np.stack([np.asarray(item[0], dtype=np.float32) for item in items])
                 labels = [int(item[1]) for item in items]
                 certify = estimator.certify_detailed if checked is None else functools.partial(
-                    estimator.certify_sequential, **{k: v for k, v in checked.items() if k != "mode"})
+                    estimator.certify_sequential, **{k: v for k, v in checked.items() if k != "mode"},
+                    pool=sequential_pool(estimator, n, batch_size, checked))
                 result = certify(x, n=n, n0=n0, alpha=alpha, batch_size=batch_size, indices=chunk)
                 for record, x_i in zip(records_from_result(result, labels, chunk, method), x):
                     writer.append({**record, "input_sha256": input_hash(x_i)})
@@ -159,40 +160,55 @@ def _discarded_if_empty(writer: RecordWriter):
 def inputs_per_call(estimator, n: int, n0: int | None, batch_size: int | None, sequential: dict | None = None) -> int:
     """
     How many inputs one engine call certifies: enough to fill a noisy batch when n is small (n = 100 with batches
-    of 1,000 packs 10 inputs per forward pass), one when n alone fills batches; sequential CERTIFY packs by its
-    first round's draws, since most inputs stop after a few rounds. Records do not depend on it: every input's
-    noise comes from its own stream (keyed by its index), and each record is written when its call ends.
+    of 1,000 packs 10 inputs per forward pass), one when n alone fills batches. Sequential CERTIFY takes
+    :data:`SEQUENTIAL_CALL_POOLS` pools of :func:`sequential_pool` inputs per call, so that inputs which stop early
+    free their places to others in the same batches. Records do not depend on it: every input's noise comes from
+    its own stream (keyed by its index and round), and each record is written when its call ends.
     """
+    batch = int(batch_size or estimator.noise_batch_size)
+    draws = max(int(n) if sequential is None else 1, int(estimator.sample_size if n0 is None else n0))
+    if sequential is not None:
+        return max(1, batch // draws, SEQUENTIAL_CALL_POOLS * sequential_pool(estimator, n, batch_size, sequential))
+    return max(1, batch // draws)
+
+
+SEQUENTIAL_CALL_POOLS = 2  # more packs fuller batches but writes records later (a kill loses a call)
+
+
+def sequential_pool(estimator, n: int, batch_size: int | None, sequential: dict) -> int:
+    """The inputs in flight at once in sequential CERTIFY: as many as fill one batch with their first rounds."""
     from art_some.core.sequential import DEFAULT_START
 
-    batch = int(batch_size or estimator.noise_batch_size)
-    first = int(n) if sequential is None else min(int(n), int(sequential.get("start", DEFAULT_START)))
-    draws = max(first, int(estimator.sample_size if n0 is None else n0))
-    return max(1, batch // draws)
+    first = min(int(n), int(sequential.get("start", DEFAULT_START)))
+    return max(1, int(batch_size or estimator.noise_batch_size) // first)
 
 
 def _sequential_options(options: dict) -> dict:
     """Sequential CERTIFY's options, checked, as the header records them (all of them, defaults included)."""
-    from art_some.core.sequential import (
-        DEFAULT_GROWTH,
-        DEFAULT_START,
-        DEFAULT_TOLERANCE,
-        check_radii,
-        check_tolerance,
-        draw_schedule,
-    )
+    from art_some.core import sequential as seq
     from art_some.core.validate import positive_int
 
-    unknown = sorted(set(options) - {"radii", "tolerance", "start", "growth"})
+    known = ("radii", "tolerance", "start", "growth", "bound", "spending", "final_share", "futility")
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"sequential takes radii, tolerance, start and growth, got {', '.join(unknown)}")
+        raise ValueError(f"sequential takes {', '.join(known)}, got {', '.join(unknown)}")
     radii = options.get("radii")
-    start, growth = positive_int("start", options.get("start", DEFAULT_START)), options.get("growth", DEFAULT_GROWTH)
-    draw_schedule(start + 1, start, growth)  # checks growth
+    start = positive_int("start", options.get("start", seq.DEFAULT_START))
+    bound = options.get("bound", seq.DEFAULT_BOUND)
+    if bound is not None and bound not in seq.BOUNDS:
+        raise ValueError(f"bound must be one of {', '.join(seq.BOUNDS)}, got {bound!r}")
+    growth = options.get("growth", seq.DEFAULT_GROWTH)  # None: the bound's own, which each record names
+    if growth is not None:
+        seq.draw_schedule(start + 1, start, growth)  # checks growth
+    chosen = {"spending": options.get("spending", seq.DEFAULT_SPENDING),
+              "final_share": options.get("final_share", seq.DEFAULT_FINAL_SHARE),
+              "futility": options.get("futility", seq.DEFAULT_FUTILITY)}
+    seq.check_sequence_options(**chosen)
     return {"mode": "radius" if radii is None else "fixed_radius",
-            "radii": None if radii is None else check_radii(radii).tolist(),
-            "tolerance": check_tolerance(options.get("tolerance", DEFAULT_TOLERANCE)),
-            "start": start, "growth": float(growth)}
+            "radii": None if radii is None else seq.check_radii(radii).tolist(),
+            "tolerance": seq.check_tolerance(options.get("tolerance", seq.DEFAULT_TOLERANCE)),
+            "start": start, "growth": None if growth is None else float(growth), "bound": bound, **chosen,
+            "final_share": float(chosen["final_share"]), "futility": float(chosen["futility"])}
 
 
 def _check_recorded_inputs(writer: RecordWriter, dataset, hint: str) -> None:

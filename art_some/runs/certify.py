@@ -23,6 +23,7 @@ class CertifyConfig(SmoothingConfig):
     radii: list | None = None  # fixed-radius mode of sequential CERTIFY at these radii
     sequential: bool = False  # radius mode of sequential CERTIFY
     tolerance: float | None = None  # the radius mode's stopping tolerance
+    bound: str | None = None  # sequential CERTIFY's confidence sequence (None: the rule's first)
     shard: tuple | str | None = None  # (i, k) or "i/k": certify only shard i of k
 
     def sequential_plan(self) -> dict | None:
@@ -35,6 +36,10 @@ class CertifyConfig(SmoothingConfig):
                 raise ValueError("--tolerance is the radius mode's stopping rule: give it with --sequential (and "
                                  "without --radii)")
             plan["tolerance"] = self.tolerance
+        if self.bound is not None:
+            if plan is None:
+                raise ValueError("--bound is sequential CERTIFY's: give it with --radii or --sequential")
+            plan["bound"] = self.bound
         return plan
 
 

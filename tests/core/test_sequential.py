@@ -8,6 +8,7 @@ import torch
 from scipy.stats import binom
 
 from art_some.core import rules, sequential, smoothing
+from art_some.core.confseq import BOUNDS, Staircase
 from art_some.core.noise import GaussianNoise
 from art_some.core.rules import CohenRule
 from art_some.core.sequential import draw_schedule, round_alphas
@@ -52,30 +53,40 @@ def wrong_fixed_radius_claims(result, d):
 
 
 def test_the_schedule_grows_geometrically_ends_at_n_and_splits_alpha_over_its_rounds():
-    assert draw_schedule(100_000) == [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 51200, 100_000]
+    assert draw_schedule(100_000, start=100, growth=2) == [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 51200,
+                                                           100_000]
+    # The defaults: 40 draws first, growth 1.5 for union-CP (it pays alpha per look), 1.1 for the anytime bounds.
+    assert draw_schedule(100_000)[:4] == [40, 60, 90, 135] and len(draw_schedule(100_000)) == 20
+    assert draw_schedule(100_000, bound="mixture")[:4] == [40, 44, 49, 54]
     assert draw_schedule(150, start=100) == [100, 150]
     assert draw_schedule(50, start=100) == [50]
     assert draw_schedule(10, start=2, growth=1.5) == [2, 3, 5, 7, 10]
+    # A tiny last round is merged into the one before: 7,785 -> 10,000 is a round, 7,785 -> 8,000 is not.
+    assert draw_schedule(10_000)[-2:] == [7785, 10_000] and draw_schedule(8000)[-2:] == [5190, 8000]
     assert round_alphas(0.001, 11).sum() == pytest.approx(0.001)
+    assert round_alphas(0.001, 11)[-1] == pytest.approx(0.0005)  # "end": half of alpha on the last round
+    np.testing.assert_allclose(round_alphas(0.001, 11, "uniform"), 0.001 / 11)
     with pytest.raises(ValueError, match="growth must be a number > 1"):
         draw_schedule(100, growth=1.0)
     with pytest.raises(ValueError, match="start"):
         draw_schedule(100, start=0)
 
 
+@pytest.mark.parametrize("bound", BOUNDS)
 @pytest.mark.parametrize("d", [0.1, 0.4, 0.8])
-def test_radius_mode_claims_a_radius_above_the_true_one_at_most_alpha_of_the_time(d):
-    result = run(d, tolerance=0.02)
+def test_radius_mode_claims_a_radius_above_the_true_one_at_most_alpha_of_the_time(d, bound):
+    result = run(d, tolerance=0.02, bound=bound)
     assert wrong_radius_claims(result, d) <= allowance(TRIALS)
     assert (result.draws <= 3000).all() and set(result.stopped_by) <= set(sequential.STOP_REASONS)
     assert (result.predict >= 0).mean() > 0.5  # it does certify (the test is not passed by abstaining)
 
 
+@pytest.mark.parametrize("bound", BOUNDS)
 @pytest.mark.parametrize("d", [0.3, 0.6])
-def test_fixed_radius_mode_wrong_certified_at_r_answers_stay_within_alpha_over_all_radii(d):
+def test_fixed_radius_mode_wrong_certified_at_r_answers_stay_within_alpha_over_all_radii(d, bound):
     # Radii around the true one: those just above |d| are where a wrong "certified" can happen.
     radii = [0.5 * d, 0.9 * d, 1.02 * d, 1.1 * d, 1.3 * d]
-    result = run(d, radii=radii)
+    result = run(d, radii=radii, bound=bound)
     assert wrong_fixed_radius_claims(result, d) <= allowance(TRIALS)
     assert result.certified_at[:, 0].mean() > 0.9  # radii well inside are certified
     assert (result.certified_at == ((result.predict >= 0)[:, None]
@@ -84,12 +95,21 @@ def test_fixed_radius_mode_wrong_certified_at_r_answers_stay_within_alpha_over_a
 
 def test_without_alpha_spending_the_same_test_fails(monkeypatch):
     # The broken variant: every round's bound at the full alpha (no union bound over the rounds).
-    monkeypatch.setattr(sequential, "round_alphas", lambda alpha, rounds: np.full(rounds, alpha))
+    monkeypatch.setattr(sequential, "round_alphas", lambda alpha, rounds, spending: np.full(rounds, alpha))
     d = 0.3
     radii = [1.02 * d, 1.1 * d]
-    broken = run(d, radii=radii)
+    broken = run(d, radii=radii, bound="union-cp")
     assert wrong_fixed_radius_claims(broken, d) > allowance(TRIALS)
-    assert wrong_radius_claims(run(d, tolerance=0.0), d) > allowance(TRIALS)
+    assert wrong_radius_claims(run(d, tolerance=0.0, bound="union-cp"), d) > allowance(TRIALS)
+
+
+def test_a_betting_sequence_that_sizes_its_bets_from_the_votes_it_bets_on_fails_the_same_test(monkeypatch):
+    # The broken variant: each round's bet computed from that round's own votes (not predictable).
+    monkeypatch.setattr(sequential, "Staircase", lambda *args, **kwargs: Staircase(*args, **{**kwargs, "peek": True}))
+    d = 0.3
+    broken = run(d, radii=[1.001 * d], bound="betting", final_share=0.0)
+    assert wrong_fixed_radius_claims(broken, d) > allowance(TRIALS)
+    assert wrong_radius_claims(run(d, tolerance=0.0, bound="betting", final_share=0.0), d) > allowance(TRIALS)
 
 
 def test_clear_inputs_stop_early_and_a_coin_flip_abstains_early():
@@ -205,7 +225,8 @@ def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_
     assert result.exit_code == 0, result.output
     assert "forward passes per input" in result.output and "0.1  0.25" in result.output
     records = read_jsonl(tmp_path / "at.jsonl")
-    assert all(set(r["certified_at"]) == {"0.1", "0.25"} and 100 <= r["draws"] <= 2000 for r in records)
+    assert all(set(r["certified_at"]) == {"0.1", "0.25"} and 40 <= r["draws"] <= 2000 for r in records)
+    assert {r["sequence_bound"] for r in records} == {"mixture"}
     assert all(r["certified_at"]["0.1"] == (r["predict"] >= 0 and r["radius"] >= 0.1) for r in records)
     assert {r["stopped_by"] for r in records} <= {"abstain", "radii", "max_n"}
     header = read_header(tmp_path / "at.jsonl")
@@ -219,19 +240,37 @@ def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_
     assert all("certified_at" not in r and r["draws"] <= 2000 for r in read_jsonl(tmp_path / "seq.jsonl"))
     result = _cli("certify", *common, "--tolerance", 0.05, "--output", tmp_path / "bad.jsonl")
     assert result.exit_code == 2 and "--tolerance is the radius mode's stopping rule" in result.output
+    result = _cli("certify", *common, "--radii", "0.1", "--bound", "union-cp", "--output", tmp_path / "cp.jsonl")
+    assert result.exit_code == 0, result.output
+    assert read_header(tmp_path / "cp.jsonl")["sequential"]["bound"] == "union-cp"
+    assert {r["sequence_bound"] for r in read_jsonl(tmp_path / "cp.jsonl")} == {"union-cp"}
+    result = _cli("certify", *common, "--bound", "betting", "--output", tmp_path / "fixed.jsonl")
+    assert result.exit_code == 2 and "--bound is sequential CERTIFY's" in result.output
+    assert not (tmp_path / "fixed.jsonl").exists()
 
 
-# What the statistics cannot see: every bound at alpha / R, and fresh noise in every round ---------------------------
-def test_every_bound_of_every_round_is_at_alpha_over_the_number_of_rounds(monkeypatch):
-    levels = []
-    for name in ("clopper_pearson_lower", "clopper_pearson_upper"):
-        real = getattr(rules, name)
-        monkeypatch.setattr(rules, name, lambda k, n, a, real=real: levels.append(a) or real(k, n, a))
+# What the statistics cannot see: every bound at its share of alpha, and fresh noise in every round -------------------
+@pytest.mark.parametrize("spending", ["uniform", "end"])
+def test_every_union_cp_bound_of_every_round_is_at_its_spent_alpha(monkeypatch, spending):
+    lower, upper = [], []
+    monkeypatch.setattr(rules, "clopper_pearson_lower", lambda k, n, a, real=rules.clopper_pearson_lower:
+                        lower.append(a) or real(k, n, a))
+    monkeypatch.setattr(rules, "clopper_pearson_upper", lambda k, n, a, real=rules.clopper_pearson_upper:
+                        upper.append(a) or real(k, n, a))
     for options in ({"tolerance": 0.0}, {"radii": [0.1, 0.5]}):
-        levels.clear()
-        run(0.3, 50, n=3000, start=20, **options)
-        rounds = len(draw_schedule(3000, 20))
-        assert levels and set(levels) == {ALPHA / rounds}
+        lower.clear(), upper.clear()
+        run(0.3, 50, n=3000, start=20, bound="union-cp", spending=spending, **options)
+        spent = round_alphas(ALPHA, len(draw_schedule(3000, 20)), spending)
+        assert lower and set(lower) <= set(spent) and spent[0] in lower
+        assert set(upper) == {sequential.DEFAULT_FUTILITY}  # the stopping rules' projection: no claim, no alpha
+
+
+def test_the_anytime_bounds_keep_their_share_of_alpha_for_one_clopper_pearson_bound_at_n(monkeypatch):
+    lower = []
+    monkeypatch.setattr(rules, "clopper_pearson_lower", lambda k, n, a, real=rules.clopper_pearson_lower:
+                        lower.append((a, int(np.max(n)))) or real(k, n, a))
+    run(0.05, 50, n=3000, start=20, tolerance=0.0, final_share=0.8)  # pA = 0.54: runs to n
+    assert {a for a, _ in lower} == {0.8 * ALPHA} and {n for _, n in lower} == {3000}
 
 
 def test_the_selection_and_every_round_draw_from_streams_of_their_own(monkeypatch):
@@ -247,7 +286,7 @@ def test_the_selection_and_every_round_draw_from_streams_of_their_own(monkeypatc
     x[:, 0] = 0.2
     Smooth(half_space, GaussianNoise(SIGMA), num_classes=2).certify_sequential(
         x, n0=20, n=2000, alpha=ALPHA, start=20, tolerance=0.0, indices=[4, 9, 1, 7, 3])
-    assert len(calls) == len(draw_schedule(2000, 20)) + 1  # the selection, then one call per round
+    assert len(calls) == len(draw_schedule(2000, 20, bound="mixture")) + 1  # the selection, then one per round
     seen = set()
     for streams in calls:
         assert not streams & seen  # no (stage, key) is drawn from twice
@@ -289,3 +328,36 @@ def test_a_rule_takes_its_radius_from_the_noise_unless_it_says_otherwise():
     noise = GaussianNoise(SIGMA)
     np.testing.assert_array_equal(CertificateRule().radius(np.array([0.5, 0.9]), noise), noise.radius([0.5, 0.9]))
     assert CohenRule().radius(np.array([0.5, 0.9]), noise)[1] > 0
+
+
+# Packing: inputs at different rounds share forward batches; nothing they decide depends on it --------------------------
+@pytest.mark.parametrize("bound", ["mixture", "union-cp"])
+@pytest.mark.parametrize("mode", [{"tolerance": 0.02}, {"radii": [0.1, 0.3]}])
+def test_records_are_identical_whatever_the_pool_and_the_batch_size(bound, mode):
+    x = torch.zeros((12, 2))
+    x[:, 0] = torch.linspace(-0.2, 0.6, 12)  # abstentions, early stops and inputs that run to n
+    outcomes = []
+    for pool, batch_size in [(None, 5000), (1, 7), (3, 64), (5, 5000)]:
+        smooth = Smooth(half_space, GaussianNoise(SIGMA), CohenRule(), num_classes=2, batch_size=batch_size, seed=5)
+        outcomes.append(smooth.certify_sequential(x, n0=20, n=2000, alpha=ALPHA, start=20, bound=bound, pool=pool,
+                                                  indices=np.arange(100, 112), **mode))
+    first = outcomes[0]
+    assert len(set(first.stopped_by)) > 1  # the inputs do stop at different times
+    for other in outcomes[1:]:
+        for field in ("predict", "radius", "p_lower", "draws", "counts_estimation", "stopped_by"):
+            np.testing.assert_array_equal(getattr(other, field), getattr(first, field), err_msg=field)
+
+
+def test_a_packed_call_draws_what_separate_calls_draw():
+    from art_some.core.noise import count_votes
+
+    x = torch.zeros((3, 2))
+    x[:, 0] = torch.tensor([0.0, 0.3, -0.3])
+    options = dict(num_classes=2, batch_size=17, seed=2, stage=1)
+    packed = count_votes(half_space, x, np.array([5, 40, 123]), GaussianNoise(SIGMA), indices=[7, 8, 9], **options)
+    for i, num in enumerate([5, 40, 123]):
+        alone = count_votes(half_space, x[i : i + 1], num, GaussianNoise(SIGMA), indices=[7 + i], **options)
+        np.testing.assert_array_equal(packed[i], alone[0])
+    assert (packed.sum(axis=1) == [5, 40, 123]).all()
+    with pytest.raises(ValueError, match="one per input"):
+        count_votes(half_space, x, np.array([5, 40]), GaussianNoise(SIGMA), **options)
