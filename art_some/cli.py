@@ -126,7 +126,7 @@ def smoothing_options(n_default: int, max_inputs_default, verb: str):
 @click.version_option(__version__, prog_name="art-some")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of torch (torch.set_num_threads); default: one per core, which on a shared or loaded "
-                   "machine is the largest slowdown (2.5x wall on 2 busy cores): give the free cores.")
+                   "machine is the largest slowdown (up to 2.5x wall on 2 busy cores): give the free cores.")
 def cli(threads):
     """art-some: certified robustness by randomized smoothing on ART."""
     if threads is not None:  # torch only when asked: --help stays fast
