@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from art_some.core.noise import NORM_LABELS, lp_norm, seed_for
 from art_some.core.stats import binomial_test_two_sided
@@ -34,7 +33,8 @@ from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LI
 from art_some.estimators.protocol import check_estimator
 from art_some.runs.header import RunMismatchError, input_hash, mismatch_message, run_header
 from art_some.runs.metrics import certified_accuracy
-from art_some.runs.records import NOT_COMPARED, RecordWriter, bar_interval, certificate_fields, resume_note
+from art_some.runs.progress import progress as progress_of
+from art_some.runs.records import NOT_COMPARED, RecordWriter, certificate_fields, resume_note
 from art_some.runs.shards import Layout, check_shard_count, merge_shards, merged_before, shard_plan
 
 # Verification noise is keyed far above any data-set index (art_some.core.streams.audit_key), so it is fresh:
@@ -216,9 +216,9 @@ def audit(estimator, x, y, attacks: Sequence[str] | None = None, *, n: int = 100
             resume_note(echo, progress, writer.path, len(mine) - len(todo), len(mine), "audited")
         chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
         # The bar counts inputs, not chunks: a chunk of attacks can take minutes.
-        with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="input", disable=not progress,
-                  desc="audit" if shard is None else f"audit shard {plan['shard'][0]}/{plan['shard'][1]}",
-                  position=0 if shard is None else plan["shard"][0], mininterval=bar_interval()) as bar:
+        with progress_of(len(mine), len(mine) - len(todo), enabled=progress,
+                         desc="audit" if shard is None else f"audit shard {plan['shard'][0]}/{plan['shard'][1]}",
+                         position=0 if shard is None else plan["shard"][0]) as bar:
             for chunk in chunks:
                 for j, record in zip(chunk, state.run(x[chunk], y[chunk], indices[chunk], n=n, n0=n0,
                                                       alpha=alpha)):

@@ -16,14 +16,13 @@ import os
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from art_some.core.validate import positive_int, probability
 from art_some.estimators.protocol import check_estimator
 from art_some.runs.header import DEFAULT_HINT, RunMismatchError, input_hash, run_header
+from art_some.runs.progress import progress as progress_of
 from art_some.runs.records import (
     RecordWriter,
-    bar_interval,
     records_from_result,
     resume_note,
     tsv_path,
@@ -118,10 +117,9 @@ def certify_dataset(
         if writer.records:
             resume_note(echo, progress, output, len(indices) - len(todo), len(indices), "certified")
         per_call = inputs_per_call(estimator, n, n0, batch_size, sequential)
-        with tqdm(desc="certify" if shard is None else f"certify shard {plan['shard'][0]}/{plan['shard'][1]}",
-                  position=0 if shard is None else plan["shard"][0], disable=not progress,
-                  initial=len(indices) - len(todo), total=len(indices), unit="input",
-                  mininterval=bar_interval()) as bar:
+        with progress_of(len(indices), len(indices) - len(todo), enabled=progress,
+                         desc="certify" if shard is None else f"certify shard {plan['shard'][0]}/{plan['shard'][1]}",
+                         position=0 if shard is None else plan["shard"][0]) as bar:
             for start in range(0, len(todo), per_call):
                 chunk = todo[start : start + per_call]
                 items = [dataset[i] for i in chunk]

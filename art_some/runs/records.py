@@ -634,11 +634,6 @@ def read_records(path: str | os.PathLike, check: bool = False) -> list[dict]:
     return read_checked(path)[1] if check else read_jsonl(path)
 
 
-def bar_interval() -> float:
-    """Seconds between progress updates: often on a terminal, every half minute in a log file (a SLURM job's)."""
-    return 0.5 if sys.stderr.isatty() else 30.0
-
-
 def resume_note(echo, progress: bool, path, done: int, total: int, verb: str) -> None:
     """Say that a run resumes and from where (to ``echo``, else to standard error with the progress bar)."""
     message = f"Resuming {Path(path).name}: {done} of {total} inputs already {verb}"
