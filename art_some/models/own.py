@@ -115,11 +115,16 @@ def read_state_dict(path: str | os.PathLike, device: str = "cpu") -> dict:
     return state
 
 
-def load_weights(model, state: dict, path, name: str) -> None:
-    """All of ``model``'s tensors from ``state``, or one line naming the keys that differ and what to pass."""
+def load_weights(model, state: dict, path, name: str, built: str = "") -> None:
+    """
+    All of ``model``'s tensors from ``state``, or one line naming the keys that differ and what to pass.
+
+    :param built: What the model was built with from the data (e.g. ``in_channels=3``), for the message.
+    """
     differences = weight_differences(model.state_dict(), state)
     if differences:
-        raise ValueError(f"checkpoint {path} does not hold the weights of {name}: {differences}; give the "
+        made = f" (built with {built} from the data: --channels and --resize set its inputs)" if built else ""
+        raise ValueError(f"checkpoint {path} does not hold the weights of {name}{made}: {differences}; give the "
                          "--arch or --model-module the weights were saved from")
     model.load_state_dict({k: state.get(k, v) for k, v in model.state_dict().items()})
 
@@ -161,7 +166,9 @@ def load_own(path, *, arch: str | None = None, model_module: str | None = None, 
     if model_module is not None:
         meta["model_module"] = model_module
     if path is not None:
-        load_weights(model, read_state_dict(path, device), path, name)
+        built = ", ".join(f"{k}={kwargs[k]}" for k in ("num_classes", "in_channels")
+                          if k in kwargs and k not in (model_kwargs or {}))
+        load_weights(model, read_state_dict(path, device), path, name, built)
         check_finite_weights(model, f"checkpoint {path}")
     return model.to(device).eval(), meta
 

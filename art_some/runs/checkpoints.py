@@ -34,9 +34,11 @@ def training_meta(*, sigma: float, dataset: str, info: dict, estimator: str, met
     :func:`absolute_denoiser`'s paths or a folder beside the checkpoint, and its levels).
     """
     meta = {"sigma": sigma, "dataset": dataset, "num_classes": info["num_classes"],
-            "input_shape": list(info["input_shape"]), "mean": [float(m) for m in info["mean"]],
-            "std": [float(v) for v in info["std"]], "estimator": estimator, "method": method, "epoch": epoch,
+            "input_shape": list(info["input_shape"]), "estimator": estimator, "method": method, "epoch": epoch,
             "trainer_kwargs": trainer_kwargs}
+    for key in ("mean", "std"):  # certify refuses other data conventions (check_dataset)
+        if key in info:
+            meta[key] = [float(v) for v in info[key]]
     if estimator_options:
         meta["estimator_options"] = estimator_options
     return meta

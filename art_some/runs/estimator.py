@@ -116,9 +116,10 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
         if not own:
             check_registered(config.model)
         if sigma is None:
-            what = f"--model-module {config.model_module}" if own else f"--model {config.model!r}"
-            raise ValueError(f"{what} is randomly initialised without a weights file, so it needs --sigma; or give "
-                             "a checkpoint file (DIR/model.safetensors from art-some train)")
+            what = (f"--model-module {config.model_module} without --model FILE is" if own else
+                    f"--model {config.model!r} is a registered model name,")
+            raise ValueError(f"{what} randomly initialised, so it needs --sigma; or give a checkpoint file "
+                             "(DIR/model.safetensors from art-some train)")
     device = resolve_device(config.device)
     data, info = load_dataset(config.dataset, root=config.data_root, split=config.split, **data_settings(config))
     shape = {"num_classes": info["num_classes"], "in_channels": info["input_shape"][0]}
