@@ -27,6 +27,7 @@ from art_some.runs.config import (
 )
 from art_some.runs.presets import pipeline_options, resolve_pipeline
 from art_some.runs.records import tsv_path
+from art_some.runs.sources import add_options, data_options, model_options
 
 DEFAULT_RADII = "0,0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"
 _note = functools.partial(click.echo, err=True)  # a line for the user on standard error (tables go to stdout)
@@ -67,14 +68,9 @@ def _os_error_message(err: OSError) -> str:
 def smoothing_options(n_default: int, max_inputs_default, verb: str):
     """The options of every command that builds a smoothed estimator over a data set (certify, evaluate)."""
     options = [
-        click.option("--model", required=True,
-                     help="A registered model (art-some plugins lists them) or a checkpoint file."),
-        click.option("--arch", default=None,
-                     help="A published checkpoint's architecture (docs/published.rst lists them); default: the file's "
-                          "'arch' field, else its keys."),
-        click.option("--dataset", default="digits", show_default=True,
-                     help="A registered dataset (art-some plugins lists them)."),
-        click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits)."),
+        *model_options("A registered model (art-some plugins lists them), a checkpoint file (art-some train's "
+                       "DIR/model.safetensors, a published one, or a state dict with --arch / --model-module)."),
+        *data_options(),
         click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True),
         click.option("--estimator", default=None,
                      help="A registered estimator (art-some plugins lists them); default: the checkpoint's, else "
@@ -255,12 +251,9 @@ def evaluate(options, attacks, eps, budgets, **values):
 @cli.command()
 @click.option("--method", required=True,
               help="A registered trainer (art-some plugins lists them; docs/trainers.rst gives their --option's).")
-@click.option("--model", required=True,
-              help="A registered model (art-some plugins lists them), or a checkpoint file whose weights the run "
-                   "starts from (fine-tuning; a denoiser-tuning method's frozen classifier).")
-@click.option("--dataset", default="digits", show_default=True,
-              help="A registered dataset (art-some plugins lists them).")
-@click.option("--data-root", type=click.Path(), default=None, help="Folder holding the dataset (not digits).")
+@add_options(model_options("A registered model (art-some plugins lists them), or a checkpoint file whose weights the "
+                           "run starts from (fine-tuning; a denoiser-tuning method's frozen classifier)."))
+@add_options(data_options())
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True)
 @click.option("--noise", default="gaussian", show_default=True,
               help="Training noise, a registered noise model (art-some plugins lists them); the checkpoint records it "
@@ -298,7 +291,7 @@ def evaluate(options, attacks, eps, budgets, **values):
 @_fail_cleanly
 def train(method, model, dataset, data_root, sigma, noise, norm, sigmas, denoiser, epochs, batch_size, optimizer, lr,
           momentum, weight_decay, lr_step, lr_gamma, num_heads, options, no_augment, seed, workers, device, output_dir,
-          restart):
+          restart, **source):
     """
     Train a base classifier for smoothing with a registered trainer, checkpointing every epoch (resumable).
     Under torchrun the run is data-parallel (DistributedDataParallel; rank 0 writes the files).
@@ -307,8 +300,8 @@ def train(method, model, dataset, data_root, sigma, noise, norm, sigmas, denoise
     from art_some.runs.train import TRAIN_BATCH_SIZES, TrainConfig, check_names, config_path
     from art_some.runs.train import train as run_training
 
-    check_names(method, model)
-    config = TrainConfig(method=method, model=model, dataset=dataset, sigma=sigma, noise=noise, norm=norm,
+    check_names(method, model, source["model_module"])
+    config = TrainConfig(method=method, model=model, dataset=dataset, sigma=sigma, noise=noise, norm=norm, **source,
                          epochs=epochs,
                          batch_size=batch_size or TRAIN_BATCH_SIZES.get(dataset, 256), optimizer=optimizer, lr=lr,
                          momentum=momentum, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma, seed=seed,

@@ -102,10 +102,18 @@ def imagenet(root=None, split: str = "test", augment: bool = False):
     return dataset, {"num_classes": 1000, "input_shape": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
-def imagefolder(root=None, split: str = "test", augment: bool = False):
+def imagefolder(root=None, split: str = "test", augment: bool = False, channels: int | None = None,
+                resize: tuple[int, int] | None = None, mean=None, std=None):
     """
     A folder of class sub-folders (``root/<split>/<class>/*.png`` if ``root/<split>`` exists, else
-    ``root/<class>/*``); images must share one size. ``augment`` adds horizontal flips.
+    ``root/<class>/*``). ``augment`` adds horizontal flips.
+
+    :param channels: 1 (grayscale) or 3 (RGB, the default: torchvision's loader converts every image to RGB).
+    :param resize: ``(height, width)`` every image is resized to (bilinear, antialiased); without it the images
+                   must share one size.
+    :param mean: The standardisation the estimator applies *after* the noise (its ``preprocessing``): one number
+                 per channel, or one for all; default 0.
+    :param std: Likewise, default 1 (positive numbers).
     """
     from torchvision import datasets, transforms
 
@@ -113,20 +121,61 @@ def imagefolder(root=None, split: str = "test", augment: bool = False):
     path = _need_root("imagefolder", root)
     if (path / split).is_dir():
         path = path / split
+    channels = 3 if channels is None else channels
+    if channels not in (1, 3):
+        raise ValueError(f"--channels must be 1 (grayscale) or 3 (RGB) for dataset 'imagefolder', got {channels!r}")
+    steps = [transforms.Grayscale(1)] if channels == 1 else []
+    if resize is not None:
+        steps.append(transforms.Resize(tuple(_check_size(resize)), antialias=True))
+    if augment:
+        steps.append(transforms.RandomHorizontalFlip())
     try:
-        steps = [transforms.RandomHorizontalFlip()] if augment else []
         dataset = datasets.ImageFolder(str(path), transform=transforms.Compose([*steps, transforms.ToTensor()]))
     except (FileNotFoundError, RuntimeError) as err:
         raise ValueError(f"no image folder under {str(path)!r}: {err}") from None
     first, _ = dataset[0]
     n = len(dataset.classes)
-    return dataset, {"num_classes": n, "input_shape": tuple(first.shape), "mean": (0.0,), "std": (1.0,)}
+    return dataset, {"num_classes": n, "input_shape": tuple(first.shape),
+                     **standardisation(mean, std, channels, "imagefolder")}
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "test", augment: bool = False):
+def _check_size(size) -> tuple[int, int]:
+    """``--resize``: one size for both sides, or ``(height, width)``; positive integers."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise ValueError(f"--resize must be one positive integer or HEIGHT,WIDTH, got {size!r}")
+    return size
+
+
+def standardisation(mean, std, channels: int, dataset: str) -> dict:
+    """
+    ``{"mean", "std"}`` of a data set whose user gives them (``--mean`` / ``--std``): the estimator standardises
+    with them after adding the noise, as the normalize layer in front of the smoothing literature's networks. One
+    number for every channel or one per channel; std positive; defaults 0 and 1 (no standardisation).
+    """
+    import math
+
+    values = {}
+    for name, given, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+        numbers = [default] if given is None else [given] if isinstance(given, (int, float)) else list(given)
+        if len(numbers) not in (1, channels) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise ValueError(f"--{name} for dataset {dataset!r} must be one finite number or {channels} (one per "
+                             f"channel), got {given!r}")
+        if name == "std" and min(numbers) <= 0:
+            raise ValueError(f"--std for dataset {dataset!r} must be positive, got {given!r}")
+        values[name] = tuple(float(v) for v in numbers)
+    return values
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "test", augment: bool = False,
+                 **options):
     """
     Load the registered dataset ``name``: returns ``(dataset, info)``. ``augment`` asks for the training
     augmentation; it is passed only when true, so plugin loaders without the argument keep working.
+
+    :param options: The data options the user gave (``channels``, ``resize``, ``mean``, ``std``; None values are
+                    left out): passed only when given, and refused in one line when the loader does not take them.
     """
     from art_some.plugins import get, registered
 
@@ -134,4 +183,25 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     if name not in known:
         raise ValueError(f"unknown dataset {name!r} (--dataset); registered: {', '.join(sorted(known))}")
     loader = get("datasets", name)
-    return loader(root=root, split=split, augment=True) if augment else loader(root=root, split=split)
+    options = {k: v for k, v in options.items() if v is not None}
+    takes = data_options_of(name)
+    refused = [k for k in options if k not in takes]
+    if refused:
+        takes = [f"--{k}" for k in takes]
+        raise ValueError(f"{', '.join('--' + k for k in refused)} is not an option of dataset {name!r} "
+                         f"({'it takes ' + ', '.join(takes) if takes else 'it takes no data options'}; "
+                         "imagefolder takes --channels, --resize, --mean, --std)")
+    if augment:
+        options["augment"] = True
+    return loader(root=root, split=split, **options)
+
+
+def data_options_of(name: str) -> tuple[str, ...]:
+    """The data options (``channels``, ``resize``, ``mean``, ``std``, ...) the registered dataset ``name`` takes."""
+    import inspect
+
+    from art_some.plugins import get
+
+    params = inspect.signature(get("datasets", name)).parameters
+    return tuple(k for k, p in params.items()
+                 if k not in ("root", "split", "augment") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))

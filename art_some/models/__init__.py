@@ -116,7 +116,7 @@ def _read_checkpoint(path: Path, device: str) -> tuple[dict | None, dict]:
         if path.suffix in (".pt", ".pth"):
             blob = torch_load(path, map_location=device, unreadable="is corrupt or not a safetensors/torch file")
             if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
-                raise KeyError("a torch checkpoint must be a dict with 'state_dict' and 'meta'")
+                raise KeyError("an art-some torch checkpoint is a dict with 'state_dict' and 'meta' {'model': NAME}")
             state, meta = blob["state_dict"], blob["meta"]
         else:
             from safetensors import safe_open
@@ -125,10 +125,12 @@ def _read_checkpoint(path: Path, device: str) -> tuple[dict | None, dict]:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
             if METADATA_KEY not in header:
-                raise KeyError(f"no {METADATA_KEY!r} field; write checkpoints with art_some.models.save_checkpoint")
+                raise KeyError(f"no {METADATA_KEY!r} metadata field")
             meta = json.loads(header[METADATA_KEY])
     except KeyError as err:
-        raise ValueError(f"checkpoint {path} has no art-some metadata ({err.args[0]})") from None
+        from art_some.models.own import FORMATS
+
+        raise ValueError(f"checkpoint {path} has no art-some metadata ({err.args[0]}); give {FORMATS}") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"checkpoint {path}: metadata field {METADATA_KEY!r} is not valid JSON ({err})") from None
     except ValueError as err:
@@ -153,6 +155,9 @@ def _model_spec(path: Path, meta: dict):
 
     name = meta.get("model")
     models = registered("models")
+    if isinstance(meta.get("model_module"), str):  # the user's own class: imported only when the user names it
+        raise ValueError(f"checkpoint {path} holds a model of your own class {meta['model_module']}; pass "
+                         f"--model-module {meta['model_module']} (art-some imports no code that a file names)")
     if not isinstance(name, str) or name not in models:
         raise ValueError(f"checkpoint {path}: field 'model' is {name!r}, not a registered model; "
                          f"registered: {', '.join(sorted(models))}")

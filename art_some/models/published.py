@@ -184,7 +184,8 @@ def torch_load(path: Path, map_location="cpu", unreadable: str = "is not a reada
         found = REFUSED_GLOBAL.search(text)
         if isinstance(err, pickle.UnpicklingError) and found:
             raise ValueError(f"checkpoint {path} holds a pickled {found.group(1)} object, {PICKLED}; re-save its "
-                             "tensors only (torch.save({'arch': ..., 'state_dict': ...}))") from None
+                             "weights only, torch.save(model.state_dict(), FILE), and pass --arch NAME (a registered "
+                             "model) or --model-module pkg.mod:factory (your own class)") from None
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)  # torch's reason, not its advice
         first = detail.group(1) if detail else (text.strip().splitlines()[0] if text.strip() else "")
         raise ValueError(f"checkpoint {path} {unreadable} ({type(err).__name__}"
@@ -270,8 +271,8 @@ def _architecture(path: Path, blob: dict, arch: str | None) -> str:
         raise ValueError(f"checkpoint {path}: field 'arch' is {given!r}, not an architecture name")
     given = ALIASES.get(given, given)
     if given not in ARCHITECTURES:
-        raise ValueError(f"checkpoint {path}: architecture {given!r} is not supported; "
-                         f"--arch takes: {', '.join(published_architectures())}")
+        raise ValueError(f"checkpoint {path}: architecture {given!r} is not supported; --arch takes: "
+                         f"{_arch_choices()}")
     return given
 
 
@@ -289,8 +290,16 @@ def _detect(path: Path, blob: dict) -> str:
             name = f"some_cifar_resnet{6 * len(blocks) + 2}"
             if name in ARCHITECTURES:
                 return name
-    raise ValueError(f"checkpoint {path} names no architecture (no 'arch' field); give --arch, one of "
-                     f"{', '.join(published_architectures())}")
+    raise ValueError(f"checkpoint {path} names no architecture (no 'arch' field); give --arch: {_arch_choices()}; "
+                     "or --model-module pkg.mod:factory for your own class")
+
+
+def _arch_choices() -> str:
+    """What ``--arch`` takes: the published architectures, and the registered models (for a plain state dict)."""
+    from art_some.plugins import registered
+
+    return (f"a published architecture ({', '.join(published_architectures())}) or, for a state dict of its "
+            f"weights, a registered model ({', '.join(sorted(registered('models')))})")
 
 
 def _split_normalize(path: Path, state: dict):
@@ -395,17 +404,12 @@ def _shape_kwargs(path: Path, arch: str, fmt: str, state: dict):
 
 def _load_strict(path: Path, arch: str, model, state: dict) -> None:
     """All of the model's tensors from ``state`` with their shapes, or one line saying which keys differ."""
+    from art_some.models.own import weight_differences
+
     expected = model.state_dict()
-    # BatchNorm's num_batches_tracked (PyTorch >= 0.4.1) does not change an eval-mode forward pass; files written
-    # by older versions lack it.
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or misshapen:
-        parts = [f"{label} {_few(keys)}" for label, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("misshapen", misshapen)) if keys]
-        raise ValueError(f"checkpoint {path} does not match arch {arch!r} (art-some key names): {'; '.join(parts)}")
+    differences = weight_differences(expected, state)
+    if differences:
+        raise ValueError(f"checkpoint {path} does not match arch {arch!r} (art-some key names): {differences}")
     full = {k: state.get(k, v) for k, v in expected.items()}
     model.load_state_dict(full)
 

@@ -62,7 +62,7 @@ def run_certify(config: CertifyConfig, echo=note, progress: bool = True) -> list
     clf, data, estimator = smoothed_estimator(config, echo)
     warn_small_n(config.n, config.n0, clf.scale, config.alpha, echo)
     indices = list(range(0, len(data), config.skip))[:config.max_inputs]
-    header_info = run_info(config.dataset, config.split, config.model, config.data_root)
+    header_info = run_info(config.dataset, config.split, config.model, config.data_root, config)
     output = config.output if ranked is None else shard_path(config.output, ranked)
     records = certify_dataset(clf, data, indices, output, n=config.n, method=estimator, run_info=header_info,
                               echo=echo, progress=progress, shard=shard or ranked, sequential=plan)

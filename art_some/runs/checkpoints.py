@@ -28,13 +28,17 @@ def training_meta(*, sigma: float, dataset: str, info: dict, estimator: str, met
                   trainer_kwargs: dict, estimator_options: dict | None = None) -> dict:
     """
     What a trained checkpoint records besides its architecture (:func:`art_some.models.save_checkpoint` adds the
-    model's name and constructor arguments): its noise level, data conventions, estimator, method and epoch, and
+    model's name and constructor arguments): its noise level, data conventions (classes, input shape, and the mean
+    and std standardising its inputs after the noise), estimator, method and epoch, and
     the estimator's options when certify needs them to rebuild it (a cascade's denoiser, with
     :func:`absolute_denoiser`'s paths or a folder beside the checkpoint, and its levels).
     """
     meta = {"sigma": sigma, "dataset": dataset, "num_classes": info["num_classes"],
             "input_shape": list(info["input_shape"]), "estimator": estimator, "method": method, "epoch": epoch,
             "trainer_kwargs": trainer_kwargs}
+    for key in ("mean", "std"):  # certify refuses other data conventions (check_dataset)
+        if key in info:
+            meta[key] = [float(v) for v in info[key]]
     if estimator_options:
         meta["estimator_options"] = estimator_options
     return meta
@@ -49,14 +53,31 @@ def absolute_denoiser(spec: dict) -> dict:
 # Read by certify and evaluate
 # ----------------------------------------------------------------------------------------------------------------
 def check_dataset(meta: dict, info: dict, dataset: str) -> None:
-    """Refuse a checkpoint whose classes or input shape (where it records them) are not the data set's."""
-    for key in ("num_classes", "input_shape"):
+    """
+    Refuse a checkpoint whose classes, input shape or standardisation (where it records them) are not the data
+    set's, saying which data option gives the checkpoint's.
+    """
+    for key in ("num_classes", "input_shape", "mean", "std"):
         if key in meta and _text(meta[key], key) != _text(info[key], key):
-            raise ValueError(f"--model checkpoint has {key} {meta[key]} but dataset {dataset!r} has {info[key]}")
+            raise ValueError(f"--model checkpoint has {key} {_text(meta[key], key)} but dataset {dataset!r} has "
+                             f"{_text(info[key], key)}{_advice(key, meta[key], info[key])}")
 
 
 def _text(value, key: str) -> str:
+    if key in ("mean", "std"):
+        return str([float(v) for v in value])
     return str(list(value) if key == "input_shape" else value)
+
+
+def _advice(key: str, recorded, given) -> str:
+    """The data option that gives the checkpoint's value (for the data sets that take it)."""
+    if key in ("mean", "std"):
+        return f"; pass --{key} {','.join(f'{float(v):g}' for v in recorded)}"
+    if key == "input_shape" and list(recorded)[0] != list(given)[0]:
+        return f"; pass --channels {list(recorded)[0]}"
+    if key == "input_shape" and list(recorded)[1:] != list(given)[1:]:
+        return f"; pass --resize {','.join(str(v) for v in list(recorded)[1:])}"
+    return ""
 
 
 def recorded_options(meta: dict, path: str | os.PathLike, sigma_given: bool) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from art_some.runs.checkpoints import check_dataset, is_checkpoint, preprocessing, recorded_options
 from art_some.runs.loader import (
+    check_fits,
     check_registered,
     default_estimator,
     folder_note,
@@ -18,6 +19,7 @@ from art_some.runs.loader import (
     load_model,
     named_preprocessing,
 )
+from art_some.runs.sources import data_settings
 
 # Inputs the training split may hold to be the kNN reference by default: the reference is held in memory and its
 # offset (the median kNN distance) takes N^2 distances.
@@ -28,12 +30,17 @@ REFERENCE_LIMIT = 20_000
 class SmoothingConfig:
     """The options of every run that smooths a model over a data set (``art-some certify``, ``evaluate``)."""
 
-    model: str  # a registered model name or a checkpoint file
+    model: str | None = None  # a registered model name or a checkpoint file (None: model_module's, random)
     dataset: str = "digits"
     data_root: str | None = None
     split: str = "test"
+    channels: int | None = None  # the data options of the data sets that take them (art_some.runs.sources)
+    resize: tuple | None = None
+    mean: tuple | None = None
+    std: tuple | None = None
     estimator: str | None = None  # default: the checkpoint's, else some for multi-head models, else smoothed
-    arch: str | None = None  # a published checkpoint's architecture
+    arch: str | None = None  # what the weights in the file are for: a registered model or published architecture
+    model_module: str | None = None  # the user's own class or factory, pkg.mod:factory or path/file.py:factory
     sigma: float | None = None  # default: the checkpoint's
     noise: str | None = None  # a registered noise model; default: the checkpoint's, else gaussian
     norm: str | None = None  # the norm of the radii; default: the noise family's first
@@ -91,23 +98,31 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
 
     :param echo: Where warnings go (a callable taking a line).
     """
-    from art_some.data import load_dataset
+    from art_some.data import data_options_of, load_dataset
 
-    named = is_named(config.model)  # timm:, hf:, torchvision: (runs/loader.py)
-    checkpoint = not named and is_checkpoint(config.model)
+    own = config.model_module is not None  # the user's own class (art_some.models.own)
+    if config.model is None and not own:
+        raise ValueError("give --model: a registered model (art-some plugins lists them) or a checkpoint file; or "
+                         "--model-module pkg.mod:factory for your own class")
+    named = not own and is_named(config.model)  # timm:, hf:, torchvision: (runs/loader.py)
+    checkpoint = not named and config.model is not None and is_checkpoint(config.model)
     sigma, estimator = config.sigma, config.estimator
-    if config.arch is not None and not Path(config.model).is_file():
-        raise ValueError(f"--arch {config.arch} names a published checkpoint's architecture, but --model "
+    if config.arch is not None and not (checkpoint and Path(config.model).is_file()):
+        raise ValueError(f"--arch {config.arch} names what the weights in --model FILE are for, but --model "
                          f"{config.model!r} is not a file")
     if named and sigma is None:
         raise ValueError(f"--model {config.model} is a classifier by name: give --sigma (or a --preset)")
     if not checkpoint and not named:
-        check_registered(config.model)
+        if not own:
+            check_registered(config.model)
         if sigma is None:
-            raise ValueError(f"--model {config.model!r} is a registered model name, randomly initialised, so it needs "
-                             "--sigma; or give a checkpoint file (DIR/model.safetensors from art-some train)")
+            what = (f"--model-module {config.model_module} without --model FILE is" if own else
+                    f"--model {config.model!r} is a registered model name,")
+            raise ValueError(f"{what} randomly initialised, so it needs --sigma; or give a checkpoint file "
+                             "(DIR/model.safetensors from art-some train)")
     device = resolve_device(config.device)
-    data, info = load_dataset(config.dataset, root=config.data_root, split=config.split)
+    data, info = load_dataset(config.dataset, root=config.data_root, split=config.split, **data_settings(config))
+    shape = {"num_classes": info["num_classes"], "in_channels": info["input_shape"][0]}
     defaults = {}
     if named:
         import torch
@@ -118,7 +133,8 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
             echo(f"Warning: {config.model!r} is randomly initialised from --seed (give NAME@FILE for weights)")
         info, defaults = named_preprocessing(meta, info, device)
     elif checkpoint:
-        model, meta = load_model(config.model, arch=config.arch, device=device)
+        model, meta = load_model(config.model, arch=config.arch, model_module=config.model_module, device=device,
+                                 **shape)
         info = preprocessing(meta, info)
         check_dataset(meta, info, config.dataset)
         if sigma is None and meta.get("sigma") is None:
@@ -129,11 +145,12 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
     else:
         import torch
 
-        echo(f"Warning: {config.model!r} is randomly initialised from --seed (no checkpoint given)")
-        if folder_note(config.model):
+        echo(f"Warning: {config.model_module if own else config.model!r} is randomly initialised from --seed (no "
+             "checkpoint given)")
+        if not own and folder_note(config.model):
             echo(f"Note: {folder_note(config.model)}")
         torch.manual_seed(config.seed)
-        model, meta = load_model(config.model, num_classes=info["num_classes"])
+        model, meta = load_model(config.model, model_module=config.model_module, **shape)
     if estimator is None and "denoiser" in config.options:
         estimator = "denoised_multiscale"
     estimator = estimator or default_estimator(model, meta, config.model)
@@ -141,32 +158,14 @@ def smoothed_estimator(config: SmoothingConfig, echo=note):
                                ("compile", config.compile)) if v not in (None, False, "fp32")}
     noise = {k: v for k, v in (("noise", config.noise), ("norm", config.norm)) if v is not None}
     options = knn_reference(estimator, {**defaults, **config.options, **speed, **noise}, config.dataset,
-                            config.data_root, echo)
+                            config.data_root, echo, data_settings(config))
     clf = build_estimator(estimator, model, info, sigma=sigma, n0=config.n0, alpha=config.alpha,
                           batch_size=config.batch_size, seed=config.seed, device=device, options=options)
-    if config.compile and len(data):
-        check_compiles(clf, data[0][0])
+    check_fits(clf, data, config.dataset, compile=config.compile, data_options=data_options_of(config.dataset))
     return clf, data, estimator
 
 
-def check_compiles(clf, x) -> None:
-    """
-    Vote once on ``x`` (a few draws of the PREDICT stream; records do not depend on it), so that a ``--compile`` that
-    cannot work here (no C++ compiler, an unsupported layer) fails in one line before any file is written, not with
-    a traceback after the header records ``compile: true``.
-    """
-    import numpy as np
-
-    try:
-        clf.predict_counts(np.asarray(x, dtype=np.float32)[None], n=1)
-    except Exception as err:
-        text = str(err).strip()
-        first = text.splitlines()[0] if text else ""
-        raise ValueError(f"--compile: torch.compile cannot compile the network here ({type(err).__name__}"
-                         f"{': ' + first[:200] if first else ''}); run without --compile") from None
-
-
-def knn_reference(estimator: str, options: dict, dataset: str, data_root, echo=note) -> dict:
+def knn_reference(estimator: str, options: dict, dataset: str, data_root, echo=note, data_options=None) -> dict:
     """
     The kNN sigma rule's reference inputs (data_dependent): ``--option reference=train|test`` (a split of --dataset)
     or ``reference=FILE.npy``; by default the training split, when it has at most :data:`REFERENCE_LIMIT` inputs.
@@ -187,7 +186,7 @@ def knn_reference(estimator: str, options: dict, dataset: str, data_root, echo=n
         return options
     if value is None or value in ("train", "test"):
         split = value or "train"
-        data, _ = load_dataset(dataset, root=data_root, split=split)
+        data, _ = load_dataset(dataset, root=data_root, split=split, **(data_options or {}))
         if value is None and len(data) > REFERENCE_LIMIT:
             raise ValueError(f"--estimator {estimator}: the train split of {dataset!r} has {len(data)} inputs, too "
                              f"many for the default kNN reference (at most {REFERENCE_LIMIT}); give --option "
@@ -213,13 +212,18 @@ def warn_small_n(n: int, n0: int, sigma: float, alpha: float, echo=note) -> None
          f"{max_certifiable_radius(sigma, n, alpha):.3f} (n is usually 100 to 1000 times n0)")
 
 
-def run_info(dataset: str, split: str, model, data_root=None) -> dict:
+def run_info(dataset: str, split: str, model, data_root=None, config: SmoothingConfig | None = None) -> dict:
     """
-    The header entries only the run's options know: the data set and split (compared on resume), and where the
-    model and data were read from (recorded, not compared: the weights hash and the inputs' hashes are).
+    The header entries only the run's options know: the data set and split and the data options given (compared on
+    resume), and where the model and data were read from (recorded, not compared: the weights hash and the inputs'
+    hashes are).
     """
-    return {"dataset": dataset, "split": split,
-            "source": {"model": str(model), "data_root": None if data_root is None else str(data_root)}}
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in data_settings(config or {}).items()}
+    source = {"model": None if model is None else str(model),
+              "data_root": None if data_root is None else str(data_root)}
+    if config is not None and config.model_module is not None:
+        source["model_module"] = config.model_module
+    return {"dataset": dataset, "split": split, **({"data_options": options} if options else {}), "source": source}
 
 
 def shard_of_run(shard, device: str):

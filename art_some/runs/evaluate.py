@@ -44,7 +44,7 @@ def run_evaluate(config: EvaluateConfig, echo=note, progress: bool = True):
     clf, data, _ = smoothed_estimator(config, echo)
     warn_small_n(config.n, config.n0, clf.scale, config.alpha, echo)
     indices = list(range(0, len(data), config.skip))[:config.max_inputs]
-    header_info = run_info(config.dataset, config.split, config.model, config.data_root)
+    header_info = run_info(config.dataset, config.split, config.model, config.data_root, config)
     x = np.stack([np.asarray(data[i][0], dtype=np.float32) for i in indices])
     y = np.array([int(data[i][1]) for i in indices])
     folder = config.output_dir if ranked is None else AUDIT_FOLDER.shard_path(config.output_dir, ranked)

@@ -50,8 +50,14 @@ class TrainConfig:
     """Everything that defines a run; a resumed run must match it (except ``epochs``, which may grow)."""
 
     method: str
-    model: str  # a registered model name, or a checkpoint file whose weights start the run
+    model: str | None  # a registered model name, or a checkpoint file whose weights start the run
     dataset: str = "digits"
+    arch: str | None = None  # what the weights in the file are for (a plain state dict's registered model)
+    model_module: str | None = None  # the user's own class or factory (art_some.models.own)
+    channels: int | None = None  # the data options of the data sets that take them (art_some.runs.sources)
+    resize: list | None = None
+    mean: list | None = None
+    std: list | None = None
     sigma: float = 0.25
     noise: str = "gaussian"  # a registered noise model: the training noise, recorded for certify
     norm: str | None = None  # the norm of the radii certify will give (default: the family's first)
@@ -69,6 +75,12 @@ class TrainConfig:
     trainer_kwargs: dict = field(default_factory=dict)
     denoiser: dict | None = None  # the denoised methods' denoiser: {"name": a registered denoiser, **config}
     sigmas: list | None = None  # the denoised methods' noise levels (default: [sigma])
+
+    def __post_init__(self):
+        # JSON (the resume state) gives lists: a run compares equal to itself read back.
+        for name in ("resize", "mean", "std"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
 
     def check(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -154,14 +166,20 @@ def lr_step(config: TrainConfig) -> int:
     return config.epochs // 3 if config.epochs >= MIN_DECAY_EPOCHS else config.epochs + 1
 
 
-def check_names(method: str, model: str) -> None:
-    """Refuse a trainer that is not registered, or a ``--model`` that is neither a checkpoint nor registered."""
+def check_names(method: str, model: str | None, model_module: str | None = None) -> None:
+    """
+    Refuse a trainer that is not registered, or a ``--model`` that is neither a checkpoint nor registered (nor
+    given, without ``--model-module``).
+    """
     from art_some.plugins import registered
     from art_some.runs.loader import check_registered
 
     if method not in registered("trainers"):
         raise ValueError(f"--method {method!r} is not registered ({', '.join(sorted(registered('trainers')))})")
-    if not is_checkpoint(model):
+    if model is None and model_module is None:
+        raise ValueError("give --model: a registered model (art-some plugins lists them) or a checkpoint file; or "
+                         "--model-module pkg.mod:factory for your own class")
+    if model is not None and model_module is None and not is_checkpoint(model):
         check_registered(model)
 
 
@@ -296,16 +314,23 @@ def _replace_folder(tmp: Path, folder: Path, old: Path) -> None:
 
 
 def _build_model(config: TrainConfig, info: dict, device: str):
-    """The model to train, its registered name and constructor arguments (a checkpoint's, for a checkpoint)."""
+    """
+    The model to train, its name (registered, or the user's ``--model-module``) and constructor arguments (a
+    checkpoint's, for a checkpoint).
+    """
     from art_some.runs.loader import load_model
 
-    if is_checkpoint(config.model):
+    own = config.model_module is not None or config.arch is not None
+    if own or is_checkpoint(config.model):
         if config.model_kwargs:
             raise ValueError("--num-heads is for a registered model name; a checkpoint's model keeps its own")
-        model, meta = load_model(config.model, device=device, published=False)
+        model, meta = load_model(config.model, arch=config.arch, model_module=config.model_module, device=device,
+                                 published=False, num_classes=info["num_classes"], in_channels=info["input_shape"][0])
         check_dataset(meta, info, config.dataset)
-        kwargs = {k: v for k, v in meta.get("model_kwargs", {}).items() if k != "num_classes"}
-        return model, meta["model"], kwargs
+        kwargs = dict(meta.get("model_kwargs", {}))
+        if config.model_module is None:  # a registered model takes num_classes, which the export adds
+            kwargs.pop("num_classes", None)
+        return model.to(device), meta["model"], kwargs
     try:
         model = load_model(config.model, num_classes=info["num_classes"], **config.model_kwargs)[0].to(device)
     except TypeError as err:
@@ -316,7 +341,8 @@ def _build_model(config: TrainConfig, info: dict, device: str):
 
 def _check_outputs(config: TrainConfig, out: Path, model_path: Path, state, restart: bool) -> None:
     """Refuse to write over a checkpoint that no run in ``out`` wrote: the run's source, or a copied file."""
-    if is_checkpoint(config.model) and model_path.exists() and Path(config.model).resolve() == model_path.resolve():
+    if config.model is not None and is_checkpoint(config.model) and model_path.exists() and \
+            Path(config.model).resolve() == model_path.resolve():
         raise ValueError(f"--model {config.model} is the checkpoint this run writes into --output-dir {out}; copy it "
                          "elsewhere or give another --output-dir")
     if state is None and not restart and model_path.exists():
@@ -374,12 +400,13 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
-    from art_some.data import load_dataset
+    from art_some.data import data_options_of, load_dataset
     from art_some.estimators.factory import create_estimator
     from art_some.models import save_checkpoint
     from art_some.models.multihead import unwrap
     from art_some.plugins import get, meta
-    from art_some.runs.loader import default_estimator, folder_note
+    from art_some.runs.loader import check_fits, default_estimator, folder_note
+    from art_some.runs.sources import data_settings
 
     config.check()
     trainer_cls = get("trainers", config.method)
@@ -394,7 +421,8 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     out = Path(output_dir)
     state_path, model_path, history_path = out / STATE_FILE, out / MODEL_FILE, out / HISTORY_FILE
     denoiser_dir = out / DENOISER_DIR
-    data, info = load_dataset(config.dataset, root=data_root, split="train", augment=config.augment)
+    data, info = load_dataset(config.dataset, root=data_root, split="train", augment=config.augment,
+                              **data_settings(asdict(config)))
     estimator_options = {**_denoised_options(config, info, role), **noise_options(config)}
 
     torch.manual_seed(config.seed)
@@ -411,6 +439,8 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     clf = create_estimator(estimator, net, info, sigma=config.sigma, n0=100, alpha=0.001, batch_size=1000,
                            seed=config.seed, device="cuda" if "cuda" in str(device) else "cpu", optimizer=optimizer,
                            options=estimator_options)
+    if world == 1:  # under DDP the ranks' wrapped model would synchronise; every rank holds the same data
+        check_fits(clf, data, config.dataset, data_options=data_options_of(config.dataset))
     saves_denoiser = _saves_denoiser(estimator_options.get("denoiser"), role)
     if saves_denoiser and not _savable(clf.denoiser):
         raise ValueError(f"--method {config.method} saves its tuned denoiser as a diffusers folder or an ADM file: "
@@ -432,7 +462,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     owns_schedule = getattr(trainer, "owns_lr_schedule", False)
 
     _check_outputs(config, out, model_path, state, restart)
-    if rank == 0 and folder_note(config.model):
+    if rank == 0 and config.model is not None and folder_note(config.model):
         echo(f"Note: {folder_note(config.model)}")
     # Everything is checked: only now are files created (or, with --restart, the old run removed), under the
     # folder's lock: a second run on the same --output-dir would silently replace this one's files.
@@ -471,8 +501,10 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
             save = training_meta(sigma=config.sigma, dataset=config.dataset, info=info, estimator=estimator,
                                  method=config.method, epoch=trainer.epoch, trainer_kwargs=kwargs,
                                  estimator_options=options)
-            write_atomically(model_path, lambda p: save_checkpoint(
-                p, unwrap(net), model_name, {**model_kwargs, "num_classes": info["num_classes"]}, **save))
+            if config.model_module is not None:  # certify asks for the same --model-module (art_some.models.own)
+                save["model_module"] = config.model_module
+            built = model_kwargs if config.model_module else {**model_kwargs, "num_classes": info["num_classes"]}
+            write_atomically(model_path, lambda p: save_checkpoint(p, unwrap(net), model_name, built, **save))
             write_atomically(history_path, _history_lines(history))
 
         # The state is written first each epoch, so a crash before the exports leaves them an epoch behind: rewrite

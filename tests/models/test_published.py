@@ -357,7 +357,8 @@ def test_another_architecture_names_the_keys(tmp_path):
 
 def test_unknown_or_missing_architecture(tmp_path):
     path, _ = cohen_file(tmp_path, arch="wide_resnet")
-    with pytest.raises(ValueError, match="'wide_resnet' is not supported; --arch takes: cifar_resnet110"):
+    with pytest.raises(ValueError, match="'wide_resnet' is not supported; --arch takes: a published architecture "
+                       r"\(cifar_resnet110.*a registered model \(.*digits_cnn"):
         load_published(path)
     path, _ = cohen_file(tmp_path, arch=None, name="noarch.pth.tar")
     with pytest.raises(ValueError, match="names no architecture.*give --arch"):
