@@ -150,6 +150,8 @@ def cli(threads):
               help="Certify only shard I of K (every K-th input from the I-th), e.g. one per SLURM array task; "
                    "`art-some merge` combines the shards' files. Under torchrun each rank takes its own shard and "
                    "rank 0 merges them into --output.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also save certified accuracy against radius (FILE.png, .pdf or .svg).")
 @pipeline_options
 @_fail_cleanly
 def certify(options, radii, **values):
@@ -170,14 +172,15 @@ def certify(options, radii, **values):
     click.echo(summary_table(records, parse_radii(radii or DEFAULT_RADII)))
     shard = values["shard"]
     click.echo(f"records: {config.output} and {tsv_path(config.output)}"
-               + (f" (shard {shard}; combine the shards with art-some merge)" if shard else ""))
+               + (f" (shard {shard}; combine the shards with art-some merge)" if shard else "")
+               + (f"; plot: {config.plot}" if config.plot else ""))
 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--output", type=click.Path(), required=True,
               help="The merged JSONL records (a new file), or for audit folders the merged audit's folder.")
-@click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Radii of the summary table.")
+@click.option("--radii", default=None, help=f"Radii of the summary table [default: {DEFAULT_RADII}].")
 @_fail_cleanly
 def merge(files, output, radii):
     """
@@ -189,7 +192,7 @@ def merge(files, output, radii):
     from art_some.runs.metrics import summary_table
     from art_some.runs.shards import merge_records
 
-    radii = parse_radii(radii)
+    radii = None if radii is None else parse_radii(radii)  # default: a fixed-radius run's, else DEFAULT_RADII
     folders = [Path(f).is_dir() for f in files]
     if all(folders):
         merge_audits(list(files), output)
@@ -340,30 +343,22 @@ def demo(**values):
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--radii", default=DEFAULT_RADII, show_default=True, help="Comma-separated radii.")
+@click.option("--radii", default=None,
+              help=f"Comma-separated radii [default: a fixed-radius run's own, else {DEFAULT_RADII}].")
+@click.option("--format", "form", type=click.Choice(["text", "markdown", "csv", "latex"]), default="text",
+              show_default=True, help="text: provenance and tables; markdown, csv, latex: one table, a row per file.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also save certified accuracy against radius, a line per file (FILE.png, .pdf or .svg).")
 @_fail_cleanly
-def report(files, radii):
+def report(files, radii, form, plot):
     """
     Print where the records come from (the JSONL header: versions, estimator, settings, weights hash, data), then
-    certified accuracy at radii, ACR and abstention rate, for JSONL records or community TSV logs.
+    certified accuracy at radii, ACR and abstention rate (PREDICT runs: accuracy, abstention rate), for JSONL records
+    or community TSV logs; several files side by side.
     """
-    from art_some.runs.header import describe_header
-    from art_some.runs.metrics import comparison_table, summary_table
-    from art_some.runs.records import read_header, read_records
+    from art_some.runs.report import run_report
 
-    radii = parse_radii(radii)
-    loaded = []
-    for path in files:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no such file: {path}")
-        records = read_records(path, check=True)  # JSONL records against themselves and their header, as merge
-        loaded.append((Path(path).name, records))
-        click.echo(f"== {path}")
-        click.echo(describe_header(read_header(path)))
-        click.echo(summary_table(records, radii))
-    if len(loaded) > 1:  # e.g. art-some's records next to the authors' published log of the same model
-        click.echo("== side by side")
-        click.echo(comparison_table(loaded, radii))
+    click.echo(run_report(files, None if radii is None else parse_radii(radii), form, plot))
 
 
 @cli.command()

@@ -48,6 +48,7 @@ DEFAULT_PLUGINS = (
     "art_some.builtins.attacks",
     "art_some.builtins.noises",
     "art_some.builtins.certificates",
+    "art_some.builtins.commands",
 )
 _OPTIONAL_NAME = (str, type(None))
 # What a registration declares for the runs to read, per kind: key -> (default, allowed), ``allowed`` a list of

@@ -17,7 +17,7 @@ def test_sphinx_docs_build_without_warnings(tmp_path):
     assert (tmp_path / "modules" / "estimators.html").is_file()
     assert "SmoothedClassifier" in (tmp_path / "modules" / "estimators.html").read_text()
     cli = (tmp_path / "modules" / "cli.html").read_text()
-    for command in ("certify", "evaluate", "train", "demo", "report", "plugins"):
+    for command in ("certify", "evaluate", "train", "demo", "report", "plugins", "predict"):
         assert f'id="art-some-{command}"' in cli, f"the CLI page does not document art-some {command}"
     assert "--n0" in cli
     for page in ("some", "smooth_reduce", "denoised", "trainers", "audit", "performance", "sequential"):

@@ -17,8 +17,8 @@ from art_some.core.certify import CertifyResult
 MEMBERS = (
     "nb_classes", "input_shape", "clip_values", "sample_size", "alpha", "seed", "scale", "noise_batch_size",
     "precision", "radii_in_input_space", "model", "device", "get_params", "set_params", "predict", "certify",
-    "certify_detailed", "certify_sequential", "audit_counts", "certificate_info", "loss_gradient",
-    "predict_abstains", "predict_output", "reseed_gradients", "radius_norm",
+    "certify_detailed", "certify_sequential", "predict_decisions", "audit_counts", "certificate_info",
+    "loss_gradient", "predict_abstains", "predict_output", "reseed_gradients", "radius_norm",
 )
 
 
@@ -34,7 +34,9 @@ class SmoothedEstimator(Protocol):
     and ``device``; ART's ``get_params`` / ``set_params``.
 
     Procedures: ART's ``predict`` and ``certify``; ``certify_detailed`` and ``certify_sequential`` returning a
-    :class:`~art_some.core.certify.CertifyResult`; ``audit_counts`` (the fresh votes an attack point is checked with);
+    :class:`~art_some.core.certify.CertifyResult`; ``predict_decisions`` (PREDICT with ``sample_size`` draws per
+    input keyed by ``indices``: classes with -1 for abstain, the rule's scores, the answering level);
+    ``audit_counts`` (the fresh votes an attack point is checked with);
     ``certificate_info`` (what each record says of the certificate); ``loss_gradient`` (what ART's attacks call);
     ``predict_abstains`` and ``predict_output`` (``predict``'s defaults: abstain, ART's one-hot rows; the audit's
     attack view never abstains and returns the vote counts) and ``reseed_gradients``
@@ -69,6 +71,8 @@ class SmoothedEstimator(Protocol):
 
     def certify_sequential(self, x, n: int, n0=None, alpha=None, batch_size=None, indices=None, radii=None,
                            tolerance: float = 0.02, start: int = 100, growth: float = 2.0) -> CertifyResult: ...
+
+    def predict_decisions(self, x, indices=None, invalid=None, abstain: bool = True): ...
 
     def audit_counts(self, x, n: int, indices=None) -> np.ndarray: ...
 

@@ -31,8 +31,9 @@ from art_some.core.noise import NORM_LABELS, lp_norm, seed_for
 from art_some.core.stats import binomial_test_two_sided
 from art_some.core.streams import AUDIT, AUDIT_BUDGETS, AUDIT_KEY_BASE, INDEX_LIMIT, attack_run_key, audit_key
 from art_some.estimators.protocol import check_estimator
+from art_some.evaluation.plots import plot_audit
 from art_some.runs.header import RunMismatchError, input_hash, mismatch_message, run_header
-from art_some.runs.metrics import certified_accuracy
+from art_some.runs.metrics import certified_accuracy, radius_grid
 from art_some.runs.progress import progress as progress_of
 from art_some.runs.records import NOT_COMPARED, RecordWriter, certificate_fields, resume_note
 from art_some.runs.shards import Layout, check_shard_count, merge_shards, merged_before, shard_plan
@@ -129,7 +130,8 @@ def audit(estimator, x, y, attacks: Sequence[str] | None = None, *, n: int = 100
     :param verify_n: Fresh draws per attack point.
     :param verify_alpha: Level of the binomial test that confirms a flip.
     :param indices: Data-set indices of the inputs (key their certification noise; default 0..N-1).
-    :param radii: Radius grid of the curves (default 0 to the largest radius or budget in 17 steps).
+    :param radii: Radii of the tables (default certify's table radii, 0 to 2 in steps of 0.25, continued in those
+                  steps to the largest radius or budget).
     :param output_dir: If given, per-input records are appended to ``audit.jsonl`` there (resumed when present),
                        violations saved under ``violations/`` and the reports written by :func:`write_reports`.
     :param batch_size: Inputs per chunk (each chunk's records are written when it is done).
@@ -242,11 +244,13 @@ def audit(estimator, x, y, attacks: Sequence[str] | None = None, *, n: int = 100
 
 
 def _result(records, attacks, eps, radii=None, norm: str = "l2") -> AuditResult:
-    """The audit's result from its records (the curves' radius grid by default: 0 to the largest radius or budget)."""
+    """
+    The audit's result from its records; its tables' radii by default those of certify's table (0 to 2 in steps of
+    0.25), continued in the same steps to the largest radius or budget (:func:`~art_some.runs.metrics.radius_grid`).
+    """
     violations = [v for r in records for v in r.get("violations", [])]
-    if radii is None:
-        top = max([r["radius"] for r in records] + list(eps))
-        radii = np.round(np.linspace(0.0, top, 17), 4)
+    if radii is None:  # certify's table radii, continued to the largest radius or budget
+        radii = radius_grid(max([r["radius"] for r in records] + list(eps)))
     return AuditResult(records, list(attacks), np.asarray(radii, dtype=np.float64), violations, norm)
 
 
@@ -569,30 +573,3 @@ def markdown_table(result: AuditResult, summary: dict | None = None) -> str:
               f"certified correct: {summary['certified_correct_inputs']}, violations: {summary['violations']} on "
               f"{summary['violated_inputs']} input(s) (rate {summary['violation_rate']:.4f} of certified inputs)."]
     return "\n".join(lines) + "\n"
-
-
-def plot_audit(result: AuditResult, path) -> None:
-    """Certified and empirical robust accuracy against the radius in the certificate's norm (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    radii = np.linspace(0.0, float(result.radii.max()) if len(result.radii) else 1.0, 200)
-    ax.plot(radii, 100 * certified_accuracy(result.records, radii), label="certified correct", color="k", lw=2)
-    for name in [*result.attacks, "best"]:
-        acc = empirical_robust_accuracy(result.records, radii, None if name == "best" else name)
-        ax.plot(radii, 100 * acc, label="best attack" if name == "best" else name,
-                ls="--" if name == "best" else "-", lw=1)
-    for v in result.violations:
-        ax.axvline(v["distance"], color="r", alpha=0.3)
-    ax.set_xlabel(f"{NORM_LABELS[result.norm]} radius")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(f"certified vs empirical ({len(result.violations)} violations)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

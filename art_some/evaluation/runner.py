@@ -1,7 +1,8 @@
 """
-Certify a data set with any smoothed estimator, many inputs per engine call when n is small, appending each record
-to a JSONL file so an interrupted run resumes where it stopped (records are keyed by dataset index, and noise by
-index too, so a resumed run writes exactly the records an uninterrupted one would).
+Certify a data set (or PREDICT on it) with any smoothed estimator, many inputs per engine call when n is small,
+appending each record to a JSONL file so an interrupted run resumes where it stopped (records are keyed by dataset
+index, and noise by index too, so a resumed run writes exactly the records an uninterrupted one would). Certify and
+predict runs share one loop (:func:`record_dataset`).
 
 The file's header (:func:`~art_some.runs.header.run_header`) holds what determines the records; a run with other
 settings, another model or other data is refused instead of being mixed into the file. Record files, shards,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +24,10 @@ from art_some.estimators.protocol import check_estimator
 from art_some.runs.header import DEFAULT_HINT, RunMismatchError, input_hash, run_header
 from art_some.runs.progress import progress as progress_of
 from art_some.runs.records import (
+    PREDICT_TSV_COLUMNS,
+    TSV_COLUMNS,
     RecordWriter,
+    nonzero_counts,
     records_from_result,
     resume_note,
     tsv_path,
@@ -110,31 +115,106 @@ def certify_dataset(
         plan=plan,
         extra=None if checked is None else {"sequential": checked},
     )
+    certify = estimator.certify_detailed if checked is None else functools.partial(
+        estimator.certify_sequential, **{k: v for k, v in checked.items() if k != "mode"},
+        pool=sequential_pool(estimator, n, batch_size, checked))
+
+    def records_of(x, labels, chunk):
+        result = certify(x, n=n, n0=n0, alpha=alpha, batch_size=batch_size, indices=chunk)
+        return records_from_result(result, labels, chunk, method)
+
+    per_call = inputs_per_call(estimator, n, n0, batch_size, sequential)
+    return record_dataset(dataset, indices, output, header, records_of, per_call, verb=("certify", "certified"),
+                          hint=hint, echo=echo, progress=progress, shard=plan.get("shard"))
+
+
+def predict_dataset(
+    estimator,
+    dataset,
+    indices: Sequence[int],
+    output: str | os.PathLike,
+    *,
+    method: str = "smoothed",
+    progress: bool = True,
+    run_info: dict | None = None,
+    hint: str = DEFAULT_HINT,
+    echo=None,
+) -> list[dict]:
+    """
+    PREDICT (Cohen et al.) on ``dataset[i]`` for each ``i`` in ``indices``, with the estimator's ``sample_size``
+    draws per input and its ``alpha`` (ART's convention: ``sample_size`` is PREDICT's n), each record appended to
+    ``output`` (JSONL, resumable with the same header, lock and input checks as :func:`certify_dataset`), and Cohen
+    et al.'s ``predict.py`` log beside it (``idx label predict correct time``, -1 where PREDICT abstains).
+
+    Guarantee: each returned class differs from the smoothed classifier's prediction with probability at most
+    ``alpha``. The noise of input ``i`` is keyed by ``i``, so records do not depend on how inputs are batched.
+
+    :param estimator: A smoothed estimator.
+    :return: All records in the file, sorted by index: ``idx, label, predict, correct, counts, n, alpha, method,
+             seconds`` (``counts``: the votes of the classes that received any, for rules whose scores are vote
+             counts; ``scores`` otherwise; ``seconds``: the input's share of its engine call's time).
+    """
+    indices = [int(i) for i in indices]
+    check_estimator(estimator, "predict_dataset")
+    n, alpha = int(estimator.sample_size), float(estimator.alpha)
+    header = run_header(estimator, "predict", method=method, n=n, alpha=alpha, run_info=run_info)
+
+    def records_of(x, labels, chunk):
+        began = time.perf_counter()
+        classes, scores, _ = estimator.predict_decisions(x, indices=chunk)
+        seconds = (time.perf_counter() - began) / len(chunk)  # the call's time, shared evenly by its inputs
+        return [predict_record(idx, label, int(c), row, n, alpha, method, seconds)
+                for idx, label, c, row in zip(chunk, labels, classes, scores)]
+
+    per_call = max(1, int(estimator.noise_batch_size) // n)  # small n: many inputs per batch of noisy inputs
+    return record_dataset(dataset, indices, output, header, records_of, per_call, verb=("predict", "predicted"),
+                          hint=hint, echo=echo, progress=progress, tsv_columns=PREDICT_TSV_COLUMNS)
+
+
+def predict_record(idx: int, label: int, predicted: int, scores, n: int, alpha: float, method: str,
+                   seconds: float) -> dict:
+    """One PREDICT record; the rule's scores as ``counts`` when they are vote counts, else as ``scores``."""
+    scores = np.asarray(scores)
+    votes = {"counts": nonzero_counts(scores.astype(np.int64))} if np.all(scores == np.round(scores)) else \
+        {"scores": {str(c): float(scores[c]) for c in np.flatnonzero(scores)}}
+    return {"idx": int(idx), "label": int(label), "predict": predicted, "correct": int(predicted == label), **votes,
+            "n": int(n), "alpha": float(alpha), "method": method, "seconds": float(seconds)}
+
+
+def record_dataset(dataset, indices: Sequence[int], output, header: dict, records_of, per_call: int, *,
+                   verb: tuple[str, str],
+                   hint: str = DEFAULT_HINT, echo=None, progress: bool = True, shard: Sequence[int] | None = None,
+                   tsv_columns: Sequence[str] = TSV_COLUMNS) -> list[dict]:
+    """
+    The one loop of certify and predict runs: open ``output`` with ``header`` (resumed, locked, its recorded inputs
+    compared with the data set's), then for each chunk of at most ``per_call`` inputs not yet recorded append
+    ``records_of(x, labels, chunk)`` with each input's hash, and write the TSV log (``tsv_columns``) beside it.
+
+    :param records_of: ``records_of(x, labels, chunk) -> records`` for the inputs ``x`` at indices ``chunk``.
+    :param verb: What the run does and did (``("certify", "certified")``): the progress bar's name, the resume note.
+    :param shard: ``(i, k)`` of a sharded run, for the progress bar.
+    :return: All records in the file, sorted by index.
+    """
     with RecordWriter(output, header=header, hint=hint,
                       check=lambda writer: _check_recorded_inputs(writer, dataset, hint)) as writer, \
             _discarded_if_empty(writer):
         todo = [int(i) for i in indices if int(i) not in writer.done]
         if writer.records:
-            resume_note(echo, progress, output, len(indices) - len(todo), len(indices), "certified")
-        per_call = inputs_per_call(estimator, n, n0, batch_size, sequential)
+            resume_note(echo, progress, output, len(indices) - len(todo), len(indices), verb[1])
         with progress_of(len(indices), len(indices) - len(todo), enabled=progress,
-                         desc="certify" if shard is None else f"certify shard {plan['shard'][0]}/{plan['shard'][1]}",
-                         position=0 if shard is None else plan["shard"][0]) as bar:
+                         desc=verb[0] if shard is None else f"{verb[0]} shard {shard[0]}/{shard[1]}",
+                         position=0 if shard is None else shard[0]) as bar:
             for start in range(0, len(todo), per_call):
                 chunk = todo[start : start + per_call]
                 items = [dataset[i] for i in chunk]
                 x = np.stack([np.asarray(item[0], dtype=np.float32) for item in items])
                 labels = [int(item[1]) for item in items]
-                certify = estimator.certify_detailed if checked is None else functools.partial(
-                    estimator.certify_sequential, **{k: v for k, v in checked.items() if k != "mode"},
-                    pool=sequential_pool(estimator, n, batch_size, checked))
-                result = certify(x, n=n, n0=n0, alpha=alpha, batch_size=batch_size, indices=chunk)
-                for record, x_i in zip(records_from_result(result, labels, chunk, method), x):
+                for record, x_i in zip(records_of(x, labels, chunk), x):
                     writer.append({**record, "input_sha256": input_hash(x_i)})
                 bar.update(len(chunk))
         records = sorted(writer.records, key=lambda r: r["idx"])
         # Under the writer's lock, so that two runs cannot interleave their logs either.
-        write_atomically(tsv_path(output), lambda tmp: write_tsv(records, tmp))
+        write_atomically(tsv_path(output), lambda tmp: write_tsv(records, tmp, tsv_columns))
     return records
 
 

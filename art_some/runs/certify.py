@@ -25,6 +25,7 @@ class CertifyConfig(SmoothingConfig):
     tolerance: float | None = None  # the radius mode's stopping tolerance
     bound: str | None = None  # sequential CERTIFY's confidence sequence (None: the rule's first)
     shard: tuple | str | None = None  # (i, k) or "i/k": certify only shard i of k
+    plot: str | None = None  # also save certified accuracy against radius here (PNG, PDF or SVG)
 
     def sequential_plan(self) -> dict | None:
         """Sequential CERTIFY's options (None for fixed-n CERTIFY), checked against each other."""
@@ -51,13 +52,19 @@ def run_certify(config: CertifyConfig, echo=note, progress: bool = True) -> list
     :param echo: Where notes and warnings go (a callable taking a line; default standard error).
     :param progress: Show a progress bar.
     :return: The records, sorted by index: of the whole run, or of the shard with ``config.shard``; under torchrun
-             rank 0 returns the merged records and the other ranks None.
+             rank 0 returns the merged records and the other ranks None. With ``config.plot``, the records'
+             certified accuracy against radius is saved there too (by rank 0 under torchrun).
     """
+    from art_some.evaluation.plots import plot_certified_accuracy
     from art_some.evaluation.runner import certify_dataset
+    from art_some.runs.records import tsv_path
+    from art_some.runs.report import check_plot_path
     from art_some.runs.shards import merge_ranks, shard_path
 
     plan = config.sequential_plan()
     check_output(config.output)
+    if config.plot is not None:
+        check_plot_path(config.plot, others=[config.output, tsv_path(config.output), config_path(config.output)])
     shard, ranked = shard_of_run(config.shard, config.device)
     clf, data, estimator = smoothed_estimator(config, echo)
     warn_small_n(config.n, config.n0, clf.scale, config.alpha, echo)
@@ -67,7 +74,9 @@ def run_certify(config: CertifyConfig, echo=note, progress: bool = True) -> list
     records = certify_dataset(clf, data, indices, output, n=config.n, method=estimator, run_info=header_info,
                               echo=echo, progress=progress, shard=shard or ranked, sequential=plan)
     if ranked is not None:
-        return merge_ranks(config.output, ranked)
+        records = merge_ranks(config.output, ranked)
+    if records is not None and config.plot is not None:
+        plot_certified_accuracy({Path(config.output).name: records}, config.plot)
     return records
 
 

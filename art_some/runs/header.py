@@ -219,8 +219,17 @@ class RunMismatchError(ValueError):
 
 
 
+# ART's mixed-precision training settings (apex AMP), which every estimator inherits and nothing here uses, at ART's
+# defaults: the header keeps them, the description leaves them out unless they differ.
+ART_AMP_DEFAULTS = {"use_amp": False, "opt_level": "O1", "loss_scale": "dynamic"}
+
+
 def describe_header(header: dict | None) -> str:
-    """A few lines saying where records come from (for ``art-some report``)."""
+    """
+    A few lines saying where records come from (for ``art-some report``), each thing once: the method and the
+    estimator's class (the class alone when they are one), the settings, the estimator's other parameters (not
+    those the settings line shows, nor ART's unused AMP settings at their defaults).
+    """
     if header is None:
         return "provenance: none recorded (a TSV log, or JSONL from before art-some wrote headers)"
     source = header.get("source") or {}
@@ -228,13 +237,17 @@ def describe_header(header: dict | None) -> str:
                                                             "verify_n") if k in header)
     data = " ".join(str(header[k]) for k in ("dataset", "split") if header.get(k) is not None) or "given by the caller"
     model = source.get("model", "model")
+    method, cls = header.get("method"), header.get("estimator")
+    named = cls if method in (None, cls) else f"{method} ({cls})"
     lines = [
         f"provenance ({header.get('kind', 'records')}): art-some {header.get('art_some')}, "
         f"torch {header.get('torch')}, schema {header.get('schema')}",
-        f"  {header.get('method') or header.get('estimator')} ({header.get('estimator')}): {settings}",
+        f"  {named}: {settings}",
         f"  {model} (weights sha256 {show(header.get('model_sha256'))}); data {data}",
     ]
-    params = header.get("estimator_params") or {}
+    shown = {"alpha": header.get("alpha"), "sample_size": header.get("n0", header.get("n"))}
+    params = {k: v for k, v in (header.get("estimator_params") or {}).items()
+              if not (k in shown and v == shown[k]) and not (k in ART_AMP_DEFAULTS and v == ART_AMP_DEFAULTS[k])}
     if params:
         lines.append("  estimator parameters: " + ", ".join(f"{k} {show(v)}" for k, v in sorted(params.items())))
     run = []

@@ -4,9 +4,15 @@ JSONL append-and-flush with resume and a lock, the community TSV format.
 
 A record holds ``idx, label, predict, radius, correct, pA_lower, counts, n0, n, alpha, sigma, method,
 seconds``, plus what the estimator adds (e.g. the noise mode and radius space of patch smoothing); ``counts`` maps
-the top classes of the estimation counts to their votes. The community TSV keeps
-``idx label predict radius correct time`` (time as ``H:MM:SS.ffffff``), as published by Cohen et al. and
-the papers that followed.
+every class with a non-zero estimation count to its votes, the largest first. ``seconds`` is the input's own share
+of the time: inputs certified together in one engine call (small n packs several into one batch of noisy inputs)
+divide the call's time evenly among them, so the times of a file add up to the time spent certifying it. The
+community TSV keeps ``idx label predict radius correct time`` (time as ``H:MM:SS.ffffff``, per input), as
+published by Cohen et al. and the papers that followed.
+
+A PREDICT run (``art-some predict``, header ``kind`` ``"predict"``) writes records without a radius (``idx, label,
+predict, correct, counts, n, alpha, method, seconds``; ``predict`` -1 where PREDICT abstains) and the TSV of Cohen
+et al.'s ``predict.py``: ``idx label predict correct time``.
 
 A JSONL record file starts with a **header** line ``{"art_some_header": {...}}`` (see
 :func:`~art_some.runs.header.run_header`), or keeps it in a JSON file beside it (the audit's
@@ -36,7 +42,7 @@ except ImportError:  # not on Windows: writers are then not locked
     fcntl = None
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-TOP_COUNTS = 2
+PREDICT_TSV_COLUMNS = ("idx", "label", "predict", "correct", "time")  # Cohen et al.'s predict.py log
 HEADER_KEY = "art_some_header"
 NOT_COMPARED = object()  # what RecordWriter.changed_input's hash_now says of an index the run does not hold
 
@@ -54,13 +60,11 @@ def records_from_result(result, labels: Sequence[int], indices: Sequence[int], m
     records = []
     sigma = np.broadcast_to(np.asarray(result.sigma, dtype=np.float64), (len(result),))
     for j in range(len(result)):
-        counts = result.counts_estimation[j]
-        top = np.argsort(-counts, kind="stable")[:TOP_COUNTS]
         records.append(
             {
                 **certificate_fields(result, j, labels[j], indices[j]),
                 "pA_lower": float(result.p_lower[j]),
-                "counts": {str(int(c)): int(counts[c]) for c in top},
+                "counts": nonzero_counts(result.counts_estimation[j]),
                 "n0": result.n0,
                 "n": result.n,
                 "alpha": result.alpha,
@@ -72,6 +76,18 @@ def records_from_result(result, labels: Sequence[int], indices: Sequence[int], m
             }
         )
     return records
+
+
+def nonzero_counts(counts) -> dict[str, int]:
+    """
+    A record's ``counts``: every class with a non-zero count, mapped to its count, the largest first (ties by class),
+    so that a reader can redo any bound or test from the record alone.
+
+    :param counts: One input's vote counts ``(C,)``.
+    """
+    counts = np.asarray(counts)
+    order = np.argsort(-counts, kind="stable")
+    return {str(int(c)): int(counts[c]) for c in order if counts[c] != 0}
 
 
 def certificate_fields(result, j: int, label, idx) -> dict:
@@ -408,8 +424,10 @@ def _parse_jsonl(lines: Iterable[str], path) -> tuple[dict | None, list[dict]]:
                 raise ValueError(f"{path}: line {number} is a header that is not the first line; the file is corrupt")
             header = record[HEADER_KEY]
             continue
-        if not isinstance(record, dict) or not {"idx", "radius", "correct"} <= record.keys():
-            raise ValueError(f"{path}: line {number} is not a certificate record")
+        needed = ("idx", "predict", "correct") if is_predict_header(header) else ("idx", "radius", "correct")
+        if not isinstance(record, dict) or not set(needed) <= record.keys():
+            what = "PREDICT record" if is_predict_header(header) else "certificate record"
+            raise ValueError(f"{path}: line {number} is not a {what} (it needs {', '.join(needed)})")
         if record["idx"] in seen:
             raise ValueError(f"{path}: line {number} repeats idx {record['idx']}; the file is corrupt")
         seen.add(record["idx"])
@@ -425,12 +443,17 @@ RADIUS_TOLERANCE = 1e-9  # relative: what float64 arithmetic may move a recomput
 SHARED_FIELDS = ("n", "n0", "alpha", "method")
 
 
+def is_predict_header(header: dict | None) -> bool:
+    """Whether a record file's header is a PREDICT run's (``art-some predict``: records without a radius)."""
+    return isinstance(header, dict) and header.get("kind") == "predict"
+
+
 def check_record(path, number: int, record: dict, header: dict | None) -> None:
     """
     Refuse a record that contradicts itself or its header, naming the file, line and field: mistyped or non-finite
     fields, ``correct`` that is not ``predict == label``, a radius that ``pA_lower`` and sigma do not give (plain
     Cohen records: exactly; other Gaussian certificates: at most sigma * Phi^-1(pA_lower)), settings that are not
-    the header's (n, n0, alpha, method, sigma).
+    the header's (n, n0, alpha, method, sigma). A PREDICT run's records have no radius to check.
 
     :param path: The file, for the message.
     :param number: The record's line.
@@ -445,8 +468,9 @@ def check_record(path, number: int, record: dict, header: dict | None) -> None:
     if record["idx"] < 0 or record["predict"] < -1 or record["correct"] not in (0, 1):
         raise ValueError(f"{where}: idx must be >= 0, predict >= -1 and correct 0 or 1, got idx {record['idx']}, "
                          f"predict {record['predict']}, correct {record['correct']}")
+    predict_run = is_predict_header(header)
     for key in ("radius", "pA_lower", "sigma", "seconds"):
-        if key in record or key == "radius":
+        if key in record or (key == "radius" and not predict_run):
             value = record.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{where}: field {key} is {value!r}, not a finite number >= 0")
@@ -457,7 +481,8 @@ def check_record(path, number: int, record: dict, header: dict | None) -> None:
     for key in SHARED_FIELDS:
         if key in record and header.get(key) is not None and record[key] != header[key]:
             raise ValueError(f"{where}: field {key} is {record[key]!r}, but the file's header says {header[key]!r}")
-    _check_radius(where, record, header)
+    if not predict_run:
+        _check_radius(where, record, header)
 
 
 def _check_radius(where: str, record: dict, header: dict) -> None:
@@ -584,40 +609,45 @@ def _radius_text(radius: float) -> str:
     return f"{math.floor(float(radius) * 1000 + 1e-9) / 1000:.3f}"
 
 
-def write_tsv(records: Iterable[dict], path: str | os.PathLike) -> None:
-    """Write records in the community TSV format (``idx label predict radius correct time``)."""
+def write_tsv(records: Iterable[dict], path: str | os.PathLike, columns: Sequence[str] = TSV_COLUMNS) -> None:
+    """
+    Write records as a community TSV log: ``idx label predict radius correct time`` for certificates (the default),
+    :data:`PREDICT_TSV_COLUMNS` for PREDICT records. Radii are rounded down to three decimals, times (each input's
+    ``seconds``) written as ``H:MM:SS.ffffff``.
+    """
+    text = {"radius": lambda r: _radius_text(r["radius"]), "time": lambda r: _format_time(r["seconds"])}
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\t".join(TSV_COLUMNS) + "\n")
+        f.write("\t".join(columns) + "\n")
         for r in sorted(records, key=lambda r: r["idx"]):
-            radius, time = _radius_text(r["radius"]), _format_time(r["seconds"])
-            row = (r["idx"], r["label"], r["predict"], radius, r["correct"], time)
-            f.write("\t".join(str(v) for v in row) + "\n")
+            f.write("\t".join(text[c](r) if c in text else str(r[c]) for c in columns) + "\n")
 
 
 def read_tsv(path: str | os.PathLike) -> list[dict]:
-    """Read a community TSV log into records (``idx, label, predict, radius, correct, seconds``)."""
+    """
+    Read a community TSV log into records: a certification log (``idx label predict radius correct [time]``) into
+    ``idx, label, predict, radius, correct, seconds``; a PREDICT log (``idx label predict correct [time]``, Cohen et
+    al.'s predict.py) into the same without ``radius``.
+    """
     with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if tuple(header[:5]) != TSV_COLUMNS[:5]:
-            raise ValueError(f"{path}: not a certification log; header must start with {' '.join(TSV_COLUMNS[:5])}")
+        header = tuple(f.readline().rstrip("\n").split("\t"))
+        for columns in (TSV_COLUMNS, PREDICT_TSV_COLUMNS):
+            if header[: len(columns) - 1] == columns[:-1]:
+                break
+        else:
+            raise ValueError(f"{path}: not a certification or PREDICT log; its header must start with "
+                             f"{' '.join(TSV_COLUMNS[:5])} or {' '.join(PREDICT_TSV_COLUMNS[:4])}")
+        parse = {"radius": float, "time": _parse_time}
         records = []
         for number, line in enumerate(f, 2):
             fields = line.rstrip("\n").split("\t")
             if not line.strip():
                 continue
             try:
-                records.append(
-                    {
-                        "idx": int(fields[0]),
-                        "label": int(fields[1]),
-                        "predict": int(fields[2]),
-                        "radius": float(fields[3]),
-                        "correct": int(fields[4]),
-                        "seconds": _parse_time(fields[5]) if len(fields) > 5 else 0.0,
-                    }
-                )
+                record = {c: parse.get(c, int)(fields[k]) for k, c in enumerate(columns[:-1])}
+                record["seconds"] = _parse_time(fields[len(columns) - 1]) if len(fields) >= len(columns) else 0.0
             except (ValueError, IndexError):
                 raise ValueError(f"{path}: line {number} is malformed: {line.strip()!r}") from None
+            records.append(record)
     return records
 
 

@@ -126,8 +126,8 @@ def test_each_noise_and_rule_finds_the_smallest_pa_whose_radius_reaches_r():
     from art_some.core.noise import GaussianNoise, LaplaceNoise, UniformNoise
     from art_some.core.rules import CertificateRule, CohenRule, ScaledRule
 
-    for noise in (GaussianNoise(0.25), GaussianNoise(np.array([0.25, 0.5])), GaussianNoise(0.5, norm="linf", dimension=4),
-                  LaplaceNoise(0.5), UniformNoise(0.5)):
+    for noise in (GaussianNoise(0.25), GaussianNoise(np.array([0.25, 0.5])),
+                  GaussianNoise(0.5, norm="linf", dimension=4), LaplaceNoise(0.5), UniformNoise(0.5)):
         for rule in (CohenRule(), ScaledRule(CohenRule(), 2.0)):
             for r in (0.1, 0.25, 0.75, 1.0):
                 p = rule.threshold(r, noise, 2)

@@ -330,7 +330,7 @@ def test_a_rule_takes_its_radius_from_the_noise_unless_it_says_otherwise():
     assert CohenRule().radius(np.array([0.5, 0.9]), noise)[1] > 0
 
 
-# Packing: inputs at different rounds share forward batches; nothing they decide depends on it --------------------------
+# Packing: inputs at different rounds share forward batches; nothing they decide depends on it -----------------------
 @pytest.mark.parametrize("bound", ["mixture", "union-cp"])
 @pytest.mark.parametrize("mode", [{"tolerance": 0.02}, {"radii": [0.1, 0.3]}])
 def test_records_are_identical_whatever_the_pool_and_the_batch_size(bound, mode):
