@@ -170,8 +170,9 @@ def log_scalars(writer, record: dict) -> None:
 def chance_warning(record: dict, chance: float, *, sigma: float, steps: int, classes: int,
                    loss_is_cross_entropy: bool) -> str | None:
     """
-    The warning for a run whose held-out accuracy, clean or under noise, is near chance at its last epoch (None if
-    it is not): what was measured, what it means for the certificates, and what to change.
+    The warning for a run whose held-out accuracy, clean or under noise, is near chance at its last epoch, or whose
+    cross-entropy loss is still near ln(classes) (None otherwise): what was measured, what it means for the
+    certificates, and what to change.
 
     :param record: The last epoch's record.
     :param chance: The accuracy of always answering the commonest class of the held-out subset.
@@ -181,13 +182,15 @@ def chance_warning(record: dict, chance: float, *, sigma: float, steps: int, cla
         return None
     bar = chance + NEAR_CHANCE_SHARE * (1.0 - chance)
     clean, noisy = record["heldout_acc"], record["heldout_acc_noise"]
-    if noisy > bar and clean > bar:
+    # A cross-entropy near ln(classes) is chance level too, whatever the accuracy measured on a few hundred inputs.
+    loss_near = loss_is_cross_entropy and record["loss"] > 0.97 * math.log(classes)
+    if noisy > bar and clean > bar and not loss_near:
         return None
-    what = (f"held-out accuracy {clean:.1%} clean and {noisy:.1%} under the training noise (sigma {sigma:g})"
-            if clean <= bar else f"held-out accuracy under the training noise (sigma {sigma:g}) is {noisy:.1%} "
-                                 f"(clean {clean:.1%})")
+    what = (f"held-out accuracy under the training noise (sigma {sigma:g}) is {noisy:.1%} (clean {clean:.1%})"
+            if clean > bar >= noisy else
+            f"held-out accuracy {clean:.1%} clean and {noisy:.1%} under the training noise (sigma {sigma:g})")
     loss = ""
-    if loss_is_cross_entropy and record["loss"] > 0.97 * math.log(classes):
+    if loss_near:
         loss = f"; the training loss {record['loss']:.3f} is near chance level (ln {classes} = {math.log(classes):.2f})"
     return (f"Warning: after {record['epoch']} epochs ({steps} optimizer steps) the model is near chance level: "
             f"{what}, against {chance:.1%} for always answering the commonest class{loss}. Its smoothed classifier "

@@ -61,13 +61,14 @@ def method_args(method, checkpoint):
     return ["train", "--method", method, "--model", model, *extra, "--epochs", 1, *CPU]
 
 
-@pytest.mark.parametrize("accuracy, warns", [(0.1, True), (0.9, False)])
-def test_the_near_chance_check_covers_every_registered_trainer(tmp_path, monkeypatch, checkpoint, accuracy, warns):
-    # Training itself is stubbed (one epoch, loss 2.5) and the measured accuracies fixed, so that the test is about
-    # the check alone: each trainer's run reaches it, whatever the trainer declares.
+@pytest.mark.parametrize("accuracy, loss, warns", [(0.1, 2.5, True), (0.9, 0.5, False)])
+def test_the_near_chance_check_covers_every_registered_trainer(tmp_path, monkeypatch, checkpoint, accuracy, loss,
+                                                                warns):
+    # Training itself is stubbed (one epoch at a fixed loss) and the measured accuracies fixed, so that the test is
+    # about the check alone: each trainer's run reaches it, whatever the trainer declares.
     def one_epoch(self, *args, **kwargs):
         self.epoch += 1
-        return [2.5]
+        return [loss]
 
     for cls in registered("trainers").values():
         monkeypatch.setattr(cls, "fit", one_epoch)
@@ -94,6 +95,11 @@ def test_the_warning_says_which_accuracy_is_near_chance():
                           loss_is_cross_entropy=False) is not None
     assert chance_warning({"epoch": 1, "loss": 2.0}, 0.1, sigma=0.5, steps=1, classes=10,
                           loss_is_cross_entropy=True) is None  # a record from before the accuracies
+    # A cross-entropy still at ln 10 warns even above the accuracy bar; a loss that is not a cross-entropy does not.
+    near = {**record, "loss": 2.29, "heldout_acc": 0.194, "heldout_acc_noise": 0.194}
+    assert "the training loss 2.290 is near chance level (ln 10 = 2.30)" in chance_warning(
+        near, 0.103, sigma=0.25, steps=12, classes=10, loss_is_cross_entropy=True)
+    assert chance_warning(near, 0.103, sigma=0.25, steps=12, classes=10, loss_is_cross_entropy=False) is None
 
 
 def test_the_docs_table_lists_each_built_in_trainers_defaults():
