@@ -420,6 +420,8 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     from art_some.runs.loader import default_estimator, folder_note
 
     config.check()
+    if int(monitor_inputs) != monitor_inputs or monitor_inputs < 1:
+        raise ValueError(f"monitor_inputs must be an integer >= 1, got {monitor_inputs!r}")
     trainer_cls = get("trainers", config.method)
     declared = meta("trainers", config.method)  # what the trainer's registration says it is
     role = denoised_role(config.method)

@@ -114,3 +114,11 @@ def test_the_docs_table_lists_each_built_in_trainers_defaults():
         if entry.distribution.startswith("art-some"):
             defaults = method_defaults(name, "digits")
             assert rows.get(name) == [defaults["optimizer"], f"{defaults['lr']:g}"], name
+
+
+def test_monitor_inputs_must_be_a_positive_integer(tmp_path):
+    from art_some.runs.train import train
+
+    with pytest.raises(ValueError, match="monitor_inputs must be an integer >= 1, got 0"):
+        train(TrainConfig(method="gaussian", model="digits_cnn", epochs=1), tmp_path / "out", monitor_inputs=0)
+    assert not (tmp_path / "out").exists()
