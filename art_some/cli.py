@@ -272,10 +272,14 @@ def evaluate(options, attacks, eps, budgets, **values):
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Loader batch (split into m mini-batches by SOME/SmoothMix); default 64 for digits, else 256.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
-@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
+              help="Default (and of --lr, --momentum, --weight-decay): the method's, from its registration "
+                   "(docs/trainers.rst lists them; else sgd, lr 0.1, momentum 0.9, weight decay 1e-4).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--momentum", type=click.FloatRange(min=0), default=None)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
+@click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
+              help="Also log each epoch to TensorBoard in this folder (needs: pip install tensorboard).")
 @click.option("--lr-step", type=click.IntRange(min=1), default=None,
               help="Epochs between learning-rate drops by --lr-gamma. Default: a third of --epochs (as 50 of 150); "
                    "runs under 9 epochs keep the rate constant (a drop after one epoch stops them learning).")
@@ -293,29 +297,28 @@ def evaluate(options, attacks, eps, budgets, **values):
 @config_option
 @_fail_cleanly
 def train(method, model, dataset, data_root, sigma, noise, norm, sigmas, denoiser, epochs, batch_size, optimizer, lr,
-          momentum, weight_decay, lr_step, lr_gamma, num_heads, options, no_augment, seed, workers, device, output_dir,
-          restart, **source):
+          momentum, weight_decay, tensorboard, lr_step, lr_gamma, num_heads, options, no_augment, seed, workers, device,
+          output_dir, restart, **source):
     """
     Train a base classifier for smoothing with a registered trainer, checkpointing every epoch (resumable).
     Under torchrun the run is data-parallel (DistributedDataParallel; rank 0 writes the files).
     """
     from art_some.runs.estimator import resolve_device
-    from art_some.runs.train import TRAIN_BATCH_SIZES, TrainConfig, check_names, config_path
+    from art_some.runs.train import TrainConfig, check_names, config_path
     from art_some.runs.train import train as run_training
 
     check_names(method, model, source["model_module"])
     config = TrainConfig(method=method, model=model, dataset=dataset, sigma=sigma, noise=noise, norm=norm, **source,
-                         epochs=epochs,
-                         batch_size=batch_size or TRAIN_BATCH_SIZES.get(dataset, 256), optimizer=optimizer, lr=lr,
-                         momentum=momentum, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma, seed=seed,
+                         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma, seed=seed,
                          augment=not no_augment, model_kwargs={} if num_heads is None else {"num_heads": num_heads},
                          trainer_kwargs=parse_options(options), denoiser=parse_denoiser(denoiser),
                          sigmas=None if sigmas is None else parse_sigmas(sigmas))
     history = run_training(config, output_dir, device=resolve_device(device), data_root=data_root, workers=workers,
-                           restart=restart, echo=click.echo)
+                           restart=restart, echo=click.echo, tensorboard=tensorboard)
     if history is not None:
         write_resolved(click.get_current_context(), config_path(output_dir))
-        click.echo(f"final loss {history[-1]:.4f}; checkpoint: {Path(output_dir) / 'model.safetensors'}")
+        click.echo(f"final loss {history[-1]['loss']:.4f}; checkpoint: {Path(output_dir) / 'model.safetensors'}")
 
 
 @cli.command()

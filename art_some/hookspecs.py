@@ -46,8 +46,11 @@ def register_trainers(register):
       see ``register_models``); an estimator declaring ``denoiser=True`` makes the trainer a denoised method,
       which takes ``--denoiser`` and ``--sigmas``;
     - ``cross_entropy`` (bool, default False): its loss is a cross-entropy, so ln(classes) is its chance level
-      (the run warns when the final loss is still near it);
-    - ``distributed`` (bool, default True): it runs under torchrun (DistributedDataParallel); False refuses it.
+      (the near-chance warning, which every trainer gets from its held-out accuracy, then names the loss too);
+    - ``distributed`` (bool, default True): it runs under torchrun (DistributedDataParallel); False refuses it;
+    - ``train_defaults`` (dict, default {}): the ``optimizer``, ``lr``, ``momentum``, ``weight_decay`` and
+      ``batch_size`` that ``art-some train`` uses for it unless the user gives them (the others:
+      :data:`art_some.runs.train.TRAIN_DEFAULTS` and the data set's batch size).
     """
 
 

@@ -58,7 +58,7 @@ _OPTIONAL_NAME = (str, type(None))
 METADATA = {
     "estimators": {"fits": ("any", ["any", "multihead"]), "denoiser": (False, bool)},
     "trainers": {"tunes": ("classifier", ["classifier", "denoiser"]), "estimator": (None, _OPTIONAL_NAME),
-                 "cross_entropy": (False, bool), "distributed": (True, bool)},
+                 "cross_entropy": (False, bool), "distributed": (True, bool), "train_defaults": ({}, dict)},
     "denoisers": {},
     "aggregations": {},
     "attacks": {"bounded": (False, bool), "norms": (("l2",), tuple)},

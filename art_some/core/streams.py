@@ -16,6 +16,8 @@ stage                          key                                    draws
 ``GRADIENT`` (3)               gradient stream (one per attack run)   EOT noise of the smoothed gradients
 ``TRAINING`` (4)               ``2 * rank``; 1; ``1000 + epoch``      training noise; array shuffling;
                                                                       ``art-some train``'s loader shuffle
+``TRAINING`` (4)               3                                      ``art-some train``'s per-epoch accuracy
+                                                                      under noise (the same draws each epoch)
 ``SIGMA_SEARCH`` (5)           input index                            DDRS's test-time sigma ascent
 ``AUDIT`` (6)                  attack run                             numpy's global seed for ART's attacks
 ``CHOICE`` (7)                 input index, or an audit key           the cascade audit's level choice
@@ -49,6 +51,7 @@ AUDIT_BUDGETS = 64  # budgets per attack that the audit keys leave room for
 
 # TRAINING's keys.
 TRAINING_SHUFFLE_KEY = 1
+TRAINING_MONITOR_KEY = 3  # odd, below EPOCH_SHUFFLE_BASE: never a rank's noise key (2 * rank) nor a shuffle's
 EPOCH_SHUFFLE_BASE = 1000
 MAX_RANKS = 500  # training noise keys 2 * rank stay below EPOCH_SHUFFLE_BASE
 

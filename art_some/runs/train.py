@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,19 @@ from art_some.runs.checkpoints import (
     is_checkpoint,
     training_meta,
 )
+from art_some.runs.history import (
+    CSV_FILE,
+    HISTORY_FILE,
+    MONITOR_INPUTS,
+    EpochMonitor,
+    as_records,
+    chance_warning,
+    epoch_line,
+    evenly_spaced,
+    history_texts,
+    log_scalars,
+    tensorboard_class,
+)
 from art_some.runs.records import write_atomically
 
 try:
@@ -35,7 +49,6 @@ except ImportError:  # not on Windows: runs are then not locked
     fcntl = None
 
 STATE_FILE = "train_state.pt"
-HISTORY_FILE = "history.jsonl"
 CONFIG_FILE = "train.config.yaml"  # the resolved configuration of a run started from a config file
 # Below this many epochs the default schedule keeps the learning rate constant: a third of a short run is an
 # epoch or two, and dropping the rate that early left a 2-epoch digits run at chance level (loss 2.30).
@@ -43,6 +56,26 @@ MIN_DECAY_EPOCHS = 9
 # Loader batches per data set: 256 is the papers' CIFAR-10/ImageNet batch, but it cuts the 1437 training digits
 # into 6 steps an epoch, too few to learn anything in a short run.
 TRAIN_BATCH_SIZES = {"digits": 64}
+# The settings a method's registration may declare for itself (metadata ``train_defaults``, e.g. MACER's Adam) and
+# the values of a method that declares none. An option the user gives wins over both; the batch size is the data
+# set's (TRAIN_BATCH_SIZES, else 256) unless the method declares one.
+TRAIN_DEFAULTS = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
+DEFAULTED = (*TRAIN_DEFAULTS, "batch_size")
+
+
+def method_defaults(method: str, dataset: str) -> dict:
+    """
+    The optimizer, rate, momentum, weight decay and batch size that ``method`` trains with on ``dataset`` unless told
+    otherwise: its registration's ``train_defaults`` over :data:`TRAIN_DEFAULTS` and the data set's batch size.
+    """
+    from art_some.plugins import meta
+
+    declared = dict(meta("trainers", method)["train_defaults"])
+    unknown = sorted(set(declared) - set(DEFAULTED))
+    if unknown:
+        raise ValueError(f"trainer {method!r} declares train_defaults {unknown}; it may declare "
+                         f"{', '.join(DEFAULTED)}")
+    return {**TRAIN_DEFAULTS, "batch_size": TRAIN_BATCH_SIZES.get(dataset, 256), **declared}
 
 
 @dataclass
@@ -62,11 +95,12 @@ class TrainConfig:
     noise: str = "gaussian"  # a registered noise model: the training noise, recorded for certify
     norm: str | None = None  # the norm of the radii certify will give (default: the family's first)
     epochs: int = 30
-    batch_size: int = 256
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    # None: the method's default (method_defaults), filled in when the config is made
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
     lr_step: int | None = None
     lr_gamma: float = 0.1
     seed: int = 0
@@ -81,6 +115,13 @@ class TrainConfig:
         for name in ("resize", "mean", "std"):
             if isinstance(getattr(self, name), tuple):
                 setattr(self, name, list(getattr(self, name)))
+        # The settings that came from the method's defaults, for the run to say so (not a field: not compared).
+        self.from_defaults = {key: None for key in DEFAULTED if getattr(self, key) is None}
+        if self.from_defaults:
+            defaults = method_defaults(self.method, self.dataset)
+            for key in self.from_defaults:
+                self.from_defaults[key] = defaults[key]
+                setattr(self, key, defaults[key])
 
     def check(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -139,19 +180,14 @@ def _exported_epoch(path: Path):
         return None
 
 
-def _history_lines(history: list[float]) -> str:
-    return "".join(json.dumps({"epoch": e + 1, "loss": value}) + "\n" for e, value in enumerate(history))
-
-
-def _exports_stale(model_path: Path, history_path: Path, epoch: int, history: list[float],
-                   denoiser_dir: Path | None = None) -> bool:
+def _exports_stale(model_path: Path, epoch: int, history: list[dict], denoiser_dir: Path | None = None) -> bool:
     """Whether the exports lag the resume state (a crash between their writes, which come after the state's)."""
     if _exported_epoch(model_path) != epoch:
         return True
     if denoiser_dir is not None and not (denoiser_dir / "unet").is_dir():
         return True
     try:
-        return history_path.read_text() != _history_lines(history)
+        return any((model_path.parent / name).read_text() != text for name, text in history_texts(history).items())
     except OSError:
         return True
 
@@ -382,20 +418,20 @@ def _make_optimizer(config: TrainConfig, params):
 
 
 def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu", data_root=None, workers: int = 0,
-          restart: bool = False, echo=print) -> list[float]:
+          restart: bool = False, echo=print, tensorboard=None, monitor_inputs: int = MONITOR_INPUTS) -> list[dict]:
     """
     Train (or resume training) and checkpoint after every epoch into ``output_dir``: ``model.safetensors`` (the
     weights, with metadata that ``art-some certify`` reads), ``train_state.pt`` (optimizer, scheduler and
-    trainer state, the config) and ``history.jsonl`` (one line per epoch); the denoised methods also write
-    ``denoiser/`` when the denoiser is tuned or random. Each epoch writes the state first, each file atomically;
-    a resumed run first rewrites exports that lag the state (a crash between the writes). Everything is checked
-    (data set, model, trainer and its options) before the first file is created.
+    trainer state, the config), ``history.jsonl`` and ``history.csv`` (one record per epoch: loss, rate, seconds,
+    accuracies; :mod:`art_some.runs.history`); the denoised methods also write ``denoiser/`` when the denoiser is
+    tuned or random. Each epoch writes the state first, each file atomically; a resumed run first rewrites exports
+    that lag the state (a crash between the writes). Everything is checked (data set, model, trainer and its
+    options, TensorBoard) before the first file is created.
 
-    :return: The mean training loss (rank 0's, under DDP) of every epoch of the run so far; None on the other
-             ranks.
+    :param tensorboard: A folder for TensorBoard event files (each epoch's record as scalars), or None.
+    :param monitor_inputs: Inputs of each split (training, test) whose accuracy is measured after every epoch.
+    :return: The record of every epoch of the run so far (rank 0's; None on the other ranks).
     """
-    import math
-
     import torch
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
@@ -409,6 +445,8 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     from art_some.runs.sources import data_settings
 
     config.check()
+    if int(monitor_inputs) != monitor_inputs or monitor_inputs < 1:
+        raise ValueError(f"monitor_inputs must be an integer >= 1, got {monitor_inputs!r}")
     trainer_cls = get("trainers", config.method)
     declared = meta("trainers", config.method)  # what the trainer's registration says it is
     role = denoised_role(config.method)
@@ -419,10 +457,14 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     if world > 1 and device == "cuda":
         device = f"cuda:{local}"  # distributed.init made it the current device too: ART builds there
     out = Path(output_dir)
-    state_path, model_path, history_path = out / STATE_FILE, out / MODEL_FILE, out / HISTORY_FILE
+    state_path, model_path = out / STATE_FILE, out / MODEL_FILE
     denoiser_dir = out / DENOISER_DIR
-    data, info = load_dataset(config.dataset, root=data_root, split="train", augment=config.augment,
-                              **data_settings(asdict(config)))
+    settings = data_settings(asdict(config))
+    data, info = load_dataset(config.dataset, root=data_root, split="train", augment=config.augment, **settings)
+    splits = {"train": evenly_spaced(load_dataset(config.dataset, root=data_root, split="train", **settings)[0],
+                                     monitor_inputs, device),
+              "heldout": evenly_spaced(load_dataset(config.dataset, root=data_root, split="test", **settings)[0],
+                                       monitor_inputs, device)}
     estimator_options = {**_denoised_options(config, info, role), **noise_options(config)}
 
     torch.manual_seed(config.seed)
@@ -460,19 +502,27 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     except TypeError as err:
         raise ValueError(f"trainer {config.method!r} rejected its options {sorted(kwargs)}: {err}") from None
     owns_schedule = getattr(trainer, "owns_lr_schedule", False)
+    monitor = EpochMonitor(clf, splits, config.sigma, config.seed)
 
     _check_outputs(config, out, model_path, state, restart)
+    board = tensorboard_class(tensorboard) if rank == 0 else None  # refused here if TensorBoard is missing
     if rank == 0 and config.model is not None and folder_note(config.model):
         echo(f"Note: {folder_note(config.model)}")
+    if rank == 0 and getattr(config, "from_defaults", None):
+        given = " ".join(f"--{key.replace('_', '-')} {value:g}" if isinstance(value, float) else
+                         f"--{key.replace('_', '-')} {value}" for key, value in config.from_defaults.items())
+        echo(f"Defaults of --method {config.method} ({config.dataset}): {given} (docs/trainers.rst lists each "
+             "method's; an option you give wins)")
     # Everything is checked: only now are files created (or, with --restart, the old run removed), under the
     # folder's lock: a second run on the same --output-dir would silently replace this one's files.
     with _output_lock(out, rank):
         if rank == 0:
             if restart:
-                for path in (state_path, model_path, history_path):
+                for path in (state_path, model_path, out / HISTORY_FILE, out / CSV_FILE):
                     path.unlink(missing_ok=True)
                 shutil.rmtree(denoiser_dir, ignore_errors=True)
             out.mkdir(parents=True, exist_ok=True)
+        writer = None if board is None else board(log_dir=str(tensorboard))
         distributed.barrier(world)  # no rank looks for the folder before rank 0 has made it
         history = []
         if state is not None:
@@ -484,7 +534,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
             if "total_epochs" in kwargs:
                 trainer.total_epochs = kwargs["total_epochs"]
             torch.set_rng_state(mine["torch_rng"])  # data augmentation draws from the global generator
-            history = list(state["history"])
+            history = as_records(state["history"])
             if rank == 0:
                 echo(f"Resuming {out} after epoch {trainer.epoch}")
         elif rank == 0 and config.lr_step is None and step > config.epochs and not owns_schedule:
@@ -492,7 +542,7 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
                  "keep it constant; --lr-step sets the epochs between drops)")
 
         def export() -> None:
-            """The denoiser folder, model.safetensors (what certify reads) and history.jsonl, in that order."""
+            """The denoiser folder, model.safetensors (what certify reads) and the history files, in that order."""
             options = dict(estimator_options)
             if saves_denoiser:
                 options["denoiser"] = save_denoiser(clf.denoiser, options["denoiser"], denoiser_dir)
@@ -505,14 +555,14 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
                 save["model_module"] = config.model_module
             built = model_kwargs if config.model_module else {**model_kwargs, "num_classes": info["num_classes"]}
             write_atomically(model_path, lambda p: save_checkpoint(p, unwrap(net), model_name, built, **save))
-            write_atomically(history_path, _history_lines(history))
+            for name, text in history_texts(history).items():
+                write_atomically(out / name, text)
 
         # The state is written first each epoch, so a crash before the exports leaves them an epoch behind: rewrite
         # them from the state before anything else (else a finished run would report a stale model as final).
-        if state is not None and rank == 0 and _exports_stale(model_path, history_path, trainer.epoch, history,
+        if state is not None and rank == 0 and _exports_stale(model_path, trainer.epoch, history,
                                                               denoiser_dir if saves_denoiser else None):
-            echo(f"Re-exporting {model_path.name} and {history_path.name} from the resume state "
-                 f"(epoch {trainer.epoch})")
+            echo(f"Re-exporting {model_path.name} and {HISTORY_FILE} from the resume state (epoch {trainer.epoch})")
             export()
         sampler = DistributedSampler(data, seed=config.seed) if world > 1 else None
         while trainer.epoch < config.epochs:
@@ -520,15 +570,21 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
             loader = DataLoader(data, batch_size=config.batch_size // world, shuffle=sampler is None, sampler=sampler,
                                 generator=shuffle, num_workers=workers, drop_last=False)
             lr = optimizer.param_groups[0]["lr"]  # the rate of this epoch: the epoch scheduler steps at its end
+            started = time.perf_counter()
             # A trainer with its own per-iteration schedule (CRT's milestones) must not also get the epoch scheduler.
             loss = trainer.fit(loader, nb_epochs=1, scheduler=None if owns_schedule else scheduler, verbose=False)[0]
+            seconds = time.perf_counter() - started
             if owns_schedule:  # it sets the rate before each step: report the rate of the epoch's last step
                 lr = optimizer.param_groups[0]["lr"]
+            # Every rank measures (the same inputs and draws): a DDP forward pass may broadcast buffers to all ranks.
+            accuracy = monitor.measure()
             snapshot = {"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state(), "loss": loss}
             ranks = distributed.gather(snapshot, world)
-            history.append(sum(r["loss"] for r in ranks) / world)
+            history.append({"epoch": trainer.epoch, "loss": sum(r["loss"] for r in ranks) / world, "lr": lr,
+                            "seconds": round(seconds, 3), **accuracy})
             if rank == 0:
-                echo(f"epoch {trainer.epoch}/{config.epochs}  loss {history[-1]:.4f}  lr {lr:.4g}")
+                echo(epoch_line(history[-1], config.epochs))
+                log_scalars(writer, history[-1])
                 # The resume state holds its own copy of the weights, so it is consistent whatever the moment of a
                 # crash; model.safetensors is the export that certify reads.
                 blob = {"config": json.dumps(asdict(config)), "world": world, "device": torch.device(device).type,
@@ -540,10 +596,13 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
                 export()
         distributed.barrier(world)
         distributed.close(world)
-    chance = math.log(info["num_classes"])
-    if rank == 0 and history and declared["cross_entropy"] and history[-1] > 0.97 * chance:
-        steps = config.epochs * math.ceil(len(data) / config.batch_size)
-        echo(f"Warning: the training loss {history[-1]:.3f} is still near chance level (ln {info['num_classes']} = "
-             f"{chance:.2f}) after {steps} optimizer steps: train longer (--epochs), with a smaller --batch-size or "
-             "another --lr / --optimizer")
-    return history if rank == 0 else None
+    if writer is not None:
+        writer.close()
+    if rank != 0:
+        return None
+    warning = history and chance_warning(history[-1], splits["heldout"].chance, sigma=config.sigma,
+                                         steps=getattr(trainer, "iteration", "?"), classes=info["num_classes"],
+                                         loss_is_cross_entropy=declared["cross_entropy"])
+    if warning:
+        echo(warning)
+    return history

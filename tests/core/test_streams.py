@@ -34,7 +34,7 @@ def test_audit_keys_are_disjoint_from_input_indices_and_from_each_other():
 def test_training_keys_are_disjoint():
     noise = [streams.training_noise_key(r) for r in range(streams.MAX_RANKS)]
     shuffles = [streams.epoch_shuffle_key(e) for e in range(10_000)]
-    keys = noise + [streams.TRAINING_SHUFFLE_KEY] + shuffles
+    keys = noise + [streams.TRAINING_SHUFFLE_KEY, streams.TRAINING_MONITOR_KEY] + shuffles
     assert len(set(keys)) == len(keys)
     with pytest.raises(ValueError, match="ranks"):
         streams.training_noise_key(streams.MAX_RANKS)
