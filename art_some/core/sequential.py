@@ -238,6 +238,7 @@ def sequential_certify(
     radii = None if radii is None else check_radii(radii)
     bound = check_bound(bound, rule)
     check_sequence_options(spending, final_share, futility)
+    pool = None if pool is None else positive_int("pool", pool)
     schedule = draw_schedule(n, start, growth, bound)
     began = time.perf_counter()
     x_len = len(x)
