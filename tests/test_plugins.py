@@ -426,7 +426,7 @@ def test_a_third_party_trainer_and_model_are_treated_as_declared(tmp_path, monke
     write_plugin(tmp_path, monkeypatch, "mine-dist", "mine", THIRD_PARTY_TRAINERS)
     tuner = plugins.meta("trainers", "my_denoiser_tuner")
     assert tuner == {"description": "tunes a denoiser", "tunes": "denoiser", "estimator": "denoised_multiscale",
-                     "cross_entropy": False, "distributed": False}
+                     "cross_entropy": False, "distributed": False, "train_defaults": {}}
     assert plugins.meta("estimators", tuner["estimator"])["denoiser"]  # so the run takes --denoiser and --sigmas
     plain = plugins.meta("trainers", "my_plain")
     assert plain["tunes"] == "classifier" and plain["estimator"] is None and plain["cross_entropy"]
