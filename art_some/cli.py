@@ -145,7 +145,8 @@ def cli(threads):
 @click.option("--tolerance", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Radius mode's stopping tolerance, a fraction of the radius reachable at --n [default: 0.02].")
 @click.option("--bound", type=click.Choice(["mixture", "betting", "union-cp"]), default=None,
-              help="Sequential CERTIFY's confidence sequence [default: mixture; union-cp where the rule has only it].")
+              help="Sequential CERTIFY's confidence sequence [default: mixture with --radii, union-cp with "
+                   "--sequential].")
 @click.option("--shard", default=None, metavar="I/K",
               help="Certify only shard I of K (every K-th input from the I-th), e.g. one per SLURM array task; "
                    "`art-some merge` combines the shards' files. Under torchrun each rank takes its own shard and "

@@ -7,13 +7,13 @@ reach ``N_1 < N_2 < ... < N_R = n`` (geometric from ``start``, :func:`draw_sched
 for c_A so far give a lower bound on pA from a confidence sequence (:mod:`art_some.core.confseq`), chosen by
 ``bound``:
 
-- ``"mixture"`` (the default) or ``"betting"``: an anytime-valid bound (a one-sided beta-binomial mixture test, or
-  a betting test, per threshold) at ``alpha * (1 - final_share)``, plus, for an input that runs to n, one
-  Clopper-Pearson bound at n at ``alpha * final_share``: clear-cut inputs stop on the first, inputs near a threshold
-  lose little against fixed n on the second;
+- ``"mixture"`` (the default in fixed-radius mode) or ``"betting"``: an anytime-valid bound (a one-sided
+  beta-binomial mixture test, or a betting test, per threshold) at ``alpha * (1 - final_share)``, plus, for an input
+  that runs to n, one Clopper-Pearson bound at n at ``alpha * final_share``: clear-cut inputs stop on the first,
+  inputs near a threshold lose little against fixed n on the second;
 - ``"union-cp"``: the rule's own fixed-n bound (Clopper-Pearson for Cohen's rule, Bernstein for the vote-average
   rule) at each round, with alpha spent over the rounds by ``spending`` (staged Clopper-Pearson, Horvath et al.,
-  ICLR 2022). Every rule has this one.
+  ICLR 2022). Every rule has this one; it is the default in radius mode.
 
 The certificate uses the largest bound seen so far. An input stops when
 
@@ -60,7 +60,7 @@ DEFAULT_GROWTH = None  # the bound's own (GROWTH)
 # Union-CP pays alpha for every look, so it looks rarely; the anytime bounds look often at no cost.
 GROWTH = {"union-cp": 1.5, "mixture": 1.1, "betting": 1.1}
 DEFAULT_TOLERANCE = 0.02
-DEFAULT_BOUND = None  # the rule's first sequence bound: "mixture" for Bernoulli votes, else "union-cp"
+DEFAULT_BOUND = None  # fixed-radius mode: the rule's first ("mixture" for Bernoulli votes); radius mode: "union-cp"
 DEFAULT_SPENDING = "end"
 DEFAULT_FINAL_SHARE = 0.8  # of alpha, kept for one Clopper-Pearson bound at n (mixture and betting)
 DEFAULT_FUTILITY = 0.01  # the power an early abstention or "out of reach" may cost
@@ -169,13 +169,15 @@ def thresholds_for(rule, noise, radii: np.ndarray | None, num_inputs: int) -> np
     return np.maximum.accumulate(out, axis=1)
 
 
-def check_bound(bound: str | None, rule) -> str:
+def check_bound(bound: str | None, rule, radius_mode: bool = False) -> str:
     """
-    The sequential bound: one of :data:`~art_some.core.confseq.BOUNDS` that ``rule`` supports; None takes the
-    rule's first (``"mixture"`` for one Bernoulli vote per draw).
+    The sequential bound: one of :data:`~art_some.core.confseq.BOUNDS` that ``rule`` supports. None takes the
+    default the digits benchmark chose (``docs/sequential.rst``): in fixed-radius mode the rule's first
+    (``"mixture"`` for one Bernoulli vote per draw), which decides radii in the fewest draws; in radius mode
+    ``"union-cp"``, whose last round holds half of alpha and so keeps the most radius.
     """
     if bound is None:
-        return rule.sequence_bounds[0]
+        return "union-cp" if radius_mode and "union-cp" in rule.sequence_bounds else rule.sequence_bounds[0]
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
     if bound not in rule.sequence_bounds:
@@ -216,8 +218,8 @@ def sequential_certify(
                       reachable at n (in [0, 1); 0 stops only to abstain or at n).
     :param start: Estimation draws of the first round.
     :param growth: Factor by which the cumulative draws grow per round (> 1; None: the bound's, :data:`GROWTH`).
-    :param bound: ``"mixture"``, ``"betting"`` or ``"union-cp"`` (see the module docstring); None: the rule's
-                  first (``"mixture"``, or ``"union-cp"`` for the vote-average rule).
+    :param bound: ``"mixture"``, ``"betting"`` or ``"union-cp"`` (see the module docstring); None: the default of
+                  the mode (:func:`check_bound`).
     :param spending: ``"end"`` or ``"uniform"``: how union-CP spends alpha over the rounds.
     :param final_share: Mixture and betting: the share of alpha kept for the Clopper-Pearson bound at n, in [0, 1).
     :param futility: The level in (0, 1) of the upper bound behind the abstain and out-of-reach stops.
@@ -236,7 +238,7 @@ def sequential_certify(
     check_inputs(x, "n", n, indices)
     tolerance = check_tolerance(tolerance)
     radii = None if radii is None else check_radii(radii)
-    bound = check_bound(bound, rule)
+    bound = check_bound(bound, rule, radius_mode=radii is None)
     check_sequence_options(spending, final_share, futility)
     pool = None if pool is None else positive_int("pool", pool)
     schedule = draw_schedule(n, start, growth, bound)

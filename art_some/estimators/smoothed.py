@@ -577,8 +577,8 @@ class SmoothedClassifier(SmoothedGradientsMixin, PyTorchRandomizedSmoothing):
         :param tolerance: Radius mode's stopping tolerance, a fraction in [0, 1).
         :param start: Estimation draws of the first round.
         :param growth: Growth factor of the cumulative draws per round (None: the bound's own).
-        :param bound: ``"mixture"``, ``"betting"`` or ``"union-cp"`` (None: the rule's first, ``"mixture"`` for
-                      one vote per draw)
+        :param bound: ``"mixture"``, ``"betting"`` or ``"union-cp"`` (None: ``"mixture"`` in fixed-radius mode,
+                      ``"union-cp"`` in radius mode)
                       (:func:`~art_some.core.sequential.sequential_certify`).
         :param options: ``spending``, ``final_share``, ``futility`` (the same function's).
         :return: a :class:`~art_some.core.certify.CertifyResult` with ``draws`` and ``stopped_by`` per input (and

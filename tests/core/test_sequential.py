@@ -226,7 +226,7 @@ def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_
     assert "forward passes per input" in result.output and "0.1  0.25" in result.output
     records = read_jsonl(tmp_path / "at.jsonl")
     assert all(set(r["certified_at"]) == {"0.1", "0.25"} and 40 <= r["draws"] <= 2000 for r in records)
-    assert {r["sequence_bound"] for r in records} == {"mixture"}
+    assert {r["sequence_bound"] for r in records} == {"mixture"}  # the fixed-radius mode's default
     assert all(r["certified_at"]["0.1"] == (r["predict"] >= 0 and r["radius"] >= 0.1) for r in records)
     assert {r["stopped_by"] for r in records} <= {"abstain", "radii", "max_n"}
     header = read_header(tmp_path / "at.jsonl")
@@ -238,6 +238,7 @@ def test_the_command_line_certifies_at_radii_and_sequentially_and_says_how_many_
     assert result.exit_code == 0, result.output
     assert read_header(tmp_path / "seq.jsonl")["sequential"]["tolerance"] == 0.05
     assert all("certified_at" not in r and r["draws"] <= 2000 for r in read_jsonl(tmp_path / "seq.jsonl"))
+    assert {r["sequence_bound"] for r in read_jsonl(tmp_path / "seq.jsonl")} == {"union-cp"}  # radius mode's
     result = _cli("certify", *common, "--tolerance", 0.05, "--output", tmp_path / "bad.jsonl")
     assert result.exit_code == 2 and "--tolerance is the radius mode's stopping rule" in result.output
     result = _cli("certify", *common, "--radii", "0.1", "--bound", "union-cp", "--output", tmp_path / "cp.jsonl")
@@ -269,7 +270,7 @@ def test_the_anytime_bounds_keep_their_share_of_alpha_for_one_clopper_pearson_bo
     lower = []
     monkeypatch.setattr(rules, "clopper_pearson_lower", lambda k, n, a, real=rules.clopper_pearson_lower:
                         lower.append((a, int(np.max(n)))) or real(k, n, a))
-    run(0.05, 50, n=3000, start=20, tolerance=0.0, final_share=0.8)  # pA = 0.54: runs to n
+    run(0.05, 50, n=3000, start=20, tolerance=0.0, bound="mixture", final_share=0.8)  # pA = 0.54: runs to n
     assert {a for a, _ in lower} == {0.8 * ALPHA} and {n for _, n in lower} == {3000}
 
 
@@ -286,7 +287,7 @@ def test_the_selection_and_every_round_draw_from_streams_of_their_own(monkeypatc
     x[:, 0] = 0.2
     Smooth(half_space, GaussianNoise(SIGMA), num_classes=2).certify_sequential(
         x, n0=20, n=2000, alpha=ALPHA, start=20, tolerance=0.0, indices=[4, 9, 1, 7, 3])
-    assert len(calls) == len(draw_schedule(2000, 20, bound="mixture")) + 1  # the selection, then one per round
+    assert len(calls) == len(draw_schedule(2000, 20, bound="union-cp")) + 1  # the selection, then one per round
     seen = set()
     for streams in calls:
         assert not streams & seen  # no (stage, key) is drawn from twice
