@@ -19,13 +19,14 @@ from art_some.core.rules import CohenRule, Tally
 from art_some.core.sequential import (
     DEFAULT_GROWTH,
     DEFAULT_START,
+    CertifyStops,
     SequenceBounds,
     check_radii,
     draw_schedule,
     run_rounds,
     thresholds_for,
 )
-from art_some.core.stats import clopper_pearson_lower
+from art_some.core.stats import certifies, clopper_pearson_lower
 
 VARIANTS = {  # name: (bound, spending)
     "union-CP, uniform": ("union-cp", "uniform"),
@@ -48,9 +49,12 @@ def simulate(p_a: float, *, sigma: float, radius: float, n: int, alpha: float, t
         hits = rng.binomial(nums, p_a)
         return Tally(np.stack([nums - hits, hits], axis=1), nums)
 
-    _, _, best, draws, _ = run_rounds(draw, bounds, np.ones(trials, dtype=np.int64), 2, lambda active: noise,
-                                      radii, 0.0)
-    return draws.mean(), float(np.mean(rule.radius(best, noise) >= radius))
+    def radius_of(p, active):
+        return np.where(certifies(p), rule.radius(p, noise), -1.0)
+
+    stops = CertifyStops(bounds, np.ones(trials, dtype=np.int64), radius_of, radii, 0.0)
+    _, _, draws, _ = run_rounds(draw, schedule, trials, 2, stops)
+    return draws.mean(), float(np.mean(rule.radius(stops.best, noise) >= radius))
 
 
 def fixed_n(p_a, *, sigma, radius, n, alpha, trials, seed=0):

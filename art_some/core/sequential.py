@@ -258,9 +258,13 @@ def sequential_certify(
                                             indices=sequential_round_key(rounds, indices[active]),
                                             desc=f"CERTIFY rounds {rounds.min() + 1}-{rounds.max() + 1}")
 
-    counts, squares, best, draws, stopped = run_rounds(draw, bounds, c_hat, smooth.num_classes,
-                                                       lambda active: smooth.subset(active).noise, radii, tolerance,
-                                                       pool)
+    def radius_of(p: np.ndarray, active: np.ndarray) -> np.ndarray:
+        return np.where(certifies(p), rule.radius(p, smooth.subset(active).noise), -1.0)
+
+    stops = CertifyStops(bounds, c_hat, radius_of, radii, tolerance)
+    counts, squares, draws, stopped = run_rounds(draw, schedule, x_len, smooth.num_classes, stops,
+                                                 squares=rule.needs_squares, pool=pool)
+    best = stops.best
     predict, radius = rule.decide(c_hat, best, smooth.noise)
     seconds = np.full(x_len, (time.perf_counter() - began) / max(1, x_len))
     result = CertifyResult(predict, radius, best, selection.counts, counts, int(n0), int(n), alpha,
@@ -273,11 +277,50 @@ def sequential_certify(
     return result
 
 
-def run_rounds(draw, bounds: SequenceBounds, c_hat: np.ndarray, num_classes: int, noise_of, radii, tolerance: float,
-               pool: int | None = None):
+class CertifyStops:
     """
-    The rounds of sequential CERTIFY over the estimation draws, apart from where the draws come from (the engine's
-    keyed streams; binomial counts in the simulations of ``benchmarks/``).
+    Sequential CERTIFY's decision after each look at an input (the module docstring's stopping rules): keeps the
+    best lower bound so far per input and says which inputs stop, and why.
+
+    :param bounds: The run's :class:`SequenceBounds`.
+    :param c_hat: The selected class per input.
+    :param radius_of: ``radius_of(p, active) -> radius``: the radius a lower bound ``p`` on pA certifies for the
+                      inputs ``active``, negative where it certifies nothing.
+    :param radii: Fixed-radius mode's checked radii, or None.
+    :param tolerance: Radius mode's checked tolerance.
+    """
+
+    def __init__(self, bounds: SequenceBounds, c_hat: np.ndarray, radius_of, radii, tolerance: float):
+        self.bounds, self.c_hat, self.radius_of = bounds, c_hat, radius_of
+        self.radii, self.tolerance = radii, tolerance
+        self.best = np.zeros(len(c_hat))  # the largest lower bound so far: every one of the sequence holds at once
+
+    def __call__(self, rounds: np.ndarray, active: np.ndarray, tally: Tally) -> np.ndarray:
+        """The stop reason of each input of ``active`` after this look at its cumulative ``tally`` ('': go on)."""
+        bounds, classes = self.bounds, self.c_hat[active]
+        best = self.best[active] = np.maximum(self.best[active], bounds.look(rounds, active, tally, classes))
+        done = np.asarray(tally.draws) >= bounds.n
+        p_reach = np.where(done, best, np.maximum(best, bounds.reach(active, tally, classes)))
+        reach = self.radius_of(p_reach, active)
+        now = self.radius_of(best, active)
+        reason = np.where(done, "max_n", "").astype(object)
+        hopeless = reach < 0  # even the best case at n certifies nothing
+        if self.radii is None:
+            settled = (now >= 0) & (now >= (1 - self.tolerance) * reach)
+            reason = np.where(~done & settled, "tolerance", reason)
+        else:
+            decided = (now[:, None] >= self.radii[None, :]) | (reach[:, None] < self.radii[None, :])
+            settled = decided.all(axis=1)
+            reason = np.where(~done & settled & ~hopeless, "radii", reason)
+        return np.where(~done & hopeless, "abstain", reason)
+
+
+def run_rounds(draw, schedule: Sequence[int], num_inputs: int, num_classes: int, stops, *,
+               squares: bool = False, pool: int | None = None):
+    """
+    The rounds of sequential CERTIFY over the estimation draws: the one loop of every sequential procedure, apart
+    from where the draws come from (the engine's keyed streams; binomial counts in the simulations of
+    ``benchmarks/``) and what each look decides (``stops``).
 
     Inputs are packed: a pool of at most ``pool`` inputs is in flight, each at its own round, and every step draws
     the next round of every input in the pool in one call; an input that stops frees its place for the next one
@@ -285,56 +328,41 @@ def run_rounds(draw, bounds: SequenceBounds, c_hat: np.ndarray, num_classes: int
 
     :param draw: ``draw(rounds, active, nums) -> Tally``: ``nums[i]`` more draws of round ``rounds[i]`` for each
                  input of ``active``.
-    :param bounds: The run's :class:`SequenceBounds`.
-    :param c_hat: The selected class per input.
+    :param schedule: The cumulative draws after each round (the last is n).
+    :param num_inputs: N.
     :param num_classes: C.
-    :param noise_of: ``noise_of(active)``: the noise model of those inputs (their radii's geometry).
-    :param radii: Fixed-radius mode's checked radii, or None.
-    :param tolerance: Radius mode's checked tolerance.
+    :param stops: ``stops(rounds, active, tally) -> reasons``: after each look at the cumulative ``tally`` of the
+                  inputs ``active`` (each after its round ``rounds[i]``), why each stops ('' to go on); every input
+                  must stop at its last round (e.g. :class:`CertifyStops`).
+    :param squares: Accumulate the sums of squared tallies too (rules with ``needs_squares``).
     :param pool: The most inputs in flight at once (None: all of them, round by round).
-    :return: ``(counts, squares, best, draws, stopped_by)`` per input.
+    :return: ``(counts, squares, draws, stopped_by)`` per input.
     """
-    rule, n = bounds.rule, bounds.n
-    increments = np.diff([0, *bounds.schedule])
-    x_len = len(c_hat)
-    counts = np.zeros((x_len, num_classes), dtype=np.int64)
-    squares = np.zeros_like(counts) if rule.needs_squares else None
-    best = np.zeros(x_len)  # the largest lower bound so far: every one of the sequence holds at once
-    draws = np.zeros(x_len, dtype=np.int64)
-    rounds = np.zeros(x_len, dtype=np.int64)  # each input's next round
-    stopped = np.full(x_len, "", dtype=object)
-    waiting, active = np.arange(x_len), np.zeros(0, dtype=np.int64)
-    capacity = x_len if pool is None else positive_int("pool", pool)
+    increments = np.diff([0, *schedule])
+    counts = np.zeros((num_inputs, num_classes), dtype=np.int64)
+    squared = np.zeros_like(counts) if squares else None
+    draws = np.zeros(num_inputs, dtype=np.int64)
+    rounds = np.zeros(num_inputs, dtype=np.int64)  # each input's next round
+    stopped = np.full(num_inputs, "", dtype=object)
+    waiting, active = np.arange(num_inputs), np.zeros(0, dtype=np.int64)
+    capacity = num_inputs if pool is None else positive_int("pool", pool)
     while len(active) or len(waiting):
         active, waiting = np.concatenate([active, waiting[: capacity - len(active)]]), waiting[capacity - len(active):]
         nums = increments[rounds[active]]
         drawn = draw(rounds[active], active, nums)
         counts[active] += drawn.counts
-        if squares is not None:
-            squares[active] += drawn.squares
+        if squared is not None:
+            squared[active] += drawn.squares
         draws[active] += nums
-        tally = Tally(counts[active], draws[active], None if squares is None else squares[active])
-        best[active] = np.maximum(best[active], bounds.look(rounds[active], active, tally, c_hat[active]))
-        done = draws[active] >= n
-        p_reach = np.where(done, best[active], np.maximum(best[active], bounds.reach(active, tally, c_hat[active])))
-        noise = noise_of(active)
-        reach = np.where(certifies(p_reach), rule.radius(p_reach, noise), -1.0)
-        now = np.where(certifies(best[active]), rule.radius(best[active], noise), -np.inf)
-        reason = np.where(done, "max_n", "").astype(object)
-        hopeless = reach < 0  # even the best case at n stays below 1/2
-        if radii is None:
-            settled = certifies(best[active]) & (np.maximum(now, 0) >= (1 - tolerance) * reach)
-            reason = np.where(~done & settled, "tolerance", reason)
-        else:
-            decided = (now[:, None] >= radii[None, :]) | (reach[:, None] < radii[None, :])
-            settled = decided.all(axis=1)
-            reason = np.where(~done & settled & ~hopeless, "radii", reason)
-        reason = np.where(~done & hopeless, "abstain", reason)
-        finished = done | settled | hopeless
+        tally = Tally(counts[active], draws[active], None if squared is None else squared[active])
+        reason = np.asarray(stops(rounds[active], active, tally), dtype=object)
+        if (reason[rounds[active] == len(schedule) - 1] == "").any():
+            raise RuntimeError("an input went on after its last round: the stopping rules must stop it at n")
+        finished = reason != ""
         stopped[active[finished]] = reason[finished]
         rounds[active] += 1
         active = active[~finished]
-    return counts, squares, best, draws, stopped
+    return counts, squared, draws, stopped
 
 
 def check_sequence_options(spending: str, final_share: float, futility: float) -> None:
@@ -364,5 +392,6 @@ def check_tolerance(tolerance) -> float:
     return float(tolerance)
 
 
-__all__ = ["DEFAULT_BOUND", "STOP_REASONS", "SequenceBounds", "check_bound", "check_radii", "check_sequence_options",
-           "check_tolerance", "draw_schedule", "round_alphas", "sequential_certify", "thresholds_for"]
+__all__ = ["DEFAULT_BOUND", "STOP_REASONS", "CertifyStops", "SequenceBounds", "check_bound", "check_radii",
+           "check_sequence_options", "check_tolerance", "draw_schedule", "round_alphas", "run_rounds",
+           "sequential_certify", "thresholds_for"]

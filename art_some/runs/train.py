@@ -8,6 +8,7 @@ launched with ``torchrun`` (one process per device; rank 0 writes the files). Th
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import json
 import os
@@ -432,6 +433,17 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
     :param monitor_inputs: Inputs of each split (training, test) whose accuracy is measured after every epoch.
     :return: The record of every epoch of the run so far (rank 0's; None on the other ranks).
     """
+    try:
+        return _train(config, output_dir, device, data_root, workers, restart, echo, tensorboard, monitor_inputs)
+    finally:
+        # DistributedDataParallel keeps the process group alive until its last reference goes: free the run's
+        # objects first, so that gloo's threads end here and not in the interpreter's shutdown (an abort there).
+        gc.collect()
+        distributed.close(distributed.world_size())
+
+
+def _train(config, output_dir, device, data_root, workers, restart, echo, tensorboard, monitor_inputs):
+    """The body of :func:`train`."""
     import torch
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
@@ -595,7 +607,6 @@ def train(config: TrainConfig, output_dir: str | os.PathLike, device: str = "cpu
                 write_atomically(state_path, lambda p: torch.save(blob, p))
                 export()
         distributed.barrier(world)
-        distributed.close(world)
     if writer is not None:
         writer.close()
     if rank != 0:
