@@ -43,7 +43,7 @@ def simulate(p_a: float, *, sigma: float, radius: float, n: int, alpha: float, t
     rule, noise, radii = CohenRule(), GaussianNoise(sigma), check_radii([radius])
     schedule = draw_schedule(n, start, growth, bound)
     bounds = SequenceBounds(rule, bound, alpha, schedule, thresholds_for(rule, noise, radii, trials),
-                            spending=spending)
+                            num_inputs=trials, spending=spending)
 
     def draw(rounds, active, nums):
         hits = rng.binomial(nums, p_a)

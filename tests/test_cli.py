@@ -70,6 +70,14 @@ def test_certify_with_a_local_diffusers_denoiser_and_a_cascade(tmp_path):
     record = read_jsonl(out)[0]
     assert record["method"] == "denoised_multiscale" and record["sigmas"] == [0.5, 0.25]
     assert record["levels_visited"] in (1, 2) and record["denoiser"] == "DiffusionDenoiser"
+    seq = tmp_path / "s.jsonl"  # the cascade certified sequentially, level by level
+    result = run("certify", "--model", "digits_cnn", "--sigma", "0.25", "--n0", "10", "--n", "200", "--max-inputs",
+                 "2", "--output", str(seq), "--device", "cpu", "--estimator", "denoised_multiscale",
+                 "--option", f"denoiser={denoiser}", "--option", "sigmas=[0.25, 0.5]", "--radii", "0.1,0.2")
+    assert result.exit_code == 0, result.output
+    record = read_jsonl(seq)[0]
+    assert record["levels_visited"] in (1, 2) and record["sequence_bound"] == "mixture"
+    assert 40 <= record["draws"] <= 400 and set(record["certified_at"]) == {"0.1", "0.2"}
     result = run("certify", "--model", "digits_cnn", "--sigma", "0.25", "--n", "10", "--estimator",
                  "denoised_multiscale", "--output", str(tmp_path / "o.jsonl"))
     assert result.exit_code == 2 and "needs --option denoiser=" in result.output, result.output

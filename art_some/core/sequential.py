@@ -104,16 +104,17 @@ class SequenceBounds:
     :param bound: One of :data:`~art_some.core.confseq.BOUNDS`.
     :param alpha: Failure probability per input.
     :param schedule: The cumulative draws per round.
-    :param thresholds: ``(N, G)`` increasing thresholds on pA that the tests of ``"mixture"``/``"betting"`` check
-                       (:func:`thresholds_for`; None for ``"union-cp"``).
+    :param thresholds: ``(N, G)`` increasing thresholds on pA per input, or ``(G,)`` shared, that the tests of
+                       ``"mixture"``/``"betting"`` check (:func:`thresholds_for`; None for ``"union-cp"``).
+    :param num_inputs: N (the rows that :meth:`look` and :meth:`reach` may name).
     :param spending: How ``"union-cp"`` spends alpha over the rounds.
     :param final_share: The share of alpha kept for the Clopper-Pearson bound at n (``"mixture"``/``"betting"``).
     :param futility: The level of the upper bound that the projections assume the remaining votes at.
     :param peek: For tests only: the broken betting variant (:class:`~art_some.core.confseq.Staircase`).
     """
 
-    def __init__(self, rule, bound: str, alpha: float, schedule: Sequence[int], thresholds: np.ndarray, *,
-                 spending: str = DEFAULT_SPENDING, final_share: float = DEFAULT_FINAL_SHARE,
+    def __init__(self, rule, bound: str, alpha: float, schedule: Sequence[int], thresholds: np.ndarray | None, *,
+                 num_inputs: int, spending: str = DEFAULT_SPENDING, final_share: float = DEFAULT_FINAL_SHARE,
                  futility: float = DEFAULT_FUTILITY, peek: bool = False):
         self.rule, self.bound, self.schedule, self.futility = rule, bound, list(schedule), futility
         self.n = self.schedule[-1]
@@ -123,7 +124,7 @@ class SequenceBounds:
         else:
             self.alphas = None
             self.final_alpha = alpha * final_share if final_share > 0 else None
-            self.staircase = Staircase(bound, thresholds, len(thresholds), alpha * (1 - final_share), peek=peek)
+            self.staircase = Staircase(bound, thresholds, num_inputs, alpha * (1 - final_share), peek=peek)
 
     def look(self, rounds: np.ndarray, rows: np.ndarray, tally: Tally, classes: np.ndarray) -> np.ndarray:
         """The lower bounds on pA that the cumulative ``tally`` of the inputs ``rows``, each after its round, gives."""
@@ -247,7 +248,7 @@ def sequential_certify(
     indices = check_indices(indices, x_len)
     sequential_round_key(len(schedule) - 1, indices)  # refuses indices beyond the key space before any draw
     thresholds = None if bound == "union-cp" else thresholds_for(rule, smooth.noise, radii, x_len)
-    bounds = SequenceBounds(rule, bound, alpha, schedule, thresholds,
+    bounds = SequenceBounds(rule, bound, alpha, schedule, thresholds, num_inputs=x_len,
                             spending=spending, final_share=final_share, futility=futility)
     selection = smooth.counts(x, int(n0), SELECTION, indices=indices, desc="CERTIFY selection")
     c_hat = rule.select(selection)

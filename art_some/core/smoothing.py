@@ -27,11 +27,27 @@ from art_some.core.cascade import (
     cascade_predict,
     hybrid_predict,
 )
-from art_some.core.certify import CertifyResult, certify, predict
+from art_some.core.cascade_sequential import cascade_certify_sequential
+from art_some.core.certify import CertifyResult, certify, check_inputs, predict
 from art_some.core.noise import check_indices, count_votes, non_finite_output_error
 from art_some.core.rules import CertificateRule, CohenRule, Tally
-from art_some.core.sequential import sequential_certify
-from art_some.core.streams import CHOICE, PREDICTION, level_stage
+from art_some.core.sequential import (
+    DEFAULT_BOUND,
+    DEFAULT_FINAL_SHARE,
+    DEFAULT_FUTILITY,
+    DEFAULT_GROWTH,
+    DEFAULT_SPENDING,
+    DEFAULT_START,
+    DEFAULT_TOLERANCE,
+    check_bound,
+    check_radii,
+    check_sequence_options,
+    check_tolerance,
+    draw_schedule,
+    sequential_certify,
+)
+from art_some.core.streams import CHOICE, PREDICTION, level_stage, sequential_round_key
+from art_some.core.validate import positive_int, probability
 
 if TYPE_CHECKING:
     pass
@@ -204,9 +220,50 @@ class Cascade:
         result.extra = {**self.levels[0].noise.describe(), **result.extra}
         return result
 
-    def certify_sequential(self, x, **kwargs) -> CertifyResult:
-        raise ValueError("sequential certification is not available for cascades yet (a cascade's levels would "
-                         "need their own confidence sequences); use fixed-n certify")
+    def certify_sequential(self, x, *, n0: int, n: int, alpha: float, indices=None, radii=None,
+                           tolerance: float = DEFAULT_TOLERANCE, start: int = DEFAULT_START,
+                           growth: float | None = DEFAULT_GROWTH, bound: str | None = DEFAULT_BOUND,
+                           spending: str = DEFAULT_SPENDING, final_share: float = DEFAULT_FINAL_SHARE,
+                           futility: float = DEFAULT_FUTILITY, pool: int | None = None) -> CertifyResult:
+        """
+        Sequential cascaded CERTIFY; see :func:`art_some.core.cascade_sequential.cascade_certify_sequential` for
+        the procedure and the guarantee, :func:`art_some.core.sequential.sequential_certify` for the options.
+        Needs ``alpha_split="uniform"``.
+        """
+        import torch
+
+        if self.alpha_split != "uniform":
+            raise ValueError(f"sequential certification of a cascade needs alpha_split='uniform' (a confidence "
+                             f"sequence's level is fixed before its draws), not {self.alpha_split!r}")
+        alpha = probability("alpha", alpha)
+        positive_int("n0", n0)
+        check_inputs(x, "n", n, indices)
+        tolerance = check_tolerance(tolerance)
+        radii = None if radii is None else check_radii(radii)
+        for level in self.levels:
+            if level.rule.needs_squares:
+                raise ValueError(f"sequential certification of a cascade needs one vote per draw (its upper bounds "
+                                 f"are lower bounds on the other classes' votes), not {type(level.rule).__name__}")
+            check_bound(bound, level.rule, radius_mode=radii is None)
+        check_sequence_options(spending, final_share, futility)
+        pool = None if pool is None else positive_int("pool", pool)
+        indices = check_indices(indices, len(x))
+        sequential_round_key(len(draw_schedule(n, start, growth, check_bound(bound, self.levels[0].rule,
+                                                                             radii is None))) - 1, indices)
+
+        def draw(level: int, stage: int, positions: np.ndarray, nums: np.ndarray, rounds) -> np.ndarray:
+            rows = torch.as_tensor(positions, device=x.device) if isinstance(x, torch.Tensor) else positions
+            keys = indices[positions] if rounds is None else sequential_round_key(rounds, indices[positions])
+            smooth = self.levels[level]
+            num = int(nums[0]) if rounds is None else nums
+            return smooth.counts(x[rows], num, stage, indices=keys, desc=f"sigma {smooth.noise.sigma:g}").counts
+
+        result = cascade_certify_sequential(
+            draw, self.levels, len(x), n0=n0, n=n, alpha=alpha, p0=self.p0, radii=radii, tolerance=tolerance,
+            start=start, growth=growth, bound=bound, spending=spending, final_share=final_share, futility=futility,
+            pool=pool)
+        result.extra = {**self.levels[0].noise.describe(), **result.extra}
+        return result
 
     def predict(self, x, *, n: int, alpha: float, indices=None, invalid=None, abstain: bool = True):
         """

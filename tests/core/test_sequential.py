@@ -5,7 +5,7 @@ Sequential CERTIFY: the schedule, the stopping rules, and soundness tested stati
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom
+from scipy.stats import binom, norm
 
 from art_some.core import rules, sequential, smoothing
 from art_some.core.confseq import BOUNDS, Staircase
@@ -161,11 +161,8 @@ def test_bad_options_and_non_finite_inputs_are_refused():
 
 
 # Every estimator, through its certificate rule -----------------------------------------------------------------------
-# Every rule with a lower bound certifies sequentially (Cohen's, scaled, vote-average's Bernstein, DDRS's); a cascade
-# does not yet.
-SEQUENTIAL_RULES = {"smoothed", "some", "smooth_reduce", "smooth_reduce_vote_average", "data_dependent"}
-
-
+# Every rule with a lower bound certifies sequentially (Cohen's, scaled, vote-average's Bernstein, DDRS's), and so
+# does the cascade, level by level (tests/core/test_cascade_sequential.py).
 @pytest.fixture(scope="module")
 def estimators(digits):
     from tests.estimators.test_non_finite import _digit_estimators
@@ -176,23 +173,25 @@ def estimators(digits):
 
 @pytest.mark.parametrize("name", ["smoothed", "some", "smooth_reduce", "smooth_reduce_vote_average", "cascade",
                                   "data_dependent"])
-def test_every_estimator_certifies_sequentially_or_says_why_not(estimators, digits, name):
+def test_every_estimator_certifies_sequentially(estimators, digits, name):
     _, (x, _) = digits
     clf = estimators[name]
-    if name not in SEQUENTIAL_RULES:
-        with pytest.raises(ValueError, match="sequential certification is not available for cascades|does not "
-                                             "support sequential certification"):
-            clf.certify_sequential(x[:2], n=200)
-        return
     result = clf.certify_sequential(x[:4], n=400, start=50, indices=[3, 5, 7, 9])
     fixed = clf.certify_detailed(x[:4], n=400, indices=[3, 5, 7, 9])
     np.testing.assert_array_equal(result.counts_selection, fixed.counts_selection)  # the same n0 draws
-    assert (result.draws >= 50).all() and (result.draws <= 400).all()
+    visits = result.extra.get("levels_visited", 1)
+    assert (result.draws >= 50).all() and (result.draws <= 400 * visits).all()
     votes_per_draw = clf.num_patches if name == "smooth_reduce_vote_average" else 1  # one vote per patch
-    assert (result.counts_estimation.sum(axis=1) == votes_per_draw * result.draws).all()
+    if name != "cascade":  # a cascade's counts are the last level's, its draws all levels'
+        assert (result.counts_estimation.sum(axis=1) == votes_per_draw * result.draws).all()
     g = clf.smoothing(torch.as_tensor(x[:4]), np.array([3, 5, 7, 9]))
     sure = result.predict >= 0
-    np.testing.assert_allclose(result.radius[sure], g.rule.radius(result.p_lower, g.noise)[sure])
+    if name == "cascade":  # the answering level's margin over p0, or less where a higher level caps it
+        sigma = np.array([s if s is not None else np.nan for s in result.extra["level_sigma"]], dtype=float)
+        margin = sigma * (norm.ppf(result.p_lower) - norm.ppf(g.p0))
+        assert (result.radius[sure] <= margin[sure] + 1e-12).all()
+    else:
+        np.testing.assert_allclose(result.radius[sure], g.rule.radius(result.p_lower, g.noise)[sure])
     at = clf.certify_at(x[:4], radii=[0.0, 0.1, 0.3], n=400, start=50, indices=[3, 5, 7, 9])
     assert at.shape == (4, 3) and at.dtype == bool
     assert (at[:, 1] <= at[:, 0]).all() and (at[:, 2] <= at[:, 1]).all()  # a larger radius is never easier

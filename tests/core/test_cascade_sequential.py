@@ -1,0 +1,167 @@
+"""Sequential CERTIFY of the multi-scale cascade: exact truths on the cascade's analytic toy, failure rates against
+alpha for every bound (and a broken variant that fails), the control flow, and the estimator end to end."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from art_some.core import cascade_sequential
+from art_some.core.cascade import cascade_certify
+from art_some.core.cascade_sequential import answer_thresholds, cap, cascade_certify_sequential, pass_thresholds
+from art_some.core.noise import GaussianNoise
+from art_some.core.smoothing import Cascade, Smooth
+from tests.estimators.test_denoised import SIGMAS, exact_cascade, exact_p, gaussian_levels, true_radius
+
+BOUNDS = ["mixture", "betting", "union-cp"]
+
+
+def multinomial_draw(u_values, sigmas, rng):
+    """Draws of the toy's exact class probabilities, ``nums[i]`` per input (stage and round only key real noise)."""
+    def draw(level, stage, positions, nums, rounds):
+        p = exact_p(np.asarray(u_values)[positions], sigmas[level])
+        return np.stack([rng.multinomial(int(k), row) for k, row in zip(nums, p)]).reshape(len(positions), 3)
+
+    return draw
+
+
+def run(u, sigmas=SIGMAS, seed=0, **options):
+    rng = np.random.default_rng(seed)
+    options = {"n0": 100, "n": 20_000, "alpha": 0.001, "start": 40, **options}
+    return cascade_certify_sequential(multinomial_draw(u, sigmas, rng), gaussian_levels(sigmas), len(u), **options)
+
+
+def test_thresholds_and_caps_invert_the_radii():
+    p0, sigma, radii = 0.6, 0.5, np.array([0.25, 1.0])
+    g = answer_thresholds(p0, sigma, radii)
+    np.testing.assert_allclose(sigma * (norm.ppf(g) - norm.ppf(p0)), [0.0, 0.25, 1.0], atol=1e-9)
+    q = pass_thresholds(p0, sigma, radii)
+    assert q[0] > 1 - p0 and q[0] == pytest.approx(1 - p0)  # every class strictly below p0: the level passes
+    np.testing.assert_allclose(cap(sigma, p0, 1 - q[1:]), [0.25, 1.0], atol=1e-9)
+    assert cap(sigma, p0, np.array([0.0]))[0] == np.inf
+
+
+@pytest.mark.parametrize("bound", BOUNDS)
+def test_certified_radius_never_exceeds_the_true_radius(bound):
+    u = np.linspace(-1.5, 1.5, 61)
+    res = run(u, bound=bound)
+    certified = np.flatnonzero(res.predict >= 0)
+    assert len(certified) > 40
+    assert len(set(res.extra["levels_visited"][certified])) > 1  # more than the top level answers
+    assert res.extra["radius_capped"][certified].any()  # the higher levels' caps bind somewhere
+    for i in certified:
+        assert res.predict[i] == exact_cascade(u[i], SIGMAS)
+        assert res.radius[i] <= true_radius(u[i], res.predict[i], SIGMAS) + 1e-9
+    assert (res.draws <= 20_000 * res.extra["levels_visited"]).all() and (res.draws >= 40).all()
+    assert res.extra["sequence_bound"] == bound and set(res.stopped_by) <= {"abstain", "tolerance", "max_n"}
+
+
+@pytest.mark.parametrize("bound", BOUNDS)
+def test_fixed_radius_mode_claims_only_true_radii_and_saves_draws(bound):
+    u = np.linspace(-1.5, 1.5, 31)
+    radii = np.array([0.1, 0.25, 0.5])
+    res = run(u, bound=bound, radii=radii)
+    fixed = cascade_certify(lambda level, stage, positions, num: multinomial_draw(u, SIGMAS, np.random.default_rng(1))(
+        level, stage, positions, np.full(len(positions), num), None), gaussian_levels(SIGMAS), len(u), n0=100,
+        n=20_000, alpha=0.001)
+    for i in range(len(u)):
+        truth = true_radius(u[i], exact_cascade(u[i], SIGMAS), SIGMAS) if exact_cascade(u[i], SIGMAS) >= 0 else -1
+        for j, r in enumerate(radii):
+            if res.certified_at[i, j]:
+                assert res.predict[i] == exact_cascade(u[i], SIGMAS) and r <= truth + 1e-9
+    fixed_at = (fixed.predict >= 0)[:, None] & (fixed.radius[:, None] >= radii)
+    assert res.certified_at.sum() >= fixed_at.sum() - 3  # about as many radii as fixed n
+    fixed_draws = 20_000 * fixed.extra["levels_visited"].sum()
+    assert res.draws.sum() < fixed_draws / 2  # and a fraction of its draws
+
+
+@pytest.mark.parametrize("bound", BOUNDS)
+def test_monte_carlo_failure_rate_stays_below_alpha(bound):
+    """Large alpha, small n, inputs where the certificate is tight: a wrong certificate at most alpha of the time."""
+    alpha, runs = 0.2, 150
+    u = np.array([0.5, 0.6, 0.9, -0.45, 0.05])
+    truth = [true_radius(v, exact_cascade(v, SIGMAS), SIGMAS) for v in u]
+    wrong = total = 0
+    for seed in range(runs):
+        res = run(u, seed=seed, n0=20, n=300, alpha=alpha, start=10, bound=bound)
+        for i in np.flatnonzero(res.predict >= 0):
+            total += 1
+            wrong += res.predict[i] != exact_cascade(u[i], SIGMAS) or res.radius[i] > truth[i]
+    assert total > runs
+    assert wrong / total <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / total)
+
+
+# Two levels with fixed class probabilities (any table, no geometry): the top one passes (every class below p0) but
+# its class 0 sits near p0, so it caps the radius of the lower level's answer, class 1, far below that level's margin.
+TABLE = [np.array([0.45, 0.40, 0.15]), np.array([0.05, 0.90, 0.05])]
+
+
+def table_draw(rng):
+    def draw(level, stage, positions, nums, rounds):
+        return np.stack([rng.multinomial(int(k), TABLE[level]) for k in nums]).reshape(len(positions), 3)
+
+    return draw
+
+
+def oracle_radius() -> float:
+    """What the certificate promises at most: the lower level's margin, capped by the top level's true p_bar."""
+    margin = 0.5 * (norm.ppf(TABLE[1][1]) - norm.ppf(0.5))
+    return min(margin, float(cap(1.0, 0.5, np.array([max(TABLE[0][0], TABLE[0][2])]))[0]))
+
+
+def table_failures(runs: int, alpha: float, bound: str) -> tuple[int, int]:
+    wrong = total = 0
+    for seed in range(runs):
+        res = cascade_certify_sequential(table_draw(np.random.default_rng(seed)), gaussian_levels([1.0, 0.5]), 4,
+                                         n0=20, n=2000, alpha=alpha, start=20, bound=bound)
+        for i in np.flatnonzero(res.predict >= 0):
+            total += 1
+            wrong += res.predict[i] != 1 or res.radius[i] > oracle_radius()
+    return wrong, total
+
+
+@pytest.mark.parametrize("bound", BOUNDS)
+def test_caps_hold_at_their_level_and_a_cascade_without_them_fails(monkeypatch, bound):
+    alpha = 0.2
+    wrong, total = table_failures(40, alpha, bound)
+    assert total > 40 and wrong / total <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / total)
+    # The broken variant: the passed level's upper bounds ignored (no cap): wrong radii nearly always.
+    monkeypatch.setattr(cascade_sequential, "cap", lambda sigma, p0, p_bar: np.full(np.shape(p_bar), np.inf))
+    wrong, total = table_failures(10, alpha, bound)
+    assert total and wrong / total > 0.9
+
+
+@pytest.mark.parametrize("bound", ["mixture", "union-cp"])
+def test_one_level_is_the_single_smoothed_classifier(bound):
+    """K = 1 and p0 = 1/2: the same draws, bounds and decisions as sequential CERTIFY of that level alone."""
+    def vote(z):
+        return (z.flatten(1)[:, 0] > 0).long()
+
+    x = torch.linspace(-0.4, 1.5, 12)[:, None]
+    level = Smooth(vote, GaussianNoise(0.5), num_classes=2, batch_size=5000)
+    alone = level.certify_sequential(x, n0=50, n=5000, alpha=0.01, bound=bound, tolerance=0.02)
+    cascaded = Cascade([level]).certify_sequential(x, n0=50, n=5000, alpha=0.01, bound=bound, tolerance=0.02)
+    np.testing.assert_array_equal(cascaded.predict, alone.predict)
+    np.testing.assert_array_equal(cascaded.draws, alone.draws)
+    np.testing.assert_array_equal(cascaded.counts_estimation, alone.counts_estimation)
+    np.testing.assert_allclose(cascaded.radius, alone.radius, rtol=1e-12)
+
+
+def test_clear_inputs_stop_at_the_top_level_and_passing_inputs_go_down():
+    u = np.array([-1.5, 1.5, 0.3])  # clear class 0, clear class 2, class 1 only at the smallest sigma
+    res = run(u, radii=np.array([0.0]))  # the higher levels cap class 1 below 0.1
+    assert list(res.extra["levels_visited"]) == [1, 1, 3]
+    assert res.draws[0] < 1000 and res.draws[1] < 1000
+    assert list(res.predict) == [0, 2, 1] and res.extra["level_sigma"][2] == 0.25
+
+
+def test_refusals_are_clear():
+    level = Smooth(lambda z: z[:, 0].long(), GaussianNoise(0.5), num_classes=2)
+    x = torch.zeros(2, 1)
+    with pytest.raises(ValueError, match="alpha_split='uniform'"):
+        Cascade([level], alpha_split="sequential").certify_sequential(x, n0=10, n=100, alpha=0.01)
+    with pytest.raises(ValueError, match="bound must be one of"):
+        Cascade([level]).certify_sequential(x, n0=10, n=100, alpha=0.01, bound="wald")
+    with pytest.raises(ValueError, match="radii"):
+        Cascade([level]).certify_sequential(x, n0=10, n=100, alpha=0.01, radii="0.5")
