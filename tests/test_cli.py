@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -78,6 +79,9 @@ def test_certify_with_a_local_diffusers_denoiser_and_a_cascade(tmp_path):
     record = read_jsonl(seq)[0]
     assert record["levels_visited"] in (1, 2) and record["sequence_bound"] == "mixture"
     assert 40 <= record["draws"] <= 400 and set(record["certified_at"]) == {"0.1", "0.2"}
+    records = read_jsonl(seq)
+    passes = np.mean([10 * r["levels_visited"] + r["draws"] for r in records])  # n0 once per level visited
+    assert f"forward passes per input {passes:,.0f}" in result.output, result.output
     result = run("certify", "--model", "digits_cnn", "--sigma", "0.25", "--n", "10", "--estimator",
                  "denoised_multiscale", "--output", str(tmp_path / "o.jsonl"))
     assert result.exit_code == 2 and "needs --option denoiser=" in result.output, result.output

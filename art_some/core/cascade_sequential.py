@@ -114,9 +114,9 @@ class LevelStops:
         reason = self.answer(rounds, active, tally)
         if self.upper is None:  # the last level only answers or abstains
             return reason
-        classes, c = self.num_classes, self.num_classes
-        rows = (active[:, None] * c + np.arange(c)[None, :]).reshape(-1)
-        flat = _complement(tally, classes)
+        c = self.num_classes
+        rows = (active[:, None] * c + np.arange(c)[None, :]).reshape(-1)  # one row per (input, class)
+        flat = _complement(tally, c)
         zeros = np.zeros(len(rows), dtype=np.int64)
         looked = self.upper.look(np.repeat(rounds, c), rows, flat, zeros).reshape(-1, c)
         q = self.q_best[active] = np.maximum(self.q_best[active], looked)

@@ -157,9 +157,10 @@ def summary_table(records: Sequence[dict], radii: Sequence[float] | None = None)
         f"{acr}abstained {100 * abstention_rate(records):.1f}%   inputs {len(records)}",
     ]
     if records and all("draws" in r for r in records):  # sequential CERTIFY: what it cost, and what it saved
-        passes = np.mean([r["n0"] + r["draws"] for r in records])
+        levels = [r.get("levels_visited", 1) for r in records]  # a cascade draws n0 (and fixed n n) per level
+        passes = np.mean([r["n0"] * k + r["draws"] for r, k in zip(records, levels)])
         lines.append(f"forward passes per input {passes:,.0f} (n0 + estimation draws; fixed n: "
-                     f"{np.mean([r['n0'] + r['n'] for r in records]):,.0f})")
+                     f"{np.mean([(r['n0'] + r['n']) * k for r, k in zip(records, levels)]):,.0f})")
     return "\n".join(lines)
 
 
