@@ -361,3 +361,17 @@ def test_a_packed_call_draws_what_separate_calls_draw():
     assert (packed.sum(axis=1) == [5, 40, 123]).all()
     with pytest.raises(ValueError, match="one per input"):
         count_votes(half_space, x, np.array([5, 40]), GaussianNoise(SIGMA), **options)
+
+
+@pytest.mark.parametrize("bound", ["mixture", "betting"])
+def test_radius_mode_runs_more_inputs_than_its_threshold_grid(bound):
+    """The grid of radius mode has 1,001 thresholds; a run of more inputs than that once failed on the 1,002nd."""
+    x = torch.zeros(1100, 2)
+    x[:, 0] = torch.linspace(-1.0, 1.0, 1100)
+    result = Smooth(half_space, GaussianNoise(SIGMA), num_classes=2, batch_size=20_000).certify_sequential(
+        x, n0=10, n=200, alpha=ALPHA, bound=bound)
+    sure = result.predict >= 0
+    d = x[:, 0].numpy()
+    wrong = (result.predict[sure] != (d[sure] > 0)) | (result.radius[sure] > np.abs(d[sure]))
+    assert sure[-100:].all() and sure[:100].all()  # far from the boundary every input is certified
+    assert wrong.mean() <= ALPHA + 3 * np.sqrt(ALPHA * (1 - ALPHA) / sure.sum())  # at most alpha per input
