@@ -10,7 +10,7 @@ At level k (largest sigma first), after ``n0`` selection draws pick c_A, every l
 - (every level but the last) simultaneous upper confidence sequences on every class's p_k(x, c) (Bonferroni over the
   C classes, the upper share): the level *passes* once all of them are below p0, and their running minimum gives the
   cap sigma_k [Phi^-1(p0) - Phi^-1(max_{c != y} U_c)] that a lower level's answer y inherits. An upper sequence on
-  p_c is a lower sequence on 1 - p_c, the votes for any other class, so the same bounds serve both.
+  p_c is a lower sequence on 1 - p_c, the share of draws that did not vote for c, so the same bounds serve both.
 
 A level stops when its answer's radius is settled (fixed-radius mode: every requested radius certified or out of
 reach at n; radius mode: within ``tolerance`` of its reach), when it passes and its cap is settled in the same
@@ -51,29 +51,52 @@ Z_GRID = np.arange(0.0, 5.0 + 1e-9, 0.005)
 LevelDraw = Callable[[int, int, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
 
 
-def _steps(radii: np.ndarray | None, sigma: float) -> np.ndarray:
-    """The radii to test, in units of sigma: 0 and the requested ones (fixed-radius mode), or the z grid."""
-    return Z_GRID if radii is None else np.unique(np.append(0.0, radii)) / sigma
+def _tested(radii: np.ndarray | None, sigma: float) -> np.ndarray:
+    """The radii to test: 0 and the requested ones (fixed-radius mode), or a grid of sigma / 200 (radius mode)."""
+    return Z_GRID * sigma if radii is None else np.unique(np.append(0.0, radii))
 
 
-def answer_thresholds(p0: float, sigma: float, radii: np.ndarray | None) -> np.ndarray:
-    """Thresholds on p_k(x, c_A): Phi(Phi^-1(p0) + r / sigma), the smallest pA that certifies each radius r."""
-    return np.unique(norm.cdf(norm.ppf(p0) + _steps(radii, sigma)))
-
-
-def pass_thresholds(p0: float, sigma: float, radii: np.ndarray | None) -> np.ndarray:
-    """
-    Thresholds on 1 - p_k(x, c): just above 1 - p0 (the class is below p0: the level may pass), then
-    1 - Phi(Phi^-1(p0) - r / sigma), the smallest 1 - p_c whose cap reaches each radius r.
-    """
-    q = norm.sf(norm.ppf(p0) - _steps(radii, sigma))
-    return np.unique(np.maximum(q, np.nextafter(1.0 - p0, 1.0)))
+def margin(sigma: float, p0: float, p: np.ndarray) -> np.ndarray:
+    """The radius sigma (Phi^-1(p) - Phi^-1(p0)) that a lower bound ``p`` >= p0 certifies at a level."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return sigma * (norm.ppf(np.clip(p, 0.0, 1.0)) - norm.ppf(p0))
 
 
 def cap(sigma: float, p0: float, p_bar: np.ndarray) -> np.ndarray:
     """The radius cap sigma (Phi^-1(p0) - Phi^-1(p_bar)) of a passed level (inf where p_bar is 0)."""
     with np.errstate(divide="ignore"):
         return sigma * (norm.ppf(p0) - norm.ppf(np.clip(p_bar, 0.0, 1.0)))
+
+
+def _nudged(values: np.ndarray, short) -> np.ndarray:
+    """``values`` moved up by a few ulps where ``short(values)`` (a formula's inverse that rounding left short)."""
+    for _ in range(1000):  # 1 - q near p0 ~ 1 needs as many ulps of q as fit in one ulp of 1 - q
+        moving = short(values) & (values < 1.0)
+        if not moving.any():
+            break
+        values = np.where(moving, np.nextafter(values, 2.0), values)
+    return values
+
+
+def answer_thresholds(p0: float, sigma: float, radii: np.ndarray | None) -> np.ndarray:
+    """
+    Thresholds on p_k(x, c_A): the smallest pA >= p0 whose :func:`margin` reaches each radius r (0 and the requested
+    radii, or a grid of sigma / 200), nudged up so that it reaches r exactly despite rounding.
+    """
+    r = _tested(radii, sigma)
+    g = _nudged(norm.cdf(norm.ppf(p0) + r / sigma), lambda g: (g < p0) | (margin(sigma, p0, g) < r))
+    return np.unique(g)
+
+
+def pass_thresholds(p0: float, sigma: float, radii: np.ndarray | None) -> np.ndarray:
+    """
+    Thresholds on 1 - p_k(x, c): the smallest 1 - p_c with p_c strictly below p0 (the level may pass) whose
+    :func:`cap` reaches each radius r (0 and the requested radii, or a grid), nudged up so that both hold exactly.
+    """
+    r = _tested(radii, sigma)
+    q = np.maximum(norm.sf(norm.ppf(p0) - r / sigma), 1.0 - p0)
+    q = _nudged(q, lambda q: (1.0 - q >= p0) | (cap(sigma, p0, 1.0 - q) < r))
+    return np.unique(q)
 
 
 def _complement(tally: Tally, num_classes: int) -> Tally:
@@ -159,8 +182,9 @@ def cascade_certify_sequential(
     pool: int | None = None,
 ) -> CertifyResult:
     """
-    Sequential cascaded CERTIFY (the module docstring's procedure and guarantee), with checked options (those of
-    :func:`~art_some.core.sequential.sequential_certify`).
+    Sequential cascaded CERTIFY (the module docstring's procedure and guarantee). The options are those of
+    :func:`~art_some.core.sequential.sequential_certify`, already checked (:meth:`Cascade.certify_sequential
+    <art_some.core.smoothing.Cascade.certify_sequential>` checks them; ``radii`` is an array).
 
     :param draw: The counts of each level's streams (:data:`LevelDraw`).
     :param levels: The levels (Gaussian noise, a rule with one Bernoulli vote per draw), largest sigma first.
@@ -202,9 +226,7 @@ def cascade_certify_sequential(
             caps = np.minimum(caps, cap(sigma_j, p0, _others_max(upper_j[active], c_hat)))
 
         def radius_of(p, local, sigma=sigmas[s], caps=caps):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                r = np.minimum(sigma * (norm.ppf(np.clip(p, 0.0, 1.0)) - norm.ppf(p0)), caps[local])
-            return np.where(p >= p0, r, -1.0)
+            return np.where(p >= p0, np.minimum(margin(sigma, p0, p), caps[local]), -1.0)
 
         thresholds = None if bound == "union-cp" else answer_thresholds(p0, sigmas[s], radii)
         lower = SequenceBounds(rule, bound, a_lower, schedule, thresholds, num_inputs=m, **options)
@@ -215,7 +237,8 @@ def cascade_certify_sequential(
             upper = SequenceBounds(rule, bound, a_upper / num_classes, schedule, thresholds,
                                    num_inputs=m * num_classes, **options)
             p_max = (alpha / k_levels) ** (1.0 / n)  # no bound of n draws exceeds the level's Clopper-Pearson
-            ceiling = max(sigma * (norm.ppf(p_max) - norm.ppf(p0)) for sigma in sigmas[s + 1:])
+            # 0 when no lower level can certify anything: then any cap is settled at once.
+            ceiling = max(0.0, max(float(margin(sigma, p0, p_max)) for sigma in sigmas[s + 1:]))
         stops = LevelStops(answer, upper, p0=p0, sigma=sigmas[s], num_classes=num_classes, radii=radii,
                            tolerance=tolerance, ceiling=ceiling)
 
@@ -235,8 +258,7 @@ def cascade_certify_sequential(
         here = active[answered]
         predict[here], radius[here] = c_hat[answered], r[answered]
         level_sigma[here] = sigmas[s]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            capped[here] = caps[answered] < sigmas[s] * (norm.ppf(best[answered]) - norm.ppf(p0))
+        capped[here] = caps[answered] < margin(sigmas[s], p0, best[answered])
         if is_last:
             break
         goes_on = (best < p0) & (reasons == "pass")
@@ -258,4 +280,5 @@ def cascade_certify_sequential(
     return result
 
 
-__all__ = ["LevelDraw", "LevelStops", "answer_thresholds", "cap", "cascade_certify_sequential", "pass_thresholds"]
+__all__ = ["LevelDraw", "LevelStops", "answer_thresholds", "cap", "cascade_certify_sequential", "margin",
+           "pass_thresholds"]

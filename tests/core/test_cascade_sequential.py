@@ -9,7 +9,13 @@ from scipy.stats import norm
 
 from art_some.core import cascade_sequential
 from art_some.core.cascade import cascade_certify
-from art_some.core.cascade_sequential import answer_thresholds, cap, cascade_certify_sequential, pass_thresholds
+from art_some.core.cascade_sequential import (
+    answer_thresholds,
+    cap,
+    cascade_certify_sequential,
+    margin,
+    pass_thresholds,
+)
 from art_some.core.noise import GaussianNoise
 from art_some.core.smoothing import Cascade, Smooth
 from tests.estimators.test_denoised import SIGMAS, exact_cascade, exact_p, gaussian_levels, true_radius
@@ -32,14 +38,16 @@ def run(u, sigmas=SIGMAS, seed=0, **options):
     return cascade_certify_sequential(multinomial_draw(u, sigmas, rng), gaussian_levels(sigmas), len(u), **options)
 
 
-def test_thresholds_and_caps_invert_the_radii():
-    p0, sigma, radii = 0.6, 0.5, np.array([0.25, 1.0])
-    g = answer_thresholds(p0, sigma, radii)
-    np.testing.assert_allclose(sigma * (norm.ppf(g) - norm.ppf(p0)), [0.0, 0.25, 1.0], atol=1e-9)
-    q = pass_thresholds(p0, sigma, radii)
-    assert q[0] > 1 - p0 and q[0] == pytest.approx(1 - p0)  # every class strictly below p0: the level passes
-    np.testing.assert_allclose(cap(sigma, p0, 1 - q[1:]), [0.25, 1.0], atol=1e-9)
-    assert cap(sigma, p0, np.array([0.0]))[0] == np.inf
+@pytest.mark.parametrize("sigma", [0.12, 0.25, 0.45, 0.5, 1.0])
+def test_thresholds_reach_their_radii_exactly(sigma):
+    """Each threshold certifies its radius despite rounding (a radius on a threshold was once lost), for any p0."""
+    for p0 in np.round(np.arange(0.5, 0.995, 0.01), 2):
+        for r in np.round(np.arange(0.0, 1.5, 0.05), 2):
+            g = answer_thresholds(p0, sigma, np.array([r]))[-1]
+            q = pass_thresholds(p0, sigma, np.array([r]))[-1]
+            assert g == 1.0 or (g >= p0 and margin(sigma, p0, g) >= r)
+            assert q == 1.0 or (1 - q < p0 and cap(sigma, p0, 1 - q) >= r)  # strictly below p0: the level passes
+    assert cap(sigma, 0.5, np.array([0.0]))[0] == np.inf
 
 
 @pytest.mark.parametrize("bound", BOUNDS)
@@ -132,20 +140,45 @@ def test_caps_hold_at_their_level_and_a_cascade_without_them_fails(monkeypatch, 
     assert total and wrong / total > 0.9
 
 
-@pytest.mark.parametrize("bound", ["mixture", "union-cp"])
-def test_one_level_is_the_single_smoothed_classifier(bound):
+@pytest.mark.parametrize("bound", BOUNDS)
+@pytest.mark.parametrize("radii,final_share", [(None, 0.8), ([0.25, 0.75], 0.8), ([0.25, 0.75], 0.0)])
+def test_one_level_is_the_single_smoothed_classifier(bound, radii, final_share):
     """K = 1 and p0 = 1/2: the same draws, bounds and decisions as sequential CERTIFY of that level alone."""
     def vote(z):
         return (z.flatten(1)[:, 0] > 0).long()
 
-    x = torch.linspace(-0.4, 1.5, 12)[:, None]
+    x = torch.linspace(-0.4, 2.0, 12)[:, None]
     level = Smooth(vote, GaussianNoise(0.5), num_classes=2, batch_size=5000)
-    alone = level.certify_sequential(x, n0=50, n=5000, alpha=0.01, bound=bound, tolerance=0.02)
-    cascaded = Cascade([level]).certify_sequential(x, n0=50, n=5000, alpha=0.01, bound=bound, tolerance=0.02)
-    np.testing.assert_array_equal(cascaded.predict, alone.predict)
+    options = dict(n0=50, n=5000, alpha=0.01, bound=bound, radii=radii, final_share=final_share)
+    alone = level.certify_sequential(x, **options)
+    cascaded = Cascade([level]).certify_sequential(x, **options)
     np.testing.assert_array_equal(cascaded.draws, alone.draws)
     np.testing.assert_array_equal(cascaded.counts_estimation, alone.counts_estimation)
-    np.testing.assert_allclose(cascaded.radius, alone.radius, rtol=1e-12)
+    if radii is None:
+        np.testing.assert_array_equal(cascaded.predict, alone.predict)
+        np.testing.assert_allclose(cascaded.radius, alone.radius, rtol=1e-12)
+    else:  # the cascade also tests radius 0 (p0 itself), so it may name a class the single level leaves at -1
+        np.testing.assert_array_equal(cascaded.certified_at, alone.certified_at)
+        some = alone.certified_at.any(axis=1)
+        np.testing.assert_array_equal(cascaded.predict[some], alone.predict[some])
+
+
+def test_records_do_not_depend_on_the_pool():
+    """Two real levels, packed pools of 1, 3 and all inputs: the same records (each input's draws are its own)."""
+    def vote(z):
+        u = z.flatten(1)[:, 0]
+        return torch.where(u < -0.3, 0, torch.where(u < 0.4, 1, 2))
+
+    x = torch.zeros(7, 2)
+    x[:, 0] = torch.tensor([-1.2, -0.2, 0.05, 0.3, 0.6, 1.4, 0.45])
+    levels = [Smooth(vote, GaussianNoise(s), num_classes=3, batch_size=900, level=k) for k, s in enumerate([1.0, 0.25])]
+    outcomes = [Cascade(levels).certify_sequential(x, n0=30, n=3000, alpha=0.01, radii=[0.05, 0.2], pool=pool)
+                for pool in (None, 1, 3)]
+    for other in outcomes[1:]:
+        for field in ("predict", "radius", "draws", "counts_estimation", "certified_at"):
+            np.testing.assert_array_equal(getattr(other, field), getattr(outcomes[0], field))
+        np.testing.assert_array_equal(other.extra["levels_visited"], outcomes[0].extra["levels_visited"])
+    assert set(outcomes[0].extra["levels_visited"]) == {1, 2}
 
 
 def test_clear_inputs_stop_at_the_top_level_and_passing_inputs_go_down():
