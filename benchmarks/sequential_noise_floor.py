@@ -54,6 +54,8 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|")
     for path in args.results:
         result = json.loads(Path(path).read_text())
+        if not isinstance(result, dict) or not {"settings", "points"} <= result.keys():
+            parser.error(f"results: {path} is not an output of sequential_digits.py (no 'settings' and 'points')")
         settings = result["settings"]
         for point in result["points"]:
             p_hat = np.asarray(point["pA"], dtype=np.float64)
