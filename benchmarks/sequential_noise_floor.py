@@ -50,19 +50,21 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="outputs of sequential_digits.py")
     args = parser.parse_args(argv)
-    print("| model | sigma | inputs | r | coin-flip inputs | SD of two fixed-n runs (points) |")
-    print("|---|---|---|---|---|---|")
-    for path in args.results:
+    results = []
+    for path in args.results:  # every file checked before any row is printed
         result = json.loads(Path(path).read_text())
         if not isinstance(result, dict) or not {"settings", "points"} <= result.keys():
             parser.error(f"results: {path} is not an output of sequential_digits.py (no 'settings' and 'points')")
+        results.append(result)
+    print("| model | sigma | inputs | r | coin-flip inputs | SD of two fixed-n runs (points) |")
+    print("|---|---|---|---|---|---|")
+    for result in results:
         settings = result["settings"]
         for point in result["points"]:
             p_hat = np.asarray(point["pA"], dtype=np.float64)
             for row in floor_rows(p_hat, point["sigma"], settings["n"], settings["alpha"]):
                 print(f"| {point['method']} | {point['sigma']:g} | {len(p_hat)} | {row['radius']:g} | "
                       f"{row['coin_flips']} | {row['sd_points']:.2f} |")
-
 
 if __name__ == "__main__":
     main()
